@@ -1,0 +1,1 @@
+"""sdkit: Stable Diffusion on PyTorch and MLX from the same safetensors files."""
