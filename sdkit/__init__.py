@@ -1,1 +1,45 @@
-"""sdkit: Stable Diffusion on PyTorch and MLX from the same safetensors files."""
+"""sdkit: Stable Diffusion on PyTorch and MLX from the same safetensors files.
+
+    import sdkit
+    pipe = sdkit.load("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    image, = pipe.generate("a lighthouse at dawn, oil painting", seed=1)
+    sdkit.save(image, "lighthouse.png")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from . import backends, hub
+from .checkpoint import Checkpoint, open_checkpoint
+from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
+from .metadata import read_parameters, save
+from .pipeline import Pipeline
+from .samplers import NAMES as SAMPLERS
+
+try:
+    __version__ = version("sdkit-diffusion")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["load", "Pipeline", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
+           "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
+
+
+def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
+         prediction: str | None = None) -> Pipeline:
+    """Load a model for generation.
+
+    model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
+    backend: "auto" (mlx on Apple silicon when installed, else torch), "torch" or "mlx".
+    device: "cuda", "cuda:1", "mps", "cpu" (torch) or "gpu", "cpu" (mlx); default: the fastest one present.
+    dtype: "float32", "float16" or "bfloat16"; default float16 on GPUs, float32 on CPUs.
+    prediction: "epsilon" or "v" to override what the checkpoint's config (or sdkit's rule for single
+    SD2 files) says the UNet predicts.
+    """
+    engine = backends.get(backend)(device=device, dtype=dtype)
+    path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
+    name = str(model) if not Path(model).exists() else None
+    ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name)
+    return Pipeline(ckpt, engine)

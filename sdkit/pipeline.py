@@ -1,0 +1,196 @@
+"""Text-to-image and image-to-image: the loop that ties tokenizer, text encoder, sampler, UNet and VAE together.
+
+Everything here is backend-neutral. Initial noise comes from numpy so one seed means one picture on every
+backend; the backend's arrays are touched only through the sampler's + - * / and batch slicing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from . import images, metadata, samplers
+from .checkpoint import Checkpoint
+from .errors import Cancelled
+from .interfaces import Array, Backend
+from .tokenizer import Tokenizer
+
+Callback = Callable[[int, int, Array], "bool | None"]
+
+# Peak working memory per output pixel, dominated by the VAE decoder's full-resolution activations
+# (several 128- and 256-channel float32 maps alive at once). Used to refuse sizes before allocating.
+_BYTES_PER_PIXEL = 4096
+
+
+@dataclass(frozen=True)
+class Request:
+    """One validated generate() call."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    sampler: str
+    seed: int
+    num_images: int
+    strength: float | None  # None: text-to-image
+
+
+class Pipeline:
+    """A loaded model on one backend. Build it with `sdkit.load`."""
+
+    def __init__(self, checkpoint: Checkpoint, backend: Backend):
+        self.checkpoint = checkpoint
+        self.backend = backend
+        self.tokenizers = [_load_tokenizer(t) for t in checkpoint.tokenizers]
+        self.text_encoders = [backend.text_encoder(cfg, checkpoint.weights[name])
+                              for cfg, name in zip(checkpoint.text_encoders, _text_encoder_names(checkpoint))]
+        self.unet = backend.unet(checkpoint.unet, checkpoint.weights["unet"])
+        self.vae = backend.vae(checkpoint.vae, checkpoint.weights["vae"])
+
+    def __repr__(self) -> str:
+        b = self.backend
+        return f"Pipeline({self.checkpoint.name!r}, {self.checkpoint.family}, {b.name} {b.device} {b.dtype})"
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """(height, width) the model was trained at: UNet sample_size x VAE scale."""
+        return self.checkpoint.default_size
+
+    def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
+                 height: int | None = None, steps: int = 30, guidance_scale: float = 7.5,
+                 sampler: str = "dpmpp_2m_karras", seed: int | None = None, num_images: int = 1,
+                 init_image: Image.Image | str | Path | None = None, strength: float = 0.8,
+                 latents: np.ndarray | None = None, callback: Callback | None = None) -> list[Image.Image]:
+        """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
+
+        `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
+        UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
+        """
+        init = images.open_image(init_image) if init_image is not None else None
+        if init is not None and width is None and height is None:
+            height, width = images.default_size(init)
+        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
+                            num_images, strength if init is not None else None)
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
+        f = self.checkpoint.vae.scale
+        shape = (self.checkpoint.unet.in_channels, req.height // f, req.width // f)  # per image (C, h, w)
+
+        rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
+        noise0 = _initial_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
+        context = self._encode_prompts(req)
+
+        if init is None:
+            x = self.backend.asarray(noise0) * plan.init_noise_sigma
+        else:
+            pixels = images.to_model_input(init, req.width, req.height)  # (3, H, W)
+            x0 = self.vae.encode(np.stack([pixels] * req.num_images))
+            x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))
+
+        model = self._guided_model(context, req, plan.num_evaluations, callback)
+        noise = lambda: self.backend.asarray(_initial_noise(rngs, shape))  # euler_a's per-step noise
+        x = samplers.sample(plan, model, x, noise)
+
+        pixels = self.vae.decode(x)  # (B, H, W, 3) uint8
+        return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i))) for i, p in enumerate(pixels)]
+
+    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
+                 num_images, strength) -> Request:
+        default_h, default_w = self.default_size
+        width = default_w if width is None else width
+        height = default_h if height is None else height
+        for name, value in (("width", width), ("height", height)):
+            _check_int(name, value, minimum=8)
+            if value % 8:
+                lo = value - value % 8
+                raise ValueError(f"{name} {value} is not a multiple of 8; use {lo or 8} or {lo + 8}")
+        _check_int("steps", steps, minimum=1)
+        _check_int("num_images", num_images, minimum=1)
+        if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        if seed is None:
+            seed = secrets.randbits(32)
+        _check_int("seed", seed, minimum=0)
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        needed = width * height * num_images * _BYTES_PER_PIXEL
+        if needed > _memory_bytes():
+            raise ValueError(f"{width}x{height} x {num_images} image(s) needs about {needed / 2**30:.0f} GiB, more "
+                             f"than this machine's {_memory_bytes() / 2**30:.0f} GiB; use a smaller size or fewer images")
+        return Request(prompt, negative_prompt or "", width, height, steps, float(guidance_scale),
+                       samplers.canonical_name(sampler), seed, num_images, strength)
+
+    def _encode_prompts(self, req: Request) -> Array:
+        """Token ids -> context (k*B, 77, C): [uncond] * B + [cond] * B with guidance, else [cond] * B."""
+        texts = [req.prompt] * req.num_images
+        if req.guidance_scale > 1:
+            texts = [req.negative_prompt] * req.num_images + texts
+        (context, _pooled), = [enc(tok(texts)) for tok, enc in zip(self.tokenizers, self.text_encoders)]
+        return context
+
+    def _guided_model(self, context: Array, req: Request, total: int, callback: Callback | None):
+        """The sampler's model: one batched UNet call on [uncond, cond], then classifier-free guidance."""
+        g, b = req.guidance_scale, req.num_images
+        step = 0
+
+        def model(x: Array, t: float) -> Array:
+            nonlocal step
+            out = self.unet(x, t, context)
+            if g > 1:
+                uncond, cond = out[:b], out[b:]
+                out = uncond + (cond - uncond) * g
+            step += 1
+            if callback is not None and callback(step, total, x) is False:
+                raise Cancelled(f"cancelled at step {step} of {total}")
+            return out
+
+        return model
+
+    def _parameters(self, req: Request, i: int) -> dict:
+        params = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
+                      guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
+                      model=self.checkpoint.name)
+        if req.strength is not None:
+            params["strength"] = req.strength
+        return params
+
+
+def _load_tokenizer(spec: Path | str) -> Tokenizer:
+    return Tokenizer.bundled(spec) if isinstance(spec, str) else Tokenizer.from_dir(spec)
+
+
+def _text_encoder_names(ckpt: Checkpoint) -> list[str]:
+    return ["text_encoder", "text_encoder_2"][: len(ckpt.text_encoders)]
+
+
+def _initial_noise(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """One standard-normal draw per image from that image's own generator: (B, C, h, w) float32."""
+    return np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
+
+
+def _check_latents(latents: np.ndarray, num_images: int, shape: tuple[int, ...]) -> np.ndarray:
+    latents = np.asarray(latents, dtype=np.float32)
+    if latents.shape != (num_images, *shape):
+        raise ValueError(f"latents must have shape {(num_images, *shape)} (num_images, C, H/8, W/8), "
+                         f"got {latents.shape}")
+    return latents
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
