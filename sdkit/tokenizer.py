@@ -33,7 +33,7 @@ SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible byte -> printable character map: printable bytes map to themselves,
     the others to unused code points from 256 on, so BPE never sees whitespace or control bytes."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -74,11 +74,13 @@ class Tokenizer:
             pre_tokenizers.Split(Regex(SPLIT), behavior="removed", invert=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ])
-        # One call, in order: a later token with the same text replaces the flags of an earlier one.
-        texts = {t.content for t in added}
+        # As transformers adds them, in one call: a special token the file lists among its added tokens keeps
+        # the file's flags; of specials sharing a text, the last wins (SD1's plain-string pad "<|endoftext|>"
+        # is not `normalized`, so "<|ENDOFTEXT|>" is not that token there, while it is in SD2).
+        named, listed = {t.content for t in specials.values()}, {t.content for t in added}
         for t in added:
-            t.special = t.special or t.content in {s.content for s in specials.values()}
-        self._tok.add_tokens([*added, *(specials[k] for k in SPECIALS if specials[k].content not in texts)])
+            t.special = t.special or t.content in named
+        self._tok.add_tokens([*added, *(specials[k] for k in SPECIALS if specials[k].content not in listed)])
         self.bos_id, self.eos_id, self.pad_id = (self._tok.token_to_id(specials[k].content)
                                                  for k in ("bos_token", "eos_token", "pad_token"))
 
@@ -96,8 +98,8 @@ class Tokenizer:
                 if not (path / name).is_file():
                     raise CheckpointError(f"{path / name} is missing; a tokenizer folder needs tokenizer.json "
                                           "or vocab.json + merges.txt")
-            vocab, merges, added = _read_vocab_json(path / "vocab.json"), _read_merges(path / "merges.txt"), []
-        return cls._checked(path, vocab, merges, *_special_tokens(path, added))
+            vocab, merges, added = _read_vocab(path / "vocab.json"), _read_merges(path / "merges.txt"), []
+        return cls._checked(path, vocab, merges, *_special_tokens(path, vocab, added))
 
     @classmethod
     def bundled(cls, name: str) -> Tokenizer:
@@ -105,18 +107,16 @@ class Tokenizer:
         pads with <|endoftext|>) or "openclip" (SD2, SDXL's second; pads with "!"). Both use CLIP's BPE."""
         if name not in BUNDLED:
             raise CheckpointError(f"unknown bundled tokenizer {name!r}; use one of {', '.join(BUNDLED)}")
-        return cls(*bpe_vocab(), *_special_tokens(DATA / "tokenizers" / name, []))
+        vocab, merges = bpe_vocab()
+        return cls(vocab, merges, *_special_tokens(DATA / "tokenizers" / name, vocab, []))
 
     @classmethod
     def _checked(cls, path: Path, vocab: dict, merges: list, specials: dict, added: list) -> Tokenizer:
-        """Build, reporting files that disagree with each other as CheckpointError."""
-        for key, token in specials.items():
-            if token.content not in vocab:
-                raise CheckpointError(f"{path}: {key} {token.content!r} is not in the vocabulary")
-        try:
-            tok = cls(vocab, merges, specials, [t for t, _ in added])
-        except Exception as e:  # the Rust BPE rejects merges whose pieces are not in the vocabulary
-            raise CheckpointError(f"{path}: vocabulary and merges do not match ({e})") from None
+        """Build, reporting a vocabulary that its merges or added tokens contradict as CheckpointError."""
+        for a, b in merges:
+            if a not in vocab or b not in vocab or a + b not in vocab:
+                raise CheckpointError(f"{path}: merge {a!r} {b!r} has a piece missing from the vocabulary")
+        tok = cls(vocab, merges, specials, [t for t, _ in added])
         for token, expected in added:
             if tok._tok.token_to_id(token.content) != expected:
                 raise CheckpointError(f"{path}: added token {token.content!r} has id {expected}, but the "
@@ -142,31 +142,41 @@ class Tokenizer:
         return out
 
 
-def _special_tokens(path: Path, file_added: list) -> tuple[dict[str, AddedToken], list[tuple[AddedToken, int]]]:
+def _special_tokens(path: Path, vocab: dict[str, int], file_added: list[tuple[AddedToken, int]]
+                    ) -> tuple[dict[str, AddedToken], list[tuple[AddedToken, int]]]:
     """Special and added tokens resolved as transformers resolves them: a tokenizer_config.json with
     `added_tokens_decoder` is the whole truth; an older one is overridden by special_tokens_map.json
     (which is where SD2 says its pad is "!") and takes tokenizer.json's added tokens (`file_added`)."""
-    config = _read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    config_file, map_file = path / "tokenizer_config.json", path / "special_tokens_map.json"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    source = dict.fromkeys(config, config_file)  # key -> the file its value comes from, for errors
     if "added_tokens_decoder" in config:
         decoder = config["added_tokens_decoder"]
-        added = [(_added_token(path / "tokenizer_config.json", t), int(i)) for i, t in decoder.items()]
-        added.sort(key=lambda t: t[1])
+        if not isinstance(decoder, dict) or not all(i.isdigit() for i in decoder):
+            raise CheckpointError(f"{config_file}: added_tokens_decoder must map integer ids to added tokens")
+        added = sorted(((_added_token(config_file, t), int(i)) for i, t in decoder.items()), key=lambda t: t[1])
     else:
-        if (path / "special_tokens_map.json").is_file():
-            config = {**config, **_read_json(path / "special_tokens_map.json")}
+        if map_file.is_file():
+            special_map = _read_json(map_file)
+            config, source = {**config, **special_map}, {**source, **dict.fromkeys(special_map, map_file)}
         added = file_added
-    specials = {k: _special_token(path, k, config.get(k) or DEFAULTS[k]) for k in SPECIALS}
+    specials = {}
+    for key in SPECIALS:
+        token = _special_token(source.get(key, path), key, config.get(key) or DEFAULTS[key])
+        if token.content not in vocab:
+            raise CheckpointError(f"{source.get(key, path)}: {key} {token.content!r} is not in the vocabulary")
+        specials[key] = token
     return specials, added
 
 
-def _special_token(path: Path, key: str, value) -> AddedToken:
+def _special_token(file: Path, key: str, value) -> AddedToken:
     """A special token as written: a plain string (matched before normalisation), or an AddedToken dict."""
     if isinstance(value, str):
         return AddedToken(value, special=True)
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         flags = {k: value[k] for k in ("single_word", "lstrip", "rstrip", "normalized") if k in value}
         return AddedToken(value["content"], special=True, **flags)
-    raise CheckpointError(f"{path}: {key} must be a string or a {{\"content\": ...}} object, got {value!r}")
+    raise CheckpointError(f"{file}: {key} must be a string or a {{\"content\": ...}} object, got {value!r}")
 
 
 def _added_token(file: Path, d) -> AddedToken:
@@ -183,8 +193,11 @@ def _read_json(file: Path):
         raise CheckpointError(f"{file}: unreadable JSON ({e})") from None
 
 
-def _read_vocab_json(file: Path) -> dict[str, int]:
-    vocab = _read_json(file)
+def _read_vocab(file: Path) -> dict[str, int]:
+    return _check_vocab(file, _read_json(file))
+
+
+def _check_vocab(file: Path, vocab) -> dict[str, int]:
     if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
         raise CheckpointError(f"{file}: expected a JSON object mapping each token to its integer id")
     return vocab
@@ -212,9 +225,8 @@ def _read_tokenizer_json(file: Path) -> tuple[dict[str, int], list[tuple[str, st
     are not used: CLIP's are fixed, and transformers' CLIPTokenizer rebuilds them the same way."""
     spec = _read_json(file)
     model = spec.get("model") if isinstance(spec, dict) else None
-    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or not isinstance(model.get("vocab"), dict) \
-            or not isinstance(model.get("merges"), list):
-        raise CheckpointError(f"{file}: expected a BPE model with a vocab object and a merges list")
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or not isinstance(model.get("merges"), list):
+        raise CheckpointError(f"{file}: expected a BPE model with vocab and merges, as CLIP's tokenizer has")
     # merges are "left right" strings in older files, [left, right] lists in newer ones
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     if any(len(m) != 2 for m in merges):
@@ -222,4 +234,4 @@ def _read_tokenizer_json(file: Path) -> tuple[dict[str, int], list[tuple[str, st
     added = [(_added_token(file, t), t.get("id")) for t in spec.get("added_tokens") or []]
     if any(not isinstance(i, int) for _, i in added):
         raise CheckpointError(f"{file}: every added token needs an integer id")
-    return model["vocab"], merges, sorted(added, key=lambda t: t[1])
+    return _check_vocab(file, model.get("vocab")), merges, sorted(added, key=lambda t: t[1])
