@@ -1,0 +1,40 @@
+"""Session-scoped tiny random checkpoints (see tests/fixtures.py), built once per test run."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fixtures import add_fp16_variants, build_folder, to_single_file
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def sd1_folder(models_dir):
+    return build_folder(models_dir / "tiny-sd1", "sd1")
+
+
+@pytest.fixture(scope="session")
+def sd2v_folder(models_dir):
+    return build_folder(models_dir / "tiny-sd2-v", "sd2v")
+
+
+@pytest.fixture(scope="session")
+def sd1_single_file(models_dir, sd1_folder):
+    return to_single_file(sd1_folder, models_dir / "tiny-sd1.safetensors", "sd1")
+
+
+@pytest.fixture(scope="session")
+def sd2v_single_file(models_dir, sd2v_folder):
+    # named as Stability names its 768 v-prediction files: sdkit's rule reads it as v / 768
+    return to_single_file(sd2v_folder, models_dir / "tiny-sd2-768-v.safetensors", "sd2v")
+
+
+@pytest.fixture(scope="session")
+def sd1_fp16_folder(models_dir, sd1_folder):
+    """sd1_folder's weights, plus their *.fp16.safetensors variants."""
+    return add_fp16_variants(Path(shutil.copytree(sd1_folder, models_dir / "tiny-sd1-fp16")))

@@ -1,0 +1,309 @@
+"""Tiny random Stable Diffusion checkpoints in the layouts users download, built with diffusers + transformers.
+
+- `build_folder(path, family)`: a diffusers folder as published on the Hub (model_index.json, unet/, vae/,
+  text_encoder/ with the legacy 'text_model.' key prefix, tokenizer/ as vocab.json + merges.txt + the two
+  special-token files, scheduler/ with the family's published config). family: "sd1" or "sd2v".
+- `to_single_file(folder, path, family)`: the same weights as an ORIGINAL (CompVis / Stability) single file,
+  with the leftovers real files carry. The inverse mapping here is written from diffusers'
+  scripts/convert_diffusers_to_original_stable_diffusion.py, independently of sdkit's forward mapping.
+- `add_fp16_variants(folder)`: *.fp16.safetensors next to every weight file.
+- `diffusers_pipeline(folder)`: the oracle for parity tests.
+
+Every weight that is constant at init (norm scales and shifts, biases, zero-initialised output layers) is
+randomised: a mapping that swapped two of them would otherwise go unnoticed. Seeded, deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sdkit.tokenizer import bpe_vocab
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference-configs"
+TOKENIZER_DATA = ROOT / "sdkit" / "data" / "tokenizers"
+
+# SD1: CLIP ViT-L-like text tower (quick_gelu) and a UNet with 8 heads at every level.
+# SD2-v: OpenCLIP-like tower (gelu, "!" pad) and a UNet with heads of 64, linear projections, upcast attention.
+FAMILIES = {
+    "sd1": dict(
+        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
+                  hidden_act="quick_gelu"),
+        unet=dict(block_out_channels=(32, 64), attention_head_dim=8),
+        scheduler="sd15-scheduler_config.json", tokenizer="clip-l", unet_sample_size=8,
+    ),
+    "sd2v": dict(
+        text=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
+                  hidden_act="gelu"),
+        unet=dict(block_out_channels=(64, 128), attention_head_dim=(1, 2), use_linear_projection=True,
+                  upcast_attention=True),
+        scheduler="sd21-768v-scheduler_config.json", tokenizer="openclip", unet_sample_size=12,
+    ),
+}
+
+MODEL_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "_diffusers_version": "0.8.0",
+    "feature_extractor": [None, None],
+    "requires_safety_checker": False,
+    "safety_checker": [None, None],
+    "scheduler": ["diffusers", "PNDMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Add noise to every parameter that init left constant (LayerNorm/GroupNorm 1s and 0s, biases,
+    zero-initialised output layers)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.numel() > 0 and bool((p == p.flatten()[0]).all()):
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+
+
+def build_models(family: str, seed: int = 0):
+    """(text_encoder, unet, vae) with seeded random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = FAMILIES[family]
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **spec["text"]))
+    unet = UNet2DConditionModel(
+        sample_size=spec["unet_sample_size"], in_channels=4, out_channels=4, layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=spec["text"]["hidden_size"], norm_num_groups=32, **spec["unet"])
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32, sample_size=spec["unet_sample_size"] * 8)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for model in (text_encoder, unet, vae):
+        perturb(model, generator)
+        model.eval()
+    return text_encoder, unet, vae
+
+
+def write_tokenizer(path: Path, name: str) -> None:
+    """vocab.json + merges.txt + special_tokens_map.json + tokenizer_config.json, as the Hub repos publish."""
+    path.mkdir(parents=True, exist_ok=True)
+    vocab, merges = bpe_vocab()
+    (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    shutil.copy(REFERENCE / f"{name}-special_tokens_map.json", path / "special_tokens_map.json")
+    shutil.copy(TOKENIZER_DATA / name / "tokenizer_config.json", path / "tokenizer_config.json")
+
+
+def build_folder(path: Path, family: str, seed: int = 0) -> Path:
+    """A diffusers folder of a tiny random model, laid out as the Hub publishes SD 1.5 / SD 2.1."""
+    spec = FAMILIES[family]
+    text_encoder, unet, vae = build_models(family, seed)
+    path.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(path / "unet")
+    vae.save_pretrained(path / "vae")
+    text_encoder.save_pretrained(path / "text_encoder")
+    # transformers 5 saves without the 'text_model.' prefix that every published SD folder has
+    te_file = path / "text_encoder" / "model.safetensors"
+    save_file({f"text_model.{k}": v.contiguous() for k, v in load_file(te_file).items()}, te_file,
+              metadata={"format": "pt"})
+    write_tokenizer(path / "tokenizer", spec["tokenizer"])
+    (path / "scheduler").mkdir(exist_ok=True)
+    shutil.copy(REFERENCE / spec["scheduler"], path / "scheduler" / "scheduler_config.json")
+    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    return path
+
+
+def add_fp16_variants(folder: Path) -> Path:
+    """Write `<name>.fp16.safetensors` next to each component's weight file (the Hub's fp16 variant)."""
+    for file in folder.glob("*/*.safetensors"):
+        if ".fp16." not in file.name:
+            tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(file).items()}
+            save_file(tensors, file.with_name(file.name.replace(".safetensors", ".fp16.safetensors")))
+    return folder
+
+
+# ---- diffusers -> original single-file names (convert_diffusers_to_original_stable_diffusion.py) ----
+
+UNET_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
+               ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
+UNET_TOP = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
+            ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")]
+
+
+def unet_to_ldm(sd: dict, config) -> dict:
+    """UNet2DConditionModel state dict -> `model.diffusion_model.*` names (LDM's openaimodel.UNetModel)."""
+    n, per = len(config.block_out_channels), config.layers_per_block
+    has_attn = ["CrossAttn" in t for t in config.down_block_types]
+    prefixes = []  # (ldm prefix, diffusers prefix)
+    for i in range(n):
+        for j in range(per):
+            prefixes.append((f"input_blocks.{(per + 1) * i + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))
+            if has_attn[i]:
+                prefixes.append((f"input_blocks.{(per + 1) * i + j + 1}.1.", f"down_blocks.{i}.attentions.{j}."))
+        if i < n - 1:
+            prefixes.append((f"input_blocks.{(per + 1) * (i + 1)}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."))
+        up_attn = has_attn[n - 1 - i]
+        for j in range(per + 1):
+            prefixes.append((f"output_blocks.{(per + 1) * i + j}.0.", f"up_blocks.{i}.resnets.{j}."))
+            if up_attn:
+                prefixes.append((f"output_blocks.{(per + 1) * i + j}.1.", f"up_blocks.{i}.attentions.{j}."))
+        if i < n - 1:
+            prefixes.append((f"output_blocks.{(per + 1) * i + per}.{2 if up_attn else 1}.",
+                             f"up_blocks.{i}.upsamplers.0."))
+    prefixes += [("middle_block.0.", "mid_block.resnets.0."), ("middle_block.1.", "mid_block.attentions.0."),
+                 ("middle_block.2.", "mid_block.resnets.1.")]
+    out = {}
+    for name, tensor in sd.items():
+        ldm = _rename(name, UNET_TOP + prefixes)
+        if ".resnets." in name:
+            for a, b in UNET_RESNET:
+                ldm = ldm.replace(b, a)
+        out["model.diffusion_model." + ldm] = tensor
+    return out
+
+
+VAE_ATTN = [("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."), ("proj_out.", "to_out.0.")]
+
+
+def vae_to_ldm(sd: dict, config) -> dict:
+    """AutoencoderKL state dict -> `first_stage_model.*` names, mid attention as 1x1 conv weights."""
+    n, per = len(config.block_out_channels), config.layers_per_block
+    prefixes = [("nin_shortcut", "conv_shortcut"), ("norm_out", "conv_norm_out")]
+    for i in range(n):
+        for j in range(per):
+            prefixes.append((f"encoder.down.{i}.block.{j}.", f"encoder.down_blocks.{i}.resnets.{j}."))
+        for j in range(per + 1):
+            prefixes.append((f"decoder.up.{n - 1 - i}.block.{j}.", f"decoder.up_blocks.{i}.resnets.{j}."))
+        if i < n - 1:
+            prefixes.append((f"down.{i}.downsample.", f"down_blocks.{i}.downsamplers.0."))
+            prefixes.append((f"up.{n - 1 - i}.upsample.", f"up_blocks.{i}.upsamplers.0."))
+    for i in range(2):
+        prefixes.append((f"mid.block_{i + 1}.", f"mid_block.resnets.{i}."))
+    out = {}
+    for name, tensor in sd.items():
+        ldm = name
+        for a, b in prefixes:
+            ldm = ldm.replace(b, a)
+        if ".mid_block.attentions.0." in ldm:
+            ldm = ldm.replace("mid_block.attentions.0.", "mid.attn_1.")
+            for a, b in VAE_ATTN:
+                ldm = ldm.replace(b, a)
+            if tensor.ndim == 2:
+                tensor = tensor[:, :, None, None]  # LDM's AttnBlock uses 1x1 convolutions
+        out["first_stage_model." + ldm] = tensor
+    return out
+
+
+def clip_to_ldm(sd: dict, legacy_prefix: bool = True) -> dict:
+    """CLIPTextModel state dict -> `cond_stage_model.transformer.*` (SD1's FrozenCLIPEmbedder), with the
+    int64 position_ids buffer that files saved by older transformers carry."""
+    prefix = "cond_stage_model.transformer." + ("text_model." if legacy_prefix else "")
+    out = {prefix + k: v for k, v in sd.items()}
+    out[prefix + "embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
+    return out
+
+
+OPENCLIP = [("transformer.resblocks.", "encoder.layers."), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
+            (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2."), (".attn.", ".self_attn."),
+            ("ln_final.", "final_layer_norm.")]
+
+
+def openclip_to_ldm(sd: dict, generator: torch.Generator) -> dict:
+    """CLIPTextModel state dict -> `cond_stage_model.model.*` (SD2's FrozenOpenCLIPEmbedder): fused in_proj
+    q/k/v, plus what SD2 carries but does not use: one more (last) resblock, text_projection, logit_scale."""
+    width = sd["embeddings.token_embedding.weight"].shape[1]
+    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers."))
+    last = {k.replace("layers.0.", f"layers.{layers}."): 0.05 * torch.randn(v.shape, generator=generator)
+            for k, v in sd.items() if k.startswith("encoder.layers.0.")}
+    sd = {**sd, **last}
+    out = {"cond_stage_model.model.token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           "cond_stage_model.model.positional_embedding": sd["embeddings.position_embedding.weight"],
+           "cond_stage_model.model.text_projection": 0.05 * torch.randn(width, width, generator=generator),
+           "cond_stage_model.model.logit_scale": torch.tensor(4.6052)}
+    for name, tensor in sd.items():
+        if name.startswith("embeddings.") or ".k_proj." in name or ".v_proj." in name:
+            continue
+        if ".q_proj." in name:  # (3 * width, width): q, k, v stacked
+            tensor = torch.cat([sd[name.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+            name = name.replace("self_attn.q_proj.weight", "attn.in_proj_weight")
+            name = name.replace("self_attn.q_proj.bias", "attn.in_proj_bias")
+        for a, b in OPENCLIP:
+            name = name.replace(b, a)
+        out["cond_stage_model.model." + name] = tensor
+    return out
+
+
+def ldm_leftovers(generator: torch.Generator) -> dict:
+    """What a real LDM training checkpoint carries besides the model: DDPM buffers and EMA bookkeeping."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    out = {
+        "betas": betas, "alphas_cumprod": alphas_cumprod, "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(), "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
+        "log_one_minus_alphas_cumprod": (1 - alphas_cumprod).log(),
+        "sqrt_recip_alphas_cumprod": (1 / alphas_cumprod).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1 / alphas_cumprod - 1).sqrt(),
+        "posterior_variance": betas * (1 - prev) / (1 - alphas_cumprod),
+        "posterior_log_variance_clipped": (betas * (1 - prev) / (1 - alphas_cumprod)).clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * prev.sqrt() / (1 - alphas_cumprod),
+        "posterior_mean_coef2": (1 - prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
+        "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000, dtype=torch.int32),
+        "model_ema.diffusion_modelinput_blocks00weight": torch.randn(8, 4, 3, 3, generator=generator),
+        "model_ema.diffusion_modelout2bias": torch.randn(4, generator=generator),
+    }
+    return {k: v.float() if v.dtype == torch.float64 else v for k, v in out.items()}
+
+
+def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool = True,
+                   leftovers: bool = True, extra: dict | None = None) -> Path:
+    """Write the folder's weights as an original single-file checkpoint (SD1: CLIP under
+    cond_stage_model.transformer; SD2: OpenCLIP under cond_stage_model.model). `extra` adds raw tensors."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    generator = torch.Generator().manual_seed(7)
+    unet_cfg = UNet2DConditionModel.load_config(folder / "unet")
+    vae_cfg = AutoencoderKL.load_config(folder / "vae")
+    unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    text = {k.removeprefix("text_model."): v for k, v in load_file(folder / "text_encoder" / "model.safetensors").items()}
+    tensors = {**unet_to_ldm(unet, SimpleNamespace(**unet_cfg)), **vae_to_ldm(vae, SimpleNamespace(**vae_cfg))}
+    tensors |= openclip_to_ldm(text, generator) if family.startswith("sd2") else clip_to_ldm(text, legacy_prefix)
+    if leftovers:
+        tensors |= ldm_leftovers(generator)
+    tensors |= extra or {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    return path
+
+
+def diffusers_pipeline(folder: Path):
+    """diffusers' StableDiffusionPipeline for a folder: the oracle of parity tests."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _rename(name: str, prefixes: list[tuple[str, str]]) -> str:
+    """Replace the longest matching diffusers prefix with its LDM counterpart."""
+    for ldm, hf in sorted(prefixes, key=lambda p: -len(p[1])):
+        if name.startswith(hf):
+            return ldm + name[len(hf):]
+    raise KeyError(f"no LDM name for {name}")
+
+
+def numpy_weights(file: Path) -> dict[str, np.ndarray]:
+    """A safetensors file as float32 numpy arrays (for comparisons)."""
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(file).items()}
