@@ -1,0 +1,103 @@
+"""CLIP text transformer: ViT-L/14 (SD1, quick_gelu) and OpenCLIP ViT-H/14, bigG (SD2, SDXL; gelu).
+
+Attribute paths follow transformers' CLIPTextModel without its 'text_model.' prefix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdkit.config import TextEncoderConfig
+from sdkit.errors import CheckpointError
+
+EOS = 49407  # <|endoftext|> in both CLIP BPE vocabularies; the pooled output is read at its first position
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_length, config.hidden_size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        c = config.hidden_size
+        self.num_heads = config.num_heads
+        self.q_proj = nn.Linear(c, c)
+        self.k_proj = nn.Linear(c, c)
+        self.v_proj = nn.Linear(c, c)
+        self.out_proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (p(x).view(B, T, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = SelfAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_layers))
+
+
+class CLIPTextModel(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        if config.hidden_act not in ACTIVATIONS:
+            raise CheckpointError(f"text encoder hidden_act {config.hidden_act!r} is not supported; "
+                                  f"use one of {sorted(ACTIVATIONS)}")
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if config.projection_dim is not None:
+            self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids (B, T) -> last hidden state (B, T, C) after the final LayerNorm [, pooled (B, P)]."""
+        x = self.embeddings(ids)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        x = self.final_layer_norm(x)
+        if not hasattr(self, "text_projection"):
+            return x, None
+        eos = (ids == EOS).int().argmax(dim=-1)  # (B,) first EOS of each row
+        return x, self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos])
