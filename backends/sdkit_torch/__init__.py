@@ -1,0 +1,143 @@
+"""The PyTorch backend: CUDA, MPS or CPU, in float32, float16 or bfloat16.
+
+Model files are plain torch.nn (clip.py, unet.py, vae.py); this module picks the device and dtype and wraps
+each model in the numpy-at-the-edges interface of sdkit.interfaces.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sdkit.config import TextEncoderConfig, UNetConfig, VAEConfig
+from sdkit.errors import BackendError
+from sdkit.interfaces import Weights
+
+from .clip import CLIPTextModel
+from .loading import load
+from .unet import UNet2DConditionModel
+from .vae import AutoencoderKL
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: str | None = None, dtype: str | None = None):
+        self.torch_device = _resolve_device(device)
+        if dtype is None:
+            dtype = "float16" if self.torch_device.type in ("cuda", "mps") else "float32"
+        if dtype not in DTYPES:
+            raise BackendError(f"dtype {dtype!r} is not supported by the torch backend; "
+                               f"use one of: {', '.join(DTYPES)}")
+        self.device = str(self.torch_device)
+        self.dtype = dtype
+        self.torch_dtype = DTYPES[dtype]
+
+    def __repr__(self) -> str:
+        return f"TorchBackend(device={self.device!r}, dtype={self.dtype!r})"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return True  # torch imported; the CPU always works
+
+    def text_encoder(self, config: TextEncoderConfig, weights: Weights) -> TextEncoder:
+        model = self._load(lambda: CLIPTextModel(config), weights, "text encoder", self.torch_dtype)
+        return TextEncoder(model, self.torch_device)
+
+    def unet(self, config: UNetConfig, weights: Weights) -> UNet:
+        # CUDA's fused SDPA kernels already do the softmax in float32; elsewhere half precision needs the upcast
+        upcast = config.upcast_attention and self.torch_dtype != torch.float32 and self.torch_device.type != "cuda"
+        return UNet(self._load(lambda: UNet2DConditionModel(config, upcast), weights, "unet", self.torch_dtype))
+
+    def vae(self, config: VAEConfig, weights: Weights) -> VAE:
+        # the SD1/SD2 VAEs overflow float16 (config.force_upcast says so); bfloat16 has float32's range
+        dtype = torch.float32 if self.torch_dtype == torch.float16 and config.force_upcast else self.torch_dtype
+        return VAE(lambda d: self._load(lambda: AutoencoderKL(config), weights, "vae", d), dtype, self.torch_device)
+
+    def asarray(self, x: np.ndarray) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.float32, device=self.torch_device)
+
+    def numpy(self, x: torch.Tensor) -> np.ndarray:
+        return x.detach().float().cpu().numpy()
+
+    def _load(self, build, weights: Weights, component: str, dtype: torch.dtype):
+        return load(build, weights, component, self.torch_device, dtype)
+
+
+class TextEncoder:
+    def __init__(self, model: CLIPTextModel, device: torch.device):
+        self.model = model
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
+        context, pooled = self.model(ids)
+        return context.float(), None if pooled is None else pooled.float()
+
+
+class UNet:
+    def __init__(self, model: UNet2DConditionModel):
+        self.model = model
+        self.dtype = model.conv_in.weight.dtype
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
+                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        k = context.shape[0] // x.shape[0]  # conditionings per image: 2 with classifier-free guidance
+        x = x.to(self.dtype).repeat(k, 1, 1, 1)  # (k*B, C, h, w): one batched call
+        return self.model(x, float(t), context.to(self.dtype), added).float()
+
+
+class VAE:
+    """Runs in `dtype`; a non-finite result in half precision is redone in float32, and the float32
+    model (read again from the weights) replaces the half one for later calls."""
+
+    def __init__(self, load_in: Callable[[torch.dtype], AutoencoderKL], dtype: torch.dtype, device: torch.device):
+        self.load_in = load_in
+        self.dtype = dtype
+        self.device = device
+        self.model = load_in(dtype)
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
+        return self._run(AutoencoderKL.encode, x)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        x = self._run(AutoencoderKL.decode, latents)
+        x = ((x / 2 + 0.5).clamp(0, 1) * 255).round()  # float32, as the interface specifies
+        return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (B, H, W, 3)
+
+    def _run(self, method: Callable[[AutoencoderKL, torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        y = method(self.model, x.to(self.dtype)).float()
+        if self.dtype != torch.float32 and not torch.isfinite(y).all():
+            self.model = None  # free the half-precision weights before reading the float32 ones
+            self.dtype, self.model = torch.float32, self.load_in(torch.float32)
+            y = method(self.model, x.float())
+        return y
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    available = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] \
+        + (["mps"] if torch.backends.mps.is_available() else [])
+    if name is None:
+        return torch.device(available[1] if len(available) > 1 else "cpu")  # cuda:0 > mps > cpu
+    unavailable = BackendError(f"device {name!r} is not available to the torch backend here; "
+                               f"use one of: {', '.join(available)}")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise unavailable from None
+    if device.type == "cpu":
+        device = torch.device("cpu")  # "cpu:0" is the one CPU device
+    elif device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    if str(device) not in available:
+        raise unavailable
+    return device
