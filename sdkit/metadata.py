@@ -1,0 +1,196 @@
+"""Generation parameters as AUTOMATIC1111 writes them into a PNG's "parameters" text chunk.
+
+    a lighthouse at dawn, oil painting
+    Negative prompt: blurry
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: ..., Version: sdkit 0.1.0
+
+Civitai, A1111's "PNG Info", ComfyUI's loaders and image browsers read this text, so sdkit writes it and
+reads it back (from any of those tools) into generate()'s keyword names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+# Our sampler name -> (A1111 sampler name, A1111 schedule type or None for "Automatic").
+A1111_SAMPLERS = {
+    "ddim": ("DDIM", None),
+    "pndm": ("PLMS", None),
+    "euler": ("Euler", None),
+    "euler_a": ("Euler a", None),
+    "heun": ("Heun", None),
+    "lms": ("LMS", None),
+    "dpmpp_2m": ("DPM++ 2M", None),
+    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
+    "unipc": ("UniPC", None),
+}
+_FROM_A1111 = {(name.lower(), schedule and schedule.lower()): ours for ours, (name, schedule) in A1111_SAMPLERS.items()}
+
+# A1111 key -> (generate() keyword, type). "Size", "Sampler" and "Schedule type" are handled apart.
+_KEYS = {
+    "Steps": ("steps", int),
+    "CFG scale": ("guidance_scale", float),
+    "Seed": ("seed", int),
+    "Denoising strength": ("strength", float),
+    "Model": ("model", str),
+}
+_OURS = {"prompt", "negative_prompt", "sampler", "width", "height"} | {k for k, _ in _KEYS.values()}
+
+# One `Key: value` pair of the last line; a value is a JSON-quoted string or runs to the next comma (A1111's re_param).
+_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+def format_parameters(params: dict) -> str:
+    """generate()'s parameters -> A1111 "parameters" text. Keys other than ours (e.g. "Clip skip") are kept."""
+    from . import __version__  # here, not at the top: sdkit/__init__.py imports this module
+
+    lines = [params.get("prompt", "")]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+
+    pairs = {}
+    if "steps" in params:
+        pairs["Steps"] = params["steps"]
+    if "sampler" in params:
+        if params["sampler"] not in A1111_SAMPLERS:
+            raise ValueError(f"sampler {params['sampler']!r} has no AUTOMATIC1111 name; "
+                             f"known: {', '.join(A1111_SAMPLERS)}")
+        pairs["Sampler"], schedule = A1111_SAMPLERS[params["sampler"]]
+        if schedule:
+            pairs["Schedule type"] = schedule
+    if "guidance_scale" in params:
+        pairs["CFG scale"] = params["guidance_scale"]
+    if "seed" in params:
+        pairs["Seed"] = params["seed"]
+    if "width" in params and "height" in params:
+        pairs["Size"] = f"{params['width']}x{params['height']}"
+    if params.get("model"):
+        pairs["Model"] = params["model"]
+    if params.get("strength") is not None:
+        pairs["Denoising strength"] = params["strength"]
+    pairs |= {k: v for k, v in params.items() if k not in _OURS and k not in pairs and k != "Version"}
+    pairs["Version"] = f"sdkit {__version__}"
+
+    lines.append(", ".join(f"{k}: {_quote(_text(v))}" for k, v in pairs.items()))
+    return "\n".join(lines)
+
+
+def parse_parameters(text: str) -> dict:
+    """A1111 "parameters" text -> generate()'s keywords; keys sdkit cannot use stay under their A1111 names.
+
+    Like A1111, the last line holds the `Key: value` pairs only if it has at least three of them; lines
+    before it are the prompt, up to a line starting with "Negative prompt:".
+    """
+    *lines, last = text.strip().split("\n")
+    if len(_PAIR.findall(last)) < 3:
+        lines, last = [*lines, last], ""
+
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        line = line.rstrip("\r")
+        if not in_negative and line.startswith("Negative prompt:"):
+            in_negative, line = True, line.removeprefix("Negative prompt:").removeprefix(" ")
+        (negative if in_negative else prompt).append(line)
+    params = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+
+    raw = {k: _unquote(v) for k, v in _PAIR.findall(last)}
+    for key, value in raw.items():
+        if key in _KEYS:
+            name, kind = _KEYS[key]
+            try:
+                params[name] = kind(value)
+            except ValueError:
+                params[key] = value  # unreadable: kept as found, so a caller can name it
+        elif key == "Size" and (m := _SIZE.match(value)):
+            params["width"], params["height"] = int(m[1]), int(m[2])
+        elif key not in ("Sampler", "Schedule type"):
+            params[key] = value
+
+    if "Sampler" in raw:
+        sampler = _sampler(raw["Sampler"], raw.get("Schedule type", "Automatic"))
+        if sampler:
+            params["sampler"] = sampler
+        else:  # a sampler sdkit lacks: kept under A1111's keys
+            params["Sampler"] = raw["Sampler"]
+            if "Schedule type" in raw:
+                params["Schedule type"] = raw["Schedule type"]
+    return params
+
+
+def read_parameters(path_or_image: str | Path | Image.Image) -> dict:
+    """The generation parameters stored in a PNG (sdkit's or AUTOMATIC1111's), as generate()'s keywords.
+
+    Unknown keys are kept under their A1111 names ("Clip skip", "Model hash", "Version", ...).
+    """
+    if isinstance(path_or_image, Image.Image):
+        text, where = path_or_image.info.get("parameters"), "image"
+    else:
+        where = str(path_or_image)
+        try:
+            with Image.open(path_or_image) as image:
+                text = image.info.get("parameters")
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"{where!r} cannot be read as an image: {e}") from None
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where!r} has no generation parameters (no 'parameters' PNG text chunk)")
+    return parse_parameters(text)
+
+
+def save(image: Image.Image, path: str | Path) -> Path:
+    """Write `image` as a PNG carrying its image.info["parameters"]; atomic: no half-written file, ever.
+
+    Latin-1 text goes into a tEXt chunk, anything else into an iTXt chunk (UTF-8), as A1111 does via PIL.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{str(path)!r}: sdkit writes PNG files; use a name ending in .png")
+    info = PngImagePlugin.PngInfo()
+    if image.info.get("parameters"):
+        info.add_text("parameters", image.info["parameters"])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: never leave the temp file behind
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _sampler(name: str, schedule: str) -> str | None:
+    """A1111 sampler + schedule type -> our sampler name, or None if sdkit has no such sampler."""
+    name, schedule = name.strip().lower(), schedule.strip().lower()
+    if name.endswith(" karras") and schedule == "automatic":  # before A1111 1.9: "DPM++ 2M Karras"
+        name, schedule = name.removesuffix(" karras"), "karras"
+    return _FROM_A1111.get((name, None if schedule == "automatic" else schedule))
+
+
+def _text(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # A1111 writes "CFG scale: 7", not 7.0
+    return str(value)
+
+
+def _quote(text: str) -> str:
+    """A1111's quoting: values with a comma, colon or newline become JSON strings."""
+    if not any(c in text for c in ",:\n"):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
