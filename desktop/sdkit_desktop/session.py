@@ -1,0 +1,147 @@
+"""The state of one app session, free of Qt so it is tested with plain pytest.
+
+Settings are what the form shows; a ModelChoice is what the worker must have loaded; Session holds both,
+the recent models and this session's results. Widgets read and write these, nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+MAX_SEED = 2**32 - 1
+MAX_RECENT = 10
+BACKENDS = ("auto", "torch", "mlx")
+DEVICES = {"auto": (), "torch": ("cuda", "mps", "cpu"), "mlx": ("gpu", "cpu")}
+DTYPES = ("float32", "float16", "bfloat16")
+
+# SDXL was trained on buckets of ~1024x1024 pixels (its paper, appendix I); these are the common ones.
+_SDXL_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
+
+
+@dataclass
+class Settings:
+    """Every field of the form that goes into a generate() call."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 30
+    guidance_scale: float = 7.5
+    sampler: str = "dpmpp_2m_karras"
+    seed: int = 0
+    seed_locked: bool = False  # unlocked: every generation draws a fresh random seed
+    num_images: int = 1
+    init_image: str | None = None  # a path: image-to-image when set
+    strength: float = 0.8
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for Pipeline.generate()."""
+        kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width, height=self.height,
+                  steps=self.steps, guidance_scale=self.guidance_scale, sampler=self.sampler, seed=self.seed,
+                  num_images=self.num_images)
+        if self.init_image:
+            kw.update(init_image=self.init_image, strength=self.strength)
+        return kw
+
+    def with_parameters(self, params: dict, samplers: tuple[str, ...]) -> Settings:
+        """These settings with every field an image's metadata (sdkit.read_parameters) records; the seed
+        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current one."""
+        keys = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "strength")
+        new = {k: params[k] for k in keys if params.get(k) is not None}
+        if params.get("sampler") in samplers:
+            new["sampler"] = params["sampler"]
+        return dataclasses.replace(self, **new, seed_locked="seed" in new or self.seed_locked)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Settings:
+        """Settings saved by an older or newer version: unknown keys and mistyped values are dropped."""
+        defaults = cls()
+        kw = {}
+        for f in dataclasses.fields(cls):
+            value, default = d.get(f.name), getattr(defaults, f.name)
+            if type(default) is float and type(value) is int:
+                value = float(value)
+            if type(value) is type(default) or default is None and isinstance(value, str):
+                kw[f.name] = value
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model on a backend, as sdkit.load takes it. None means "the backend's default"."""
+
+    model: str
+    backend: str = "auto"
+    device: str | None = None
+    dtype: str | None = None
+
+    @property
+    def is_hub_id(self) -> bool:
+        """A Hub repo id ("org/name") rather than a local file or folder."""
+        return not Path(self.model).expanduser().exists() and self.model.count("/") == 1
+
+
+@dataclass
+class Result:
+    image: Image.Image
+    params: dict  # as sdkit.read_parameters returns them
+
+
+@dataclass
+class Session:
+    settings: Settings = field(default_factory=Settings)
+    model: ModelChoice | None = None
+    recent: list[str] = field(default_factory=list)  # models, most recent first
+    names: dict[str, str] = field(default_factory=dict)  # display name (as in image metadata) -> model
+    results: list[Result] = field(default_factory=list)
+
+    def job(self) -> tuple[ModelChoice, dict]:
+        """What the next Generate runs: the model, and generate() arguments with this run's seed.
+        Unlocked, the seed is drawn here and written back, so the form shows the seed actually used."""
+        if self.model is None:
+            raise ValueError("no model chosen: open a .safetensors file or a folder, or type a Hub repo id")
+        if not self.settings.seed_locked:
+            self.settings.seed = secrets.randbelow(MAX_SEED + 1 - self.settings.num_images)
+        return self.model, self.settings.generate_kwargs()
+
+    def remember(self, model: str, name: str) -> None:
+        """Put a successfully loaded model at the top of the recent list."""
+        self.recent = [model] + [m for m in self.recent if m != model][: MAX_RECENT - 1]
+        self.names = {n: m for n, m in self.names.items() if m in self.recent} | {name: model}
+
+    def model_named(self, name: str | None) -> str | None:
+        """The model an image's metadata names, if it is one used before or a path that exists."""
+        if name in self.names:
+            return self.names[name]
+        return name if name and Path(name).expanduser().exists() else None
+
+    def add_results(self, images: list[Image.Image], params: list[dict]) -> None:
+        self.results.extend(Result(im, p) for im, p in zip(images, params))
+
+
+def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
+    """(width, height) presets for a model: its native square, then portrait and landscape at 2:3 and 3:4
+    with the native side as the short side (SD1/SD2 habit); SDXL's equal-area training buckets."""
+    h, w = native
+    if family == "sdxl" and (h, w) == (1024, 1024):
+        return list(_SDXL_BUCKETS)
+    side = min(h, w)
+    out = [(w, h)]
+    for long in (side * 3 // 2, side * 4 // 3):
+        long -= long % 8
+        out += [(side, long), (long, side)]
+    return out
+
+
+def snap8(value: int) -> int:
+    """The nearest multiple of 8 (at least 8): the sizes the VAE can encode."""
+    return max(8, (value + 4) // 8 * 8)
