@@ -1,0 +1,353 @@
+"""The main window: lays out the widgets, keeps the Session in step with them, and talks to the worker."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import sdkit
+from PySide6.QtCore import QSettings, QThread, QTimer, Signal, Slot
+from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
+                               QFileDialog, QScrollArea, QVBoxLayout, QWidget)
+from sdkit.tokenizer import Tokenizer
+
+from .download import cached_bytes, human_bytes
+from .session import ModelChoice, Session, Settings, size_presets
+from .widgets.gallery import Gallery, ImageView, to_qimage
+from .widgets.model_picker import ModelPicker
+from .widgets.prompt import PromptEdit
+from .widgets.settings_panel import SettingsPanel
+from .worker import Loaded, Worker
+
+DEFAULT_SIZE = (1200, 800)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+class MainWindow(QMainWindow):
+    """`store`: where settings persist (the user's QSettings by default). `persist=False` neither restores
+    nor saves them (scripted runs). `load`: how the worker loads models (sdkit.load)."""
+
+    ended = Signal(str)  # a generation ended, after the window showed it: "" when done, else why not
+
+    def __init__(self, store: QSettings | None = None, persist: bool = True, load=sdkit.load):
+        super().__init__()
+        self.setWindowTitle("sdkit")
+        self.session = Session()
+        self.store = store if store is not None else QSettings("sdkit", "sdkit-desktop")
+        self.persist = persist
+        self.busy = False
+        self._apply_native_size = False  # after an explicit Load, switch the form to the model's size
+        self._loaded: ModelChoice | None = None
+        self._downloading: str | None = None  # a Hub repo id while it may be downloading
+        self._elapsed = 0.0
+
+        count = Tokenizer.bundled("clip-l").count
+        self.picker = ModelPicker()
+        self.prompt = PromptEdit("Prompt: what the picture shows", count)
+        self.negative = PromptEdit("Negative prompt: what to avoid", count)
+        self.form = SettingsPanel(tuple(sdkit.SAMPLERS))
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setToolTip("Ctrl+Enter")
+        self.cancel_button = QPushButton("Cancel", enabled=False)
+        self.view = ImageView()
+        self.error = QLabel(wordWrap=True, visible=False)
+        self.error.setStyleSheet("background: #fdecea; color: #8e1b10; padding: 6px; border-radius: 4px")
+        self.progress = QProgressBar(textVisible=True)
+        self.progress.setFormat("")
+        self.status = QLabel("Choose a model, write a prompt, press Generate.")
+        self.gallery = Gallery()
+        self.save_button, self.copy_button = QPushButton("Save PNG…"), QPushButton("Copy")
+        self.use_button = QPushButton("Use these settings")
+        self._layout()
+
+        self.thread = QThread(self)
+        self.worker = Worker(load)
+        self.worker.moveToThread(self.thread)
+        self.thread.start()
+        self.download_timer = QTimer(self, interval=500)
+        self._connect()
+        self.setAcceptDrops(True)
+        self.resize(*DEFAULT_SIZE)
+        self._set_busy(False)
+        if persist:
+            self._restore()
+
+    def _layout(self) -> None:
+        left = QVBoxLayout()
+        for title, widget in (("Model", self.picker), ("Prompt", self.prompt), ("Negative prompt", self.negative),
+                              ("Settings", self.form)):
+            box = QGroupBox(title)
+            QVBoxLayout(box).addWidget(widget)
+            left.addWidget(box)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.generate_button, 2)
+        buttons.addWidget(self.cancel_button, 1)
+        left.addLayout(buttons)
+        left.addStretch()
+        panel = QWidget()
+        panel.setLayout(left)
+        scroll = QScrollArea(widgetResizable=True)
+        scroll.setWidget(panel)
+        scroll.setFixedWidth(430)
+
+        actions = QHBoxLayout()
+        for b in (self.save_button, self.copy_button, self.use_button):
+            actions.addWidget(b)
+        actions.addStretch()
+        right = QVBoxLayout()
+        right.addWidget(self.error)
+        right.addWidget(self.view, 1)
+        right.addWidget(self.progress)
+        right.addWidget(self.status)
+        right.addWidget(self.gallery)
+        right.addLayout(actions)
+
+        central = QWidget()
+        row = QHBoxLayout(central)
+        row.addWidget(scroll)
+        row.addLayout(right, 1)
+        self.setCentralWidget(central)
+
+    def _connect(self) -> None:
+        self.picker.load_clicked.connect(self.load_model)
+        self.generate_button.clicked.connect(self.generate)
+        QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.generate)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.gallery.chosen.connect(lambda i: self.view.show_image(to_qimage(self.session.results[i].image)))
+        self.save_button.clicked.connect(self.save_selected)
+        self.copy_button.clicked.connect(self.copy_selected)
+        self.use_button.clicked.connect(self.use_selected)
+        self.download_timer.timeout.connect(self._show_download)
+        w = self.worker
+        w.status.connect(self.status.setText)
+        w.loaded.connect(self._on_loaded)
+        w.progress.connect(self._on_progress)
+        w.preview.connect(self._on_preview)
+        w.finished.connect(self._on_finished)
+        w.cancelled.connect(self._on_cancelled)
+        w.failed.connect(self._on_failed)
+
+    # Actions.
+
+    def load_model(self) -> None:
+        choice = self.picker.choice()
+        if choice is None:
+            self.show_error("Type a model: a .safetensors file, a diffusers folder or a Hub repo id")
+            return
+        self._apply_native_size = True
+        self._start(choice)
+        self.worker.load(choice)
+
+    def generate(self) -> None:
+        if self.busy:
+            return
+        self._sync_session()
+        try:
+            choice, kwargs = self.session.job()
+        except ValueError as e:
+            self.show_error(str(e))
+            return
+        self.form.set_settings(self.session.settings)  # shows the seed this run uses
+        self._apply_native_size = False
+        self._start(choice)
+        self.worker.generate(choice, kwargs)
+
+    def cancel(self) -> None:
+        self.worker.cancel()
+        self.status.setText("Cancelling…")
+
+    def selected(self) -> int | None:
+        row = self.gallery.currentRow()
+        return row if 0 <= row < len(self.session.results) else None
+
+    def save_selected(self) -> None:
+        if (i := self.selected()) is None:
+            return
+        params = self.session.results[i].params
+        path, _ = QFileDialog.getSaveFileName(self, "Save image", f"sdkit-{params.get('seed', i)}.png", "PNG (*.png)")
+        if path:
+            sdkit.save(self.session.results[i].image, path)
+            self.status.setText(f"Saved {path}")
+
+    def copy_selected(self) -> None:
+        if (i := self.selected()) is not None:
+            QGuiApplication.clipboard().setImage(to_qimage(self.session.results[i].image))
+            self.status.setText("Image copied to the clipboard")
+
+    def use_selected(self) -> None:
+        if (i := self.selected()) is not None:
+            self.restore_parameters(self.session.results[i].params, "the selected image")
+
+    def restore_parameters(self, params: dict, source: str) -> None:
+        """Put an image's recorded settings into every field (the model too, when it is one used before)."""
+        self._sync_session()
+        self.session.settings = self.session.settings.with_parameters(params, tuple(sdkit.SAMPLERS))
+        self._show_settings(self.session.settings)
+        name = params.get("model")
+        model = self.session.model_named(name)
+        if model:
+            self.picker.model.setCurrentText(model)
+        note = f" (made with {name}, not among your recent models)" if name and not model else ""
+        self.status.setText(f"Settings restored from {source}{note}")
+
+    def open_path(self, path: Path) -> None:
+        """A dropped file: a checkpoint becomes the model, a PNG with settings restores them, another image
+        becomes the init image."""
+        self.error.hide()
+        if path.is_dir() or path.suffix == ".safetensors":
+            self.picker.model.setCurrentText(str(path))
+            self.status.setText(f"Model set to {path.name}; press Load or Generate")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            try:
+                params = sdkit.read_parameters(path)
+            except ValueError:
+                params = {}
+            if params.get("prompt") is not None:
+                self.restore_parameters(params, path.name)
+            else:
+                self.form.set_init_image(str(path))
+                self.status.setText(f"Init image: {path.name} (image to image; set the strength)")
+        else:
+            self.show_error(f"{path.name}: drop a .safetensors checkpoint, a model folder, or a PNG/JPEG image")
+
+    def show_error(self, message: str) -> None:
+        self.error.setText(message)
+        self.error.show()
+
+    # Worker signals.
+
+    @Slot(object)
+    def _on_loaded(self, info: Loaded) -> None:
+        self._loaded = info.choice
+        self.session.remember(info.choice.model, info.name)
+        self.picker.set_recent(self.session.recent)
+        self.picker.info.setText(f"{info.name} · {info.family.upper()} · {info.default_size[1]}×"
+                                 f"{info.default_size[0]} · {info.backend}")
+        self.form.set_presets(size_presets(info.family, info.default_size))
+        self.prompt.set_counter(info.tokenizer.count)
+        self.negative.set_counter(info.tokenizer.count)
+        if self._apply_native_size:
+            h, w = info.default_size
+            self.form.width_box.setValue(w)
+            self.form.height_box.setValue(h)
+            self.status.setText(f"Loaded {info.name}")
+            self._set_busy(False)
+
+    @Slot(object)
+    def _on_preview(self, rgb) -> None:
+        self.view.show_image(to_qimage(rgb))
+
+    @Slot(int, int, float)
+    def _on_progress(self, step: int, total: int, elapsed: float) -> None:
+        self._elapsed = elapsed
+        self.progress.setRange(0, total)
+        self.progress.setValue(step)
+        self.progress.setFormat(f"step {step}/{total} · {elapsed:.1f} s · {step / max(elapsed, 1e-9):.2f} it/s")
+
+    @Slot(list)
+    def _on_finished(self, images: list) -> None:
+        params = [sdkit.read_parameters(im) for im in images]
+        first = len(self.session.results)
+        self.session.add_results(images, params)
+        for im, p in zip(images, params):
+            self.gallery.add(im, f"seed {p.get('seed')} · {p.get('steps')} steps · {p.get('sampler')}")
+        self.gallery.setCurrentRow(first)
+        self.status.setText(f"Done: {len(images)} image(s) in {self._elapsed:.1f} s")
+        self._set_busy(False)
+        self.ended.emit("")
+
+    @Slot()
+    def _on_cancelled(self) -> None:
+        self.status.setText("Cancelled")
+        i = self.selected()
+        self.view.show_image(to_qimage(self.session.results[i].image) if i is not None else None)
+        self._set_busy(False)
+        self.ended.emit("cancelled")
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self.show_error(message)
+        self.status.setText("Failed")
+        self._set_busy(False)
+        self.ended.emit(message)
+
+    # State.
+
+    def _start(self, choice: ModelChoice) -> None:
+        self.error.hide()
+        self.progress.setRange(0, 0)  # busy until the first step reports
+        self.progress.setFormat("")
+        self._downloading = choice.model if choice.is_hub_id and choice != self._loaded else None
+        self._set_busy(True)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self.generate_button.setEnabled(not busy)
+        self.picker.load_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy and self._downloading:
+            self.download_timer.start()
+        else:
+            self.download_timer.stop()
+        if not busy:
+            self.progress.setRange(0, max(1, self.progress.maximum()))
+
+    def _show_download(self) -> None:
+        if self.progress.maximum() == 0:  # still loading: no step reported yet
+            self.status.setText(f"Downloading {self._downloading}: {human_bytes(cached_bytes(self._downloading))} "
+                                "so far (the model is cached for next time)")
+
+    def _sync_session(self) -> None:
+        """Read the form into the session."""
+        s = dataclasses.replace(self.session.settings, prompt=self.prompt.text(),
+                                negative_prompt=self.negative.text())
+        self.session.settings = self.form.settings(s)
+        self.session.model = self.picker.choice()
+
+    def _show_settings(self, s: Settings) -> None:
+        self.prompt.set_text(s.prompt)
+        self.negative.set_text(s.negative_prompt)
+        self.form.set_settings(s)
+
+    # Persistence and window events.
+
+    def _restore(self) -> None:
+        if geometry := self.store.value("geometry"):
+            self.restoreGeometry(geometry)
+        self.session.recent = json.loads(self.store.value("recent", "[]"))
+        self.session.names = json.loads(self.store.value("names", "{}"))
+        self.picker.set_recent(self.session.recent)
+        if model := self.store.value("model"):
+            self.picker.set_choice(ModelChoice(**json.loads(model)))
+        self.session.settings = Settings.from_dict(json.loads(self.store.value("settings", "{}")))
+        self._show_settings(self.session.settings)
+
+    def _save(self) -> None:
+        self._sync_session()
+        self.store.setValue("geometry", self.saveGeometry())
+        self.store.setValue("recent", json.dumps(self.session.recent))
+        self.store.setValue("names", json.dumps(self.session.names))
+        self.store.setValue("settings", json.dumps(self.session.settings.to_dict()))
+        if self.session.model is not None:
+            self.store.setValue("model", json.dumps(dataclasses.asdict(self.session.model)))
+        self.store.sync()
+
+    def closeEvent(self, event) -> None:
+        if self.persist:
+            self._save()
+        self.worker.cancel()
+        self.thread.quit()
+        self.thread.wait()
+        super().closeEvent(event)
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        urls = [u for u in event.mimeData().urls() if u.isLocalFile()]
+        if urls:
+            self.open_path(Path(urls[0].toLocalFile()))
+            event.acceptProposedAction()

@@ -1,0 +1,89 @@
+"""Which model, on which backend and device: a path or Hub repo id (with recent ones), and a Load button."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel, QPushButton,
+                               QSizePolicy, QWidget)
+
+from ..session import BACKENDS, DEVICES, DTYPES, ModelChoice
+
+DEFAULT = "default"
+
+
+class ModelPicker(QWidget):
+    load_clicked = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.model = QComboBox()
+        self.model.setEditable(True)
+        self.model.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.model.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.model.lineEdit().setPlaceholderText("a .safetensors file, a folder, or a Hub repo id")
+        self.model.setToolTip("A single-file checkpoint, a diffusers folder, or a Hugging Face Hub repo id such as "
+                              "stable-diffusion-v1-5/stable-diffusion-v1-5 (downloaded once, then cached)")
+        open_file, open_folder = QPushButton("File…"), QPushButton("Folder…")
+        open_file.clicked.connect(self._open_file)
+        open_folder.clicked.connect(self._open_folder)
+
+        self.backend = QComboBox()
+        self.backend.addItems(BACKENDS)
+        self.device = QComboBox()
+        self.device.setEditable(True)  # e.g. "cuda:1"
+        self.dtype = QComboBox()
+        self.dtype.addItems([DEFAULT, *DTYPES])
+        self.backend.currentTextChanged.connect(self._fill_devices)
+        self._fill_devices(self.backend.currentText())
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self.load_clicked)
+        self.info = QLabel("No model loaded")
+        self.info.setWordWrap(True)
+
+        row = QHBoxLayout()
+        row.addWidget(self.model)
+        row.addWidget(open_file)
+        row.addWidget(open_folder)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.addLayout(row, 0, 0, 1, 4)
+        for col, (label, box) in enumerate((("Backend", self.backend), ("Device", self.device),
+                                            ("Precision", self.dtype))):
+            grid.addWidget(QLabel(label), 1, col)
+            grid.addWidget(box, 2, col)
+        grid.addWidget(self.load_button, 2, 3)
+        grid.addWidget(self.info, 3, 0, 1, 4)
+
+    def choice(self) -> ModelChoice | None:
+        model = self.model.currentText().strip()
+        if not model:
+            return None
+        pick = lambda box: None if box.currentText() == DEFAULT else box.currentText()
+        return ModelChoice(model, self.backend.currentText(), pick(self.device), pick(self.dtype))
+
+    def set_choice(self, choice: ModelChoice) -> None:
+        self.model.setCurrentText(choice.model)
+        self.backend.setCurrentText(choice.backend)
+        self.device.setCurrentText(choice.device or DEFAULT)
+        self.dtype.setCurrentText(choice.dtype or DEFAULT)
+
+    def set_recent(self, models: list[str]) -> None:
+        current = self.model.currentText()
+        self.model.clear()
+        self.model.addItems(models)
+        self.model.setCurrentText(current)
+
+    def _fill_devices(self, backend: str) -> None:
+        self.device.clear()
+        self.device.addItems([DEFAULT, *DEVICES[backend]])
+        self.device.setToolTip("default: the fastest device present (CUDA > MPS > CPU for torch, the GPU for MLX)")
+
+    def _open_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a checkpoint", "", "Checkpoints (*.safetensors)")
+        if path:
+            self.model.setCurrentText(path)
+
+    def _open_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder")
+        if path:
+            self.model.setCurrentText(path)

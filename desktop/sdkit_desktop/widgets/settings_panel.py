@@ -1,0 +1,130 @@
+"""The generation settings form: size, steps, guidance, sampler, seed, batch, and the image-to-image input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QRegularExpressionValidator
+from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                               QLineEdit, QPushButton, QSlider, QSpinBox, QToolButton, QWidget)
+
+from ..session import Settings, snap8
+
+CUSTOM = "Custom"
+
+
+class SettingsPanel(QWidget):
+    def __init__(self, samplers: tuple[str, ...], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.preset = QComboBox()
+        self.preset.addItem(CUSTOM)
+        self.preset.activated.connect(self._apply_preset)
+        self.width_box, self.height_box = self._size_box("Width"), self._size_box("Height")
+        size = QHBoxLayout()
+        for w in (self.width_box, QLabel("×"), self.height_box):
+            size.addWidget(w)
+
+        self.steps = QSpinBox(minimum=1, maximum=500)
+        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, singleStep=0.5, decimals=1)
+        self.guidance.setToolTip("Classifier-free guidance: how closely to follow the prompt (1 or less: off)")
+        self.sampler = QComboBox()
+        self.sampler.addItems(samplers)
+        self.num_images = QSpinBox(minimum=1, maximum=16)
+
+        self.seed = QLineEdit()
+        self.seed.setValidator(QRegularExpressionValidator(r"\d{0,10}"))
+        self.seed.textEdited.connect(lambda: self.seed_lock.setChecked(True))  # a typed seed is meant to stay
+        self.seed_lock = QToolButton(checkable=True, text="Lock")
+        self.seed_lock.setToolTip("Locked: reuse this seed. Unlocked: a new random seed for every generation.")
+        seed = QHBoxLayout()
+        seed.addWidget(self.seed)
+        seed.addWidget(self.seed_lock)
+
+        self.init_label = QLabel("none (text to image)")
+        self.init_label.setWordWrap(True)
+        self.init_image: str | None = None
+        open_init, clear_init = QPushButton("Open…"), QPushButton("Clear")
+        open_init.clicked.connect(self._open_init)
+        clear_init.clicked.connect(lambda: self.set_init_image(None))
+        init = QHBoxLayout()
+        init.addWidget(self.init_label, 1)
+        init.addWidget(open_init)
+        init.addWidget(clear_init)
+        self.strength = QSlider(Qt.Orientation.Horizontal, minimum=1, maximum=100)
+        self.strength_label = QLabel()
+        self.strength.valueChanged.connect(lambda v: self.strength_label.setText(f"{v / 100:.2f}"))
+        strength = QHBoxLayout()
+        strength.addWidget(self.strength, 1)
+        strength.addWidget(self.strength_label)
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Size", self.preset)
+        form.addRow("", size)
+        form.addRow("Steps", self.steps)
+        form.addRow("Guidance", self.guidance)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Seed", seed)
+        form.addRow("Images", self.num_images)
+        form.addRow("Init image", init)
+        form.addRow("Strength", strength)
+        self.set_settings(Settings())
+
+    def settings(self, base: Settings) -> Settings:
+        """`base` with the fields this form shows."""
+        seed = int(self.seed.text() or 0)
+        return dataclasses.replace(
+            base, width=self.width_box.value(), height=self.height_box.value(), steps=self.steps.value(),
+            guidance_scale=self.guidance.value(), sampler=self.sampler.currentText(), seed=seed,
+            seed_locked=self.seed_lock.isChecked(), num_images=self.num_images.value(),
+            init_image=self.init_image, strength=self.strength.value() / 100)
+
+    def set_settings(self, s: Settings) -> None:
+        self.width_box.setValue(s.width)
+        self.height_box.setValue(s.height)
+        self._match_preset()
+        self.steps.setValue(s.steps)
+        self.guidance.setValue(s.guidance_scale)
+        self.sampler.setCurrentText(s.sampler)
+        self.seed.setText(str(s.seed))
+        self.seed_lock.setChecked(s.seed_locked)
+        self.num_images.setValue(s.num_images)
+        self.set_init_image(s.init_image)
+        self.strength.setValue(round(s.strength * 100))
+
+    def set_presets(self, presets: list[tuple[int, int]]) -> None:
+        """Size presets (width, height) for the loaded model's family."""
+        self.preset.clear()
+        for w, h in presets:
+            self.preset.addItem(f"{w} × {h}", f"{w}x{h}")
+        self.preset.addItem(CUSTOM)
+        self._match_preset()
+
+    def set_init_image(self, path: str | None) -> None:
+        self.init_image = path
+        self.init_label.setText(path or "none (text to image)")
+        self.strength.setEnabled(path is not None)
+
+    def _size_box(self, name: str) -> QSpinBox:
+        box = QSpinBox(minimum=8, maximum=4096, singleStep=8, suffix=" px")
+        box.setToolTip(f"{name} in pixels, a multiple of 8")
+        box.editingFinished.connect(lambda: box.setValue(snap8(box.value())))
+        box.valueChanged.connect(self._match_preset)
+        return box
+
+    def _apply_preset(self) -> None:
+        size = self.preset.currentData()
+        if size:
+            w, h = map(int, size.split("x"))
+            self.width_box.setValue(w)
+            self.height_box.setValue(h)
+
+    def _match_preset(self) -> None:
+        i = self.preset.findData(f"{self.width_box.value()}x{self.height_box.value()}")
+        self.preset.setCurrentIndex(i if i >= 0 else self.preset.count() - 1)
+
+    def _open_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open an init image", "", "Images (*.png *.jpg *.jpeg *.webp)")
+        if path:
+            self.set_init_image(path)

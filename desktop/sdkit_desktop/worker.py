@@ -1,0 +1,131 @@
+"""The worker: a QObject living in a QThread that loads models and generates, reporting through signals.
+
+The GUI thread never waits on it. It holds the loaded Pipeline between generations and reloads only when
+the requested ModelChoice changes. Cancel is a threading.Event the sampler callback polls after every UNet
+evaluation, so it takes effect within one step even though the worker's event loop is busy.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import sdkit
+from PySide6.QtCore import QObject, Signal, Slot
+
+from .preview import latents_to_rgb
+from .session import ModelChoice
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the window needs to know about the loaded model."""
+
+    choice: ModelChoice
+    name: str
+    family: str
+    default_size: tuple[int, int]  # (height, width)
+    backend: str  # resolved name, device, dtype, e.g. "torch cpu float32"
+    tokenizer: Any  # sdkit.tokenizer.Tokenizer, for the token counter
+
+
+class Worker(QObject):
+    status = Signal(str)  # what it is doing now, for the status line
+    loaded = Signal(object)  # Loaded
+    progress = Signal(int, int, float)  # step, total, seconds since generation started
+    preview = Signal(object)  # (h, w, 3) uint8
+    finished = Signal(list)  # list[PIL.Image.Image], each with info["parameters"]
+    cancelled = Signal()
+    failed = Signal(str)  # one line for the window
+
+    _load_requested = Signal(object)
+    _generate_requested = Signal(object, dict)
+
+    def __init__(self, load: Callable[..., sdkit.Pipeline] = sdkit.load):
+        super().__init__()
+        self._load = load
+        self._cancel = threading.Event()
+        self.pipe: sdkit.Pipeline | None = None
+        self.info: Loaded | None = None  # about self.pipe
+        self._load_requested.connect(self._on_load)
+        self._generate_requested.connect(self._on_generate)
+
+    # Called from the GUI thread.
+
+    def load(self, choice: ModelChoice) -> None:
+        self._load_requested.emit(choice)
+
+    def generate(self, choice: ModelChoice, kwargs: dict) -> None:
+        self._cancel.clear()
+        self._generate_requested.emit(choice, kwargs)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    # Run in the worker thread.
+
+    @Slot(object)
+    def _on_load(self, choice: ModelChoice) -> None:
+        try:
+            self._ensure_loaded(choice)
+        except Exception as e:
+            self.failed.emit(describe(e))
+        else:
+            self.loaded.emit(self.info)
+
+    @Slot(object, dict)
+    def _on_generate(self, choice: ModelChoice, kwargs: dict) -> None:
+        try:
+            if self._ensure_loaded(choice):
+                self.loaded.emit(self.info)
+            if self._cancel.is_set():
+                self.cancelled.emit()
+                return
+            self.status.emit("Generating…")
+            images = self.pipe.generate(**kwargs, callback=self._callback(time.perf_counter()))
+        except sdkit.Cancelled:
+            self.cancelled.emit()
+        except Exception as e:
+            self.failed.emit(describe(e))
+        else:
+            self.finished.emit(images)
+
+    def _ensure_loaded(self, choice: ModelChoice) -> bool:
+        """Load `choice` unless it is the loaded model; True when it loaded."""
+        if self.pipe is not None and choice == self.info.choice:
+            return False
+        self.pipe = self.info = None
+        gc.collect()  # free the old model's memory before the new one arrives
+        what = "Downloading {} from the Hub and loading it…" if choice.is_hub_id else "Loading {}…"
+        self.status.emit(what.format(choice.model))
+        self.pipe = self._load(choice.model, backend=choice.backend, device=choice.device, dtype=choice.dtype)
+        b = self.pipe.backend
+        self.info = Loaded(choice, self.pipe.checkpoint.name, self.pipe.checkpoint.family, self.pipe.default_size,
+                           f"{b.name} {b.device} {b.dtype}", self.pipe.tokenizers[0])
+        return True
+
+    def _callback(self, start: float):
+        family = self.pipe.checkpoint.family
+        to_numpy = self.pipe.backend.numpy
+
+        def callback(step: int, total: int, latents) -> bool:
+            self.progress.emit(step, total, time.perf_counter() - start)
+            self.preview.emit(latents_to_rgb(to_numpy(latents[0:1])[0], family))
+            return not self._cancel.is_set()
+
+        return callback
+
+
+def describe(e: BaseException) -> str:
+    """An exception as one line a person can act on."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, MemoryError) or "out of memory" in text.lower():
+        return f"Out of memory: use a smaller size, fewer images or float16 ({text})"
+    if isinstance(e, (sdkit.SdkitError, ValueError, OSError)):
+        return text
+    traceback.print_exception(e)  # a bug, not a user error: keep the details for a report
+    return f"{type(e).__name__}: {text}"

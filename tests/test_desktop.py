@@ -1,0 +1,282 @@
+"""The desktop window with a tiny real model (pytest-qt, offscreen): generate, watch, cancel, errors,
+restoring settings from PNGs, the token counter, persistence, and the scripted mode."""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported: no display needed
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image, PngImagePlugin  # noqa: E402
+
+pytest.importorskip("PySide6")
+from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent  # noqa: E402
+
+import sdkit  # noqa: E402
+from sdkit_desktop import main_window  # noqa: E402
+from sdkit_desktop.main_window import MainWindow  # noqa: E402
+
+TIMEOUT = 120_000  # ms; a tiny model takes well under a second per generation
+
+
+class CountingLoad:
+    """sdkit.load, counting calls: the loaded model must stay in memory between generations."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, model, **kw):
+        self.calls.append(model)
+        return sdkit.load(model, **kw)
+
+
+@pytest.fixture
+def load():
+    return CountingLoad()
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, load):
+    w = MainWindow(store=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat), persist=False,
+                   load=load)
+    qtbot.addWidget(w)
+    w.show()
+    return w
+
+
+def fill(window, model, prompt="a red fox", steps=2, size=64, seed=7):
+    window.picker.model.setCurrentText(str(model))
+    window.picker.backend.setCurrentText("torch")
+    window.picker.device.setCurrentText("cpu")
+    window.prompt.set_text(prompt)
+    window.form.steps.setValue(steps)
+    window.form.width_box.setValue(size)
+    window.form.height_box.setValue(size)
+    window.form.seed.setText(str(seed))
+    window.form.seed_lock.setChecked(True)
+
+
+def generate(qtbot, window, outcome=""):
+    """Click Generate and wait until the window has shown the outcome: "" (images), "cancelled" or an error."""
+    with qtbot.waitSignal(window.ended, timeout=TIMEOUT) as blocker:
+        window.generate_button.click()
+    message, = blocker.args
+    assert message == outcome if outcome != "failed" else message not in ("", "cancelled"), message
+    return message
+
+
+def test_generate_shows_image_in_gallery_with_metadata_and_saves_it(qtbot, window, sd1_folder, load, tmp_path,
+                                                                   monkeypatch):
+    fill(window, sd1_folder, seed=7)
+    steps, previews = [], []
+    window.worker.progress.connect(lambda step, total, elapsed: steps.append((step, total)))
+    window.worker.preview.connect(previews.append)
+    assert window.cancel_button.isEnabled() is False
+    generate(qtbot, window)
+
+    assert window.gallery.count() == 1 and window.gallery.currentRow() == 0
+    result = window.session.results[0]
+    assert result.image.size == (64, 64)
+    assert result.params["seed"] == 7 and result.params["prompt"] == "a red fox" and result.params["steps"] == 2
+    assert "Seed: 7" in result.image.info["parameters"]
+    assert steps and steps[-1][0] == steps[-1][1]  # one report per UNet evaluation, up to the total
+    assert len(previews) == len(steps) and previews[0].shape == (8, 8, 3) and previews[0].dtype == np.uint8
+    assert not window.view.pixmap().isNull() and window.view.pixmap().width() >= 256
+    assert window.generate_button.isEnabled() and not window.cancel_button.isEnabled()
+    assert window.status.text().startswith("Done: 1 image(s)")
+    assert window.session.recent == [str(sd1_folder)]
+
+    path = tmp_path / "out.png"
+    monkeypatch.setattr(main_window.QFileDialog, "getSaveFileName", lambda *a: (str(path), "PNG (*.png)"))
+    window.save_selected()
+    saved = sdkit.read_parameters(path)
+    assert saved["seed"] == 7 and saved["prompt"] == "a red fox"
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), np.asarray(result.image))
+
+    generate(qtbot, window)  # same model: no reload
+    assert load.calls == [str(sd1_folder)] and window.gallery.count() == 2
+
+
+def test_unlocked_seed_is_random_and_shown(qtbot, window, sd1_folder):
+    fill(window, sd1_folder)
+    window.form.seed_lock.setChecked(False)
+    window.form.num_images.setValue(2)
+    generate(qtbot, window)
+    shown = int(window.form.seed.text())
+    assert [r.params["seed"] for r in window.session.results] == [shown, shown + 1]
+
+
+def test_cancel_button_stops_generation_and_app_keeps_working(qtbot, window, sd1_folder, load):
+    fill(window, sd1_folder, steps=200)
+    steps = []
+    window.worker.progress.connect(lambda step, total, elapsed: steps.append(step))
+    window.progress.valueChanged.connect(lambda step: step == 2 and window.cancel_button.click())  # GUI thread
+    generate(qtbot, window, "cancelled")
+    assert 2 <= max(steps) < 200 and window.gallery.count() == 0
+    assert window.status.text() == "Cancelled" and window.generate_button.isEnabled()
+
+    window.form.steps.setValue(2)
+    generate(qtbot, window)
+    assert window.gallery.count() == 1 and len(load.calls) == 1
+
+
+def test_cancel_takes_effect_within_one_step(qtbot, window, sd1_folder):
+    fill(window, sd1_folder, steps=50)
+    steps = []
+
+    def on_progress(step, total, elapsed):  # runs in the worker thread, inside the sampler callback
+        steps.append(step)
+        if step == 3:
+            window.worker.cancel()
+
+    window.worker.progress.connect(on_progress, Qt.ConnectionType.DirectConnection)
+    generate(qtbot, window, "cancelled")
+    assert steps == [1, 2, 3]
+
+
+def test_bad_model_shows_error_and_app_stays_usable(qtbot, window, sd1_folder, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    fill(window, bad)
+    message = generate(qtbot, window, "failed")
+    assert "broken.safetensors" in message and "\n" not in message
+    assert window.error.isVisible() and window.error.text() == message
+    assert window.generate_button.isEnabled() and window.gallery.count() == 0
+
+    fill(window, sd1_folder)  # changing the model reloads it in the worker
+    generate(qtbot, window)
+    assert not window.error.isVisible() and window.gallery.count() == 1
+
+
+def test_bad_size_is_reported_in_the_window(qtbot, window, sd1_folder):
+    fill(window, sd1_folder)
+    window.form.width_box.setValue(100)  # typed without leaving the box: not yet snapped to a multiple of 8
+    message = generate(qtbot, window, "failed")
+    assert message == "width 100 is not a multiple of 8; use 96 or 104" and window.error.isVisible()
+
+
+def test_load_button_loads_and_applies_model_size(qtbot, window, sd1_folder, load):
+    fill(window, sd1_folder, size=128)
+    with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT) as blocker:
+        window.picker.load_button.click()
+    info, = blocker.args
+    assert info.family == "sd1" and info.backend == "torch cpu float32"
+    assert (window.form.height_box.value(), window.form.width_box.value()) == info.default_size
+    assert window.form.preset.currentText() == "{1} × {0}".format(*info.default_size)
+    assert "torch cpu float32" in window.picker.info.text() and window.generate_button.isEnabled()
+
+
+def drop(window, path):
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    event = QDropEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+
+
+def test_dropping_an_automatic1111_png_restores_its_settings(window, tmp_path):
+    text = ("a castle on a hill, (masterpiece:1.2)\nNegative prompt: fog, blurry\nSteps: 23, Sampler: Euler a, "
+            "CFG scale: 6.5, Seed: 1234567890, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (512, 768)).save(path, pnginfo=info)
+    drop(window, path)
+
+    s = window.form.settings(window.session.settings)
+    assert window.prompt.text() == "a castle on a hill, (masterpiece:1.2)"
+    assert window.negative.text() == "fog, blurry"
+    assert (s.steps, s.sampler, s.guidance_scale, s.seed, s.seed_locked) == (23, "euler_a", 6.5, 1234567890, True)
+    assert (s.width, s.height) == (512, 768)
+    assert "a1111.png" in window.status.text() and "v1-5-pruned-emaonly" in window.status.text()
+
+
+def test_dropping_an_sdkit_png_restores_settings_and_plain_images_become_init(qtbot, window, sd1_folder, tmp_path):
+    fill(window, sd1_folder, prompt="a lighthouse", seed=99)
+    window.negative.set_text("rain")
+    window.form.guidance.setValue(3.0)
+    generate(qtbot, window)
+    path = tmp_path / "made.png"
+    sdkit.save(window.session.results[0].image, path)
+
+    window.prompt.set_text("something else")
+    window.negative.set_text("")
+    window.form.seed.setText("1")
+    drop(window, path)
+    s = window.form.settings(window.session.settings)
+    assert (window.prompt.text(), window.negative.text(), s.seed, s.guidance_scale) == ("a lighthouse", "rain", 99, 3.0)
+    assert window.picker.model.currentText() == str(sd1_folder)
+
+    plain = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(plain)
+    drop(window, plain)
+    assert window.form.init_image == str(plain) and window.form.strength.isEnabled()
+    window.form.strength.setValue(50)
+    window.form.steps.setValue(4)
+    generate(qtbot, window)
+    assert window.session.results[-1].params["strength"] == 0.5
+
+
+def test_use_these_settings_restores_the_selected_image(qtbot, window, sd1_folder):
+    fill(window, sd1_folder, prompt="first", seed=11)
+    generate(qtbot, window)
+    fill(window, sd1_folder, prompt="second", steps=3, seed=12)
+    generate(qtbot, window)
+    window.gallery.setCurrentRow(0)
+    window.use_button.click()
+    s = window.form.settings(window.session.settings)
+    assert (window.prompt.text(), s.steps, s.seed) == ("first", 2, 11)
+
+
+def test_token_counter_warns_when_text_will_be_cut(window):
+    window.prompt.set_text("a photo of a cat")
+    assert window.prompt.counter.text() == "5/75 tokens"
+    window.prompt.set_text("cat " * 80)
+    assert window.prompt.counter.text().startswith("80/75 tokens") and "cut" in window.prompt.counter.text()
+    window.negative.set_text("")
+    assert window.negative.counter.text() == "0/75 tokens"
+
+
+def test_settings_and_model_persist_between_runs(qtbot, tmp_path):
+    store = QSettings(str(tmp_path / "persist.ini"), QSettings.Format.IniFormat)
+    first = MainWindow(store=store)
+    qtbot.addWidget(first)
+    first.show()
+    first.picker.model.setCurrentText("org/some-model")
+    first.prompt.set_text("kept prompt")
+    first.form.steps.setValue(17)
+    first.resize(780, 720)  # within the offscreen screen (800x800): restoreGeometry keeps windows on it
+    first.close()
+
+    second = MainWindow(store=QSettings(str(tmp_path / "persist.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(second)
+    second.show()
+    assert second.picker.model.currentText() == "org/some-model"
+    assert second.prompt.text() == "kept prompt" and second.form.steps.value() == 17
+    assert (second.width(), second.height()) == (780, 720)
+
+
+def run_app(*args, tmp_path):
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "sdkit_desktop", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_scripted_mode_generates_and_grabs_the_window(sd1_folder, tmp_path):
+    shot = tmp_path / "shot.png"
+    run = run_app("--model", sd1_folder, "--prompt", "a red fox", "--steps", 2, "--width", 64, "--height", 64,
+                  "--seed", 3, "--backend", "torch", "--device", "cpu", "--generate", "--screenshot", shot, "--quit",
+                  tmp_path=tmp_path)
+    assert run.returncode == 0, run.stderr
+    with Image.open(shot) as im:
+        assert im.width >= 1100 and im.height >= 750
+
+
+def test_scripted_mode_fails_with_a_message(tmp_path):
+    run = run_app("--model", tmp_path / "missing.safetensors", "--prompt", "x", "--generate", "--quit",
+                  tmp_path=tmp_path)
+    assert run.returncode == 1 and "missing.safetensors" in run.stderr
