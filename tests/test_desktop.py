@@ -260,6 +260,15 @@ def test_settings_and_model_persist_between_runs(qtbot, tmp_path):
     assert (second.width(), second.height()) == (780, 720)
 
 
+def test_unreadable_saved_settings_are_ignored(qtbot, tmp_path):
+    store = QSettings(str(tmp_path / "bad.ini"), QSettings.Format.IniFormat)
+    store.setValue("model", '{"model": "m", "colour": "red"}')
+    store.sync()
+    window = MainWindow(store=store)
+    qtbot.addWidget(window)
+    assert "ignored" in window.status.text() and window.picker.model.currentText() == ""
+
+
 def run_app(*args, tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
     return subprocess.run([sys.executable, "-m", "sdkit_desktop", *map(str, args)], capture_output=True, text=True,

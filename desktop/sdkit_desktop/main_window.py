@@ -9,8 +9,8 @@ from pathlib import Path
 import sdkit
 from PySide6.QtCore import QSettings, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton,
-                               QFileDialog, QScrollArea, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
+                               QPushButton, QScrollArea, QVBoxLayout, QWidget)
 from sdkit.tokenizer import Tokenizer
 
 from .download import cached_bytes, human_bytes
@@ -316,13 +316,19 @@ class MainWindow(QMainWindow):
     def _restore(self) -> None:
         if geometry := self.store.value("geometry"):
             self.restoreGeometry(geometry)
-        self.session.recent = json.loads(self.store.value("recent", "[]"))
-        self.session.names = json.loads(self.store.value("names", "{}"))
-        self.picker.set_recent(self.session.recent)
-        if model := self.store.value("model"):
-            self.picker.set_choice(ModelChoice(**json.loads(model)))
-        self.session.settings = Settings.from_dict(json.loads(self.store.value("settings", "{}")))
-        self._show_settings(self.session.settings)
+        try:
+            recent, names = json.loads(self.store.value("recent", "[]")), json.loads(self.store.value("names", "{}"))
+            model = json.loads(self.store.value("model", "null"))
+            settings = Settings.from_dict(json.loads(self.store.value("settings", "{}")))
+            choice = ModelChoice(**model) if model else None
+        except (TypeError, ValueError) as e:  # written by hand or by another version: start afresh
+            self.status.setText(f"Saved settings in {self.store.fileName()} ignored: {e}")
+            return
+        self.session.recent, self.session.names, self.session.settings = recent, names, settings
+        self.picker.set_recent(recent)
+        if choice:
+            self.picker.set_choice(choice)
+        self._show_settings(settings)
 
     def _save(self) -> None:
         self._sync_session()
