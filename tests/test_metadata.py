@@ -1,0 +1,174 @@
+"""AUTOMATIC1111 'parameters' text: writing, reading (ours and A1111's own strings), PNG chunks, atomic saves."""
+
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sdkit
+from sdkit import metadata
+
+PARAMS = dict(prompt="a lighthouse at dawn, oil painting", negative_prompt="blurry", steps=30,
+              sampler="dpmpp_2m_karras", guidance_scale=7.5, seed=1234, width=512, height=768,
+              model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+
+# Written by AUTOMATIC1111 1.10 (hires fix, LoRA and an embedding), as found on Civitai.
+A1111_TEXT = """masterpiece, best quality, (a red fox:1.2) in the snow, <lora:add_detail:0.5>
+BREAK winter forest
+Negative prompt: (worst quality:1.4), low quality,
+easynegative
+Steps: 25, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3735928559, Size: 512x768, \
+Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, \
+Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Lora hashes: "add_detail: 7c6bad76eb54", \
+TI hashes: "easynegative: c74b4e810b03, other: 0123", Version: v1.10.1"""
+
+
+def test_format_writes_a1111_layout():
+    text = metadata.format_parameters({**PARAMS, "strength": 0.75})
+    assert text == (
+        "a lighthouse at dawn, oil painting\n"
+        "Negative prompt: blurry\n"
+        "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234, Size: 512x768, "
+        f"Model: stable-diffusion-v1-5/stable-diffusion-v1-5, Denoising strength: 0.75, Version: sdkit {sdkit.__version__}")
+
+
+def test_format_omits_empty_negative_prompt_and_writes_whole_cfg_as_int():
+    text = metadata.format_parameters({**PARAMS, "negative_prompt": "", "guidance_scale": 7.0, "sampler": "euler_a"})
+    prompt, last = text.split("\n")
+    assert prompt == PARAMS["prompt"]
+    assert "Sampler: Euler a, CFG scale: 7, " in last and "Schedule type" not in last
+
+
+@pytest.mark.parametrize("sampler,a1111", [("ddim", "DDIM"), ("pndm", "PLMS"), ("euler", "Euler"),
+                                            ("euler_a", "Euler a"), ("heun", "Heun"), ("lms", "LMS"),
+                                            ("dpmpp_2m", "DPM++ 2M"), ("dpmpp_2m_karras", "DPM++ 2M"),
+                                            ("unipc", "UniPC")])
+def test_every_sampler_round_trips(sampler, a1111):
+    text = metadata.format_parameters({**PARAMS, "sampler": sampler})
+    assert f"Sampler: {a1111}," in text
+    assert metadata.parse_parameters(text)["sampler"] == sampler
+
+
+def test_round_trip_keeps_every_value_and_type():
+    params = {**PARAMS, "prompt": "line one, with: colon\n  line two  \n\"quoted\"", "negative_prompt": "bad\nworse",
+              "strength": 0.6, "model": 'C:\\models\\my "best", v2.safetensors', "Clip skip": "2"}
+    back = metadata.parse_parameters(metadata.format_parameters(params))
+    assert back.pop("Version") == f"sdkit {sdkit.__version__}"
+    assert back == params
+    assert type(back["steps"]) is int and type(back["guidance_scale"]) is float and type(back["seed"]) is int
+
+
+def test_round_trip_of_non_latin1_text_through_a_png(tmp_path):
+    params = {**PARAMS, "prompt": "富士山の夕焼け, ukiyo-e", "negative_prompt": "ぼやけた"}
+    image = _image(metadata.format_parameters(params))
+    path = sdkit.save(image, tmp_path / "fuji.png")
+    assert _text_chunks(path) == {"parameters": b"iTXt"}
+    back = sdkit.read_parameters(path)
+    assert back["prompt"] == params["prompt"] and back["negative_prompt"] == params["negative_prompt"]
+    assert Image.open(path).getpixel((3, 5)) == image.getpixel((3, 5))
+
+
+def test_latin1_text_goes_into_a_text_chunk(tmp_path):
+    path = sdkit.save(_image(metadata.format_parameters(PARAMS)), tmp_path / "a.png")
+    assert _text_chunks(path) == {"parameters": b"tEXt"}
+    assert sdkit.read_parameters(path)["seed"] == 1234
+    assert sdkit.read_parameters(Image.open(path))["seed"] == 1234
+
+
+def test_parses_a1111_string_with_quoted_values_and_multiline_prompts():
+    p = metadata.parse_parameters(A1111_TEXT)
+    assert p["prompt"] == ("masterpiece, best quality, (a red fox:1.2) in the snow, <lora:add_detail:0.5>\n"
+                           "BREAK winter forest")
+    assert p["negative_prompt"] == "(worst quality:1.4), low quality,\neasynegative"
+    assert (p["steps"], p["sampler"], p["guidance_scale"], p["seed"]) == (25, "dpmpp_2m_karras", 7.0, 3735928559)
+    assert (p["width"], p["height"], p["strength"], p["model"]) == (512, 768, 0.45, "v1-5-pruned-emaonly")
+    assert p["Lora hashes"] == "add_detail: 7c6bad76eb54"
+    assert p["TI hashes"] == "easynegative: c74b4e810b03, other: 0123"
+    assert {k: p[k] for k in ("Model hash", "Clip skip", "Hires upscale", "Hires steps", "Hires upscaler",
+                              "Version")} == {"Model hash": "6ce0161689", "Clip skip": "2", "Hires upscale": "2",
+                                              "Hires steps": "10", "Hires upscaler": "Latent", "Version": "v1.10.1"}
+    assert not {"Sampler", "Schedule type", "Size", "Steps", "Seed", "CFG scale"} & p.keys()
+
+
+@pytest.mark.parametrize("pairs,expected", [
+    ("Sampler: DPM++ 2M Karras", "dpmpp_2m_karras"),  # A1111 before 1.9: schedule inside the name
+    ("Sampler: DPM++ 2M, Schedule type: Karras", "dpmpp_2m_karras"),
+    ("Sampler: DPM++ 2M", "dpmpp_2m"),
+    ("Sampler: DPM++ 2M, Schedule type: Automatic", "dpmpp_2m"),
+    ("Sampler: Euler a", "euler_a"),
+    ("Sampler: PLMS", "pndm"),
+    ("Sampler: UniPC", "unipc"),
+])
+def test_sampler_names_from_a1111(pairs, expected):
+    assert metadata.parse_parameters(f"fox\nSteps: 20, {pairs}, Seed: 1")["sampler"] == expected
+
+
+@pytest.mark.parametrize("pairs", ["Sampler: DPM++ SDE Karras", "Sampler: Euler, Schedule type: Karras",
+                                   "Sampler: DPM++ 2M, Schedule type: Exponential"])
+def test_samplers_sdkit_lacks_stay_under_a1111_keys(pairs):
+    p = metadata.parse_parameters(f"fox\nSteps: 20, {pairs}, Seed: 1")
+    assert "sampler" not in p
+    assert ", ".join(f"{k}: {p[k]}" for k in ("Sampler", "Schedule type") if k in p) == pairs
+
+
+def test_missing_keys_are_simply_absent():
+    p = metadata.parse_parameters("a cat\nSteps: 20, Seed: 5, Size: 640x448")
+    assert p == {"prompt": "a cat", "negative_prompt": "", "steps": 20, "seed": 5, "width": 640, "height": 448}
+
+
+def test_text_without_a_parameters_line_is_all_prompt():
+    # A1111's rule: fewer than three `Key: value` pairs on the last line means it is still prompt.
+    assert metadata.parse_parameters("a cat\nstyle: watercolor") == {"prompt": "a cat\nstyle: watercolor",
+                                                                     "negative_prompt": ""}
+    assert metadata.parse_parameters("Negative prompt: dogs\nSteps: 4, Seed: 1, CFG scale: 3") == {
+        "prompt": "", "negative_prompt": "dogs", "steps": 4, "seed": 1, "guidance_scale": 3.0}
+
+
+def test_unreadable_numbers_are_kept_as_found():
+    p = metadata.parse_parameters("a cat\nSteps: many, Seed: 5, Size: huge")
+    assert p["Steps"] == "many" and p["Size"] == "huge" and p["seed"] == 5 and "steps" not in p
+
+
+def test_format_refuses_unknown_sampler():
+    with pytest.raises(ValueError, match="known: ddim"):
+        metadata.format_parameters({**PARAMS, "sampler": "dpmpp_sde"})
+
+
+def test_read_parameters_errors_name_the_file(tmp_path):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(ValueError, match="plain.png.*no generation parameters"):
+        sdkit.read_parameters(plain)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png.*cannot be read as an image"):
+        sdkit.read_parameters(text)
+
+
+def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path):
+    with pytest.raises(ValueError, match=r"\.png"):
+        sdkit.save(_image("x"), tmp_path / "a.jpg")
+    with pytest.raises(OSError):  # PNG cannot hold CMYK: the encoder fails after the temp file exists
+        sdkit.save(Image.new("CMYK", (8, 8)), tmp_path / "cmyk.png")
+    assert list(tmp_path.iterdir()) == []
+    sdkit.save(_image("x"), tmp_path / "a.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def _image(parameters: str) -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    image.info["parameters"] = parameters
+    return image
+
+
+def _text_chunks(path) -> dict[str, bytes]:
+    """keyword -> chunk type (tEXt, zTXt, iTXt) of the PNG's text chunks, read from the raw file."""
+    data, pos, found = path.read_bytes(), 8, {}
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
+            found[data[pos + 8:pos + 8 + length].split(b"\0")[0].decode("latin-1")] = kind
+        pos += 12 + length
+    return found
