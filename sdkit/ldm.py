@@ -1,0 +1,277 @@
+"""Original single-file checkpoints (CompVis / Stability LDM layout) -> canonical diffusers names and configs.
+
+A single file carries no config, so each component's config is read off its tensor shapes:
+
+    model.diffusion_model.*              UNet (openaimodel.UNetModel: input_blocks / middle_block / output_blocks)
+    first_stage_model.*                  VAE (encoder.down.i.block.j, mid.attn_1 as 1x1 convs, decoder.up reversed)
+    cond_stage_model.transformer.*       SD1 text encoder: a transformers CLIPTextModel (with or without 'text_model.')
+    cond_stage_model.model.*             SD2 text encoder: OpenCLIP (fused in_proj q/k/v, resblocks, ln_final)
+    conditioner.embedders.{0,1}.*        SDXL: CLIP-L as in SD1, then OpenCLIP bigG with its text_projection
+
+Rules that are not in the shapes: text heads are 64 wide; SD1's UNet has 8 heads per level, SD2's and SDXL's
+heads are 64 wide; SD2 uses upcast attention and its text encoder's penultimate layer (so the last resblock and
+text_projection are dropped, which makes it equal to a diffusers SD2 text_encoder).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import CheckpointError
+from .config import TextEncoderConfig, UNetConfig, VAEConfig
+from .interfaces import TensorRef, Weights
+
+Header = dict[str, tuple[str, tuple[int, ...]]]  # key in the file -> (dtype, shape)
+
+TEXT_ENCODERS = {  # family -> [(component, prefix in the file, layout)]
+    "sd1": [("text_encoder", "cond_stage_model.transformer.", "clip")],
+    "sd2": [("text_encoder", "cond_stage_model.model.", "openclip")],
+    "sdxl": [("text_encoder", "conditioner.embedders.0.transformer.", "clip"),
+             ("text_encoder_2", "conditioner.embedders.1.model.", "openclip")],
+}
+UNET_PREFIX, VAE_PREFIX = "model.diffusion_model.", "first_stage_model."
+
+# Tensors real files carry that no module uses: DDPM buffers, EMA bookkeeping, CLIP's position_ids and
+# logit_scale, ComfyUI's v_pred marker.
+LEFTOVER = re.compile(r"betas|alphas_cumprod(_prev)?|sqrt_\w+|log_one_minus_\w+|posterior_\w+|model_ema\..+|v_pred"
+                      r"|(.*\.)?position_ids|(.*\.)?logit_scale")
+
+
+def detect_family(keys) -> str | None:
+    """sd1 | sd2 | sdxl from which text encoder layout the file holds, None if it holds none."""
+    for family, prefix in (("sdxl", "conditioner.embedders."), ("sd2", "cond_stage_model.model."),
+                           ("sd1", "cond_stage_model.transformer.")):
+        if any(k.startswith(prefix) for k in keys):
+            return family
+    return None
+
+
+class Converter:
+    """Collects canonical TensorRefs for one component and the file keys it could not map."""
+
+    def __init__(self, file: Path, header: Header, prefix: str):
+        self.file, self.header, self.prefix = file, header, prefix
+        self.keys = {k[len(prefix):]: k for k in header if k.startswith(prefix)}  # suffix -> full key
+        self.weights: Weights = {}
+        self.unexpected: list[str] = []
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.header[self.prefix + key][1]
+
+    def add(self, name: str, key: str, shape=None, transform=None) -> None:
+        dtype, stored = self.header[self.prefix + key]
+        self.weights[name] = TensorRef(self.file, self.prefix + key, tuple(shape or stored), dtype, transform)
+
+
+# ---- UNet ----
+
+RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "out_layers.0": "norm2", "out_layers.3": "conv2",
+          "emb_layers.1": "time_emb_proj", "skip_connection": "conv_shortcut"}
+UNET_TOP = {"time_embed.0.": "time_embedding.linear_1.", "time_embed.2.": "time_embedding.linear_2.",
+            "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
+            "label_emb.0.0.": "add_embedding.linear_1.", "label_emb.0.2.": "add_embedding.linear_2."}
+
+
+def unet_levels(keys) -> list[dict]:
+    """Walk input_blocks 1.. : resnets (with an optional attention at .1) until a downsampler (.0.op)
+    closes a level. -> [{"blocks": [input block index, ...], "attn": bool, "depth": transformer blocks}]"""
+    indices = sorted({int(k.split(".")[1]) for k in keys if k.startswith("input_blocks.")} - {0})
+    levels, current = [], []
+    for i in indices:
+        if f"input_blocks.{i}.0.op.weight" in keys:
+            levels.append(current)
+            current = []
+        else:
+            current.append(i)
+    levels.append(current)
+    out = []
+    for blocks in levels:
+        depth = {int(m[1]) for k in keys if (m := re.match(rf"input_blocks\.{blocks[0]}\.1\.transformer_blocks\.(\d+)\.", k))}
+        out.append({"blocks": blocks, "attn": bool(depth), "depth": len(depth) or 1})
+    return out
+
+
+def unet(file: Path, header: Header, family: str, sample_size: int) -> tuple[UNetConfig, Weights, list[str]]:
+    c = Converter(file, header, UNET_PREFIX)
+    keys = c.keys
+    levels = unet_levels(keys)
+    n, per = len(levels), len(levels[0]["blocks"])
+    if any(len(level["blocks"]) != per for level in levels):
+        raise CheckpointError(f"{file}: UNet levels have different numbers of resnets "
+                              f"{[len(level['blocks']) for level in levels]}; not a Stable Diffusion UNet")
+    channels = tuple(c.shape(f"input_blocks.{level['blocks'][0]}.0.out_layers.3.weight")[0] for level in levels)
+    attn = [level["attn"] for level in levels]
+
+    blocks = dict(UNET_TOP)  # file prefix -> canonical prefix
+    for i, level in enumerate(levels):
+        for j, b in enumerate(level["blocks"]):
+            blocks[f"input_blocks.{b}.0."] = f"down_blocks.{i}.resnets.{j}."
+            blocks[f"input_blocks.{b}.1."] = f"down_blocks.{i}.attentions.{j}."
+        if i < n - 1:
+            blocks[f"input_blocks.{(per + 1) * (i + 1)}.0.op."] = f"down_blocks.{i}.downsamplers.0.conv."
+        # up block i mirrors down level n-1-i and has one resnet more; its upsampler follows the last one
+        for j in range(per + 1):
+            blocks[f"output_blocks.{(per + 1) * i + j}.0."] = f"up_blocks.{i}.resnets.{j}."
+            blocks[f"output_blocks.{(per + 1) * i + j}.1."] = f"up_blocks.{i}.attentions.{j}."
+        if i < n - 1:
+            blocks[f"output_blocks.{(per + 1) * i + per}.{2 if attn[n - 1 - i] else 1}."] = f"up_blocks.{i}.upsamplers.0."
+    blocks |= {"middle_block.0.": "mid_block.resnets.0.", "middle_block.1.": "mid_block.attentions.0.",
+               "middle_block.2.": "mid_block.resnets.1."}
+
+    for key in keys:
+        parts = key.split(".")
+        prefix = next((p for p in (".".join(parts[:k]) + "." for k in (4, 3, 2)) if p in blocks), None)
+        if prefix is None:
+            c.unexpected.append(c.prefix + key)
+            continue
+        name, rest = blocks[prefix], key[len(prefix):]
+        if ".resnets." in name:
+            layer = next((r for r in RESNET if rest.startswith(r + ".")), None)
+            if layer is None:
+                c.unexpected.append(c.prefix + key)
+                continue
+            rest = RESNET[layer] + rest[len(layer):]
+        c.add(name + rest, key)
+
+    context = next(c.shape(k)[1] for k in keys if k.endswith("attn2.to_k.weight"))
+    proj_in = next(k for k in keys if k.endswith(".proj_in.weight"))
+    xl = "label_emb.0.0.weight" in keys
+    config = UNetConfig(
+        in_channels=c.shape("input_blocks.0.0.weight")[1],
+        out_channels=c.shape("out.2.weight")[0],
+        block_out_channels=channels,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        layers_per_block=per,
+        transformer_layers_per_block=tuple(level["depth"] for level in levels),
+        num_heads=(8,) * n if family == "sd1" else tuple(ch // 64 for ch in channels),
+        cross_attention_dim=context,
+        use_linear_projection=len(c.shape(proj_in)) == 2,
+        upcast_attention=family == "sd2",
+        sample_size=sample_size,
+        addition_embed_type="text_time" if xl else None,
+        addition_time_embed_dim=256 if xl else None,
+        projection_class_embeddings_input_dim=c.shape("label_emb.0.0.weight")[1] if xl else None,
+    )
+    return config, c.weights, c.unexpected
+
+
+# ---- VAE ----
+
+def _up(m: re.Match, n: int, what: str) -> str:
+    """decoder.up is numbered from the bottom (up.{n-1} runs first); diffusers' up_blocks from the top."""
+    return f"decoder.up_blocks.{n - 1 - int(m[1])}.{what}"
+
+
+def vae(file: Path, header: Header, scaling_factor: float, sample_size: int) -> tuple[VAEConfig, Weights, list[str]]:
+    c = Converter(file, header, VAE_PREFIX)
+    keys = c.keys
+    n = 1 + max(int(k.split(".")[2]) for k in keys if k.startswith("encoder.down."))
+    rules = [  # (pattern on the file key's prefix, canonical prefix), every key must match one
+        (r"(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
+        (r"(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
+        (r"(encoder|decoder)\.mid\.attn_1\.(q|k|v)\.", r"\1.mid_block.attentions.0.to_\2."),
+        (r"(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
+        (r"encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
+        (r"encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
+        (r"decoder\.up\.(\d+)\.block\.(\d+)\.", lambda m: _up(m, n, f"resnets.{m[2]}.")),
+        (r"decoder\.up\.(\d+)\.upsample\.", lambda m: _up(m, n, "upsamplers.0.")),
+        (r"(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
+        (r"(encoder|decoder)\.(conv_in|conv_out)\.", r"\1.\2."),
+        (r"(post_)?quant_conv\.", r"\1quant_conv."),
+    ]
+    for key in keys:
+        for pattern, repl in rules:
+            if m := re.match(pattern, key):
+                name = m.expand(repl) if isinstance(repl, str) else repl(m)
+                name = (name + key[m.end():]).replace(".nin_shortcut.", ".conv_shortcut.")
+                if ".attentions.0.to_" in name and len(c.shape(key)) == 4:  # 1x1 conv -> linear
+                    c.add(name, key, c.shape(key)[:2], lambda x: x[:, :, 0, 0])
+                else:
+                    c.add(name, key)
+                break
+        else:
+            c.unexpected.append(c.prefix + key)
+
+    config = VAEConfig(
+        in_channels=c.shape("encoder.conv_in.weight")[1],
+        out_channels=c.shape("decoder.conv_out.weight")[0],
+        latent_channels=c.shape("post_quant_conv.weight")[0],
+        block_out_channels=tuple(c.shape(f"encoder.down.{i}.block.0.conv1.weight")[0] for i in range(n)),
+        layers_per_block=len({k.split(".")[4] for k in keys if k.startswith("encoder.down.0.block.")}),
+        scaling_factor=scaling_factor,
+        sample_size=sample_size,
+    )
+    return config, c.weights, c.unexpected
+
+
+# ---- text encoders ----
+
+CLIP_NAMES = re.compile(r"(embeddings\.(token|position)_embedding|encoder\.layers\.\d+|final_layer_norm)\.")
+
+
+def clip(file: Path, header: Header, prefix: str) -> tuple[TextEncoderConfig, Weights, list[str]]:
+    """transformers' CLIPTextModel saved under `prefix`: already canonical once 'text_model.' is dropped."""
+    c = Converter(file, header, prefix)
+    for key in c.keys:
+        name = key.removeprefix("text_model.")
+        if CLIP_NAMES.match(name):
+            c.add(name, key)
+        elif not LEFTOVER.fullmatch(name):
+            c.unexpected.append(c.prefix + key)
+    return _text_config(c.weights, "quick_gelu", projection=False), c.weights, c.unexpected
+
+
+OPENCLIP_LAYER = {"ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.", "attn.out_proj.": "self_attn.out_proj.",
+                  "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2."}
+
+
+def openclip(file: Path, header: Header, prefix: str, penultimate: bool) -> tuple[TextEncoderConfig, Weights, list[str]]:
+    """OpenCLIP's text tower -> CLIPTextModel names. penultimate (SD2): the model conditions on the output of
+    the last-but-one resblock, so the last one and text_projection are dropped (diffusers' SD2 text_encoder
+    has one layer fewer than the file)."""
+    c = Converter(file, header, prefix)
+    width = c.shape("token_embedding.weight")[1]
+    layers = 1 + max(int(k.split(".")[2]) for k in c.keys if k.startswith("transformer.resblocks."))
+    for key in c.keys:
+        if key == "token_embedding.weight":
+            c.add("embeddings.token_embedding.weight", key)
+        elif key == "positional_embedding":
+            c.add("embeddings.position_embedding.weight", key)
+        elif key.startswith("ln_final."):
+            c.add("final_layer_norm." + key.removeprefix("ln_final."), key)
+        elif key == "text_projection":  # (width, projection): OpenCLIP computes x @ P, a Linear stores P.T
+            if not penultimate:
+                c.add("text_projection.weight", key, c.shape(key)[::-1], lambda x: x.T)
+        elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)", key):
+            i, rest = int(m[1]), m[2]
+            if penultimate and i == layers - 1:
+                continue
+            layer = f"encoder.layers.{i}."
+            if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):  # (3 * width, ...): q, k, v stacked
+                kind = rest.rsplit("_", 1)[1]
+                for j, p in enumerate(("q_proj", "k_proj", "v_proj")):
+                    rows = slice(j * width, (j + 1) * width)
+                    c.add(f"{layer}self_attn.{p}.{kind}", key, (width, *c.shape(key)[1:]), lambda x, r=rows: x[r])
+            elif part := next((p for p in OPENCLIP_LAYER if rest.startswith(p)), None):
+                c.add(layer + OPENCLIP_LAYER[part] + rest[len(part):], key)
+            else:
+                c.unexpected.append(c.prefix + key)
+        elif not LEFTOVER.fullmatch(key):
+            c.unexpected.append(c.prefix + key)
+    return _text_config(c.weights, "gelu", projection=not penultimate), c.weights, c.unexpected
+
+
+def _text_config(weights: Weights, act: str, projection: bool) -> TextEncoderConfig:
+    vocab, width = weights["embeddings.token_embedding.weight"].shape
+    return TextEncoderConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=weights["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_layers=len({k.split(".")[2] for k in weights if k.startswith("encoder.layers.")}),
+        num_heads=width // 64,
+        max_length=weights["embeddings.position_embedding.weight"].shape[0],
+        hidden_act=act,
+        projection_dim=weights["text_projection.weight"].shape[0] if projection else None,
+    )
