@@ -2,7 +2,7 @@
 
     a lighthouse at dawn, oil painting
     Negative prompt: blurry
-    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: ..., Version: sdkit 0.1.0
+    Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1, Size: 512x512, Version: sdkit 0.1.0
 
 Civitai, A1111's "PNG Info", ComfyUI's loaders and image browsers read this text, so sdkit writes it and
 reads it back (from any of those tools) into generate()'s keyword names.

@@ -30,11 +30,13 @@ def test_format_writes_a1111_layout():
         "a lighthouse at dawn, oil painting\n"
         "Negative prompt: blurry\n"
         "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234, Size: 512x768, "
-        f"Model: stable-diffusion-v1-5/stable-diffusion-v1-5, Denoising strength: 0.75, Version: sdkit {sdkit.__version__}")
+        "Model: stable-diffusion-v1-5/stable-diffusion-v1-5, Denoising strength: 0.75, "
+        f"Version: sdkit {sdkit.__version__}")
 
 
 def test_format_omits_empty_negative_prompt_and_writes_whole_cfg_as_int():
-    text = metadata.format_parameters({**PARAMS, "negative_prompt": "", "guidance_scale": 7.0, "sampler": "euler_a"})
+    text = metadata.format_parameters({**PARAMS, "negative_prompt": "", "guidance_scale": 7.0,
+                                       "sampler": "euler_a"})
     prompt, last = text.split("\n")
     assert prompt == PARAMS["prompt"]
     assert "Sampler: Euler a, CFG scale: 7, " in last and "Schedule type" not in last
