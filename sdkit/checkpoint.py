@@ -113,7 +113,8 @@ def read_header(file: Path) -> ldm.Header:
             continue
         try:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            ok = 0 <= begin <= end <= data and (dtype not in ITEMSIZE or end - begin == math.prod(shape) * ITEMSIZE[dtype])
+            nbytes = math.prod(shape) * ITEMSIZE.get(dtype, 0)
+            ok = 0 <= begin <= end <= data and (dtype not in ITEMSIZE or end - begin == nbytes)
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
@@ -221,7 +222,8 @@ def _open_single_file(file: Path) -> Checkpoint:
     if family is None:
         missing.append("a text encoder (cond_stage_model.* or conditioner.embedders.*)")
     if missing:
-        raise CheckpointError(f"{file}: not a complete Stable Diffusion checkpoint; it has no {' and no '.join(missing)}")
+        raise CheckpointError(f"{file}: not a complete Stable Diffusion checkpoint; "
+                              f"it has no {' and no '.join(missing)}")
 
     v_768 = family == "sd2" and not re.search(r"512|base", file.stem, re.IGNORECASE)
     v = v_768 or "v_pred" in header

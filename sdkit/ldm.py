@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import CheckpointError
 from .config import TextEncoderConfig, UNetConfig, VAEConfig
+from .errors import CheckpointError
 from .interfaces import TensorRef, Weights
 
 Header = dict[str, tuple[str, tuple[int, ...]]]  # key in the file -> (dtype, shape)
@@ -87,7 +87,8 @@ def unet_levels(keys) -> list[dict]:
     levels.append(current)
     out = []
     for blocks in levels:
-        depth = {int(m[1]) for k in keys if (m := re.match(rf"input_blocks\.{blocks[0]}\.1\.transformer_blocks\.(\d+)\.", k))}
+        attention = re.compile(rf"input_blocks\.{blocks[0]}\.1\.transformer_blocks\.(\d+)\.")
+        depth = {m[1] for k in keys if (m := attention.match(k))}
         out.append({"blocks": blocks, "attn": bool(depth), "depth": len(depth) or 1})
     return out
 
@@ -115,7 +116,8 @@ def unet(file: Path, header: Header, family: str, sample_size: int) -> tuple[UNe
             blocks[f"output_blocks.{(per + 1) * i + j}.0."] = f"up_blocks.{i}.resnets.{j}."
             blocks[f"output_blocks.{(per + 1) * i + j}.1."] = f"up_blocks.{i}.attentions.{j}."
         if i < n - 1:
-            blocks[f"output_blocks.{(per + 1) * i + per}.{2 if attn[n - 1 - i] else 1}."] = f"up_blocks.{i}.upsamplers.0."
+            upsampler = f"output_blocks.{(per + 1) * i + per}.{2 if attn[n - 1 - i] else 1}."
+            blocks[upsampler] = f"up_blocks.{i}.upsamplers.0."
     blocks |= {"middle_block.0.": "mid_block.resnets.0.", "middle_block.1.": "mid_block.attentions.0.",
                "middle_block.2.": "mid_block.resnets.1."}
 
@@ -227,7 +229,8 @@ OPENCLIP_LAYER = {"ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.", "attn.out_pr
                   "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2."}
 
 
-def openclip(file: Path, header: Header, prefix: str, penultimate: bool) -> tuple[TextEncoderConfig, Weights, list[str]]:
+def openclip(file: Path, header: Header, prefix: str,
+             penultimate: bool) -> tuple[TextEncoderConfig, Weights, list[str]]:
     """OpenCLIP's text tower -> CLIPTextModel names. penultimate (SD2): the model conditions on the output of
     the last-but-one resblock, so the last one and text_projection are dropped (diffusers' SD2 text_encoder
     has one layer fewer than the file)."""

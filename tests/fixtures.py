@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -276,7 +275,8 @@ def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool
     vae_cfg = AutoencoderKL.load_config(folder / "vae")
     unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
     vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
-    text = {k.removeprefix("text_model."): v for k, v in load_file(folder / "text_encoder" / "model.safetensors").items()}
+    text = load_file(folder / "text_encoder" / "model.safetensors")
+    text = {k.removeprefix("text_model."): v for k, v in text.items()}
     tensors = {**unet_to_ldm(unet, SimpleNamespace(**unet_cfg)), **vae_to_ldm(vae, SimpleNamespace(**vae_cfg))}
     tensors |= openclip_to_ldm(text, generator) if family.startswith("sd2") else clip_to_ldm(text, legacy_prefix)
     if leftovers:
@@ -303,7 +303,3 @@ def _rename(name: str, prefixes: list[tuple[str, str]]) -> str:
             return ldm + name[len(hf):]
     raise KeyError(f"no LDM name for {name}")
 
-
-def numpy_weights(file: Path) -> dict[str, np.ndarray]:
-    """A safetensors file as float32 numpy arrays (for comparisons)."""
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in load_file(file).items()}
