@@ -25,9 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from sdkit.tokenizer import bpe_vocab
 
-ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT.parent / "shared" / "reference-configs"
-TOKENIZER_DATA = ROOT / "sdkit" / "data" / "tokenizers"
+# the published configs, as sdkit bundles them for single files (copies of the Hub repos' files)
+DATA = Path(__file__).resolve().parents[1] / "sdkit" / "data"
 
 # SD1: CLIP ViT-L-like text tower (quick_gelu) and a UNet with 8 heads at every level.
 # SD2-v: OpenCLIP-like tower (gelu, "!" pad) and a UNet with heads of 64, linear projections, upcast attention.
@@ -99,8 +98,8 @@ def write_tokenizer(path: Path, name: str) -> None:
     vocab, merges = bpe_vocab()
     (path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    shutil.copy(REFERENCE / f"{name}-special_tokens_map.json", path / "special_tokens_map.json")
-    shutil.copy(TOKENIZER_DATA / name / "tokenizer_config.json", path / "tokenizer_config.json")
+    for file in ("special_tokens_map.json", "tokenizer_config.json"):
+        shutil.copy(DATA / "tokenizers" / name / file, path / file)
 
 
 def build_folder(path: Path, family: str, seed: int = 0) -> Path:
@@ -117,7 +116,7 @@ def build_folder(path: Path, family: str, seed: int = 0) -> Path:
               metadata={"format": "pt"})
     write_tokenizer(path / "tokenizer", spec["tokenizer"])
     (path / "scheduler").mkdir(exist_ok=True)
-    shutil.copy(REFERENCE / spec["scheduler"], path / "scheduler" / "scheduler_config.json")
+    shutil.copy(DATA / "schedulers" / spec["scheduler"], path / "scheduler" / "scheduler_config.json")
     (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return path
 
