@@ -114,8 +114,13 @@ def test_cancel_button_stops_generation_and_app_keeps_working(qtbot, window, sd1
     fill(window, sd1_folder, steps=200)
     steps = []
     window.worker.progress.connect(lambda step, total, elapsed: steps.append(step))
-    window.progress.valueChanged.connect(lambda step: step == 2 and window.cancel_button.click())  # GUI thread
+    def click_cancel_at_step_two(step):  # in the GUI thread, as a person's click
+        if step == 2:
+            window.cancel_button.click()
+
+    window.progress.valueChanged.connect(click_cancel_at_step_two)
     generate(qtbot, window, "cancelled")
+    window.progress.valueChanged.disconnect(click_cancel_at_step_two)
     assert 2 <= max(steps) < 200 and window.gallery.count() == 0
     assert window.status.text() == "Cancelled" and window.generate_button.isEnabled()
 

@@ -35,7 +35,8 @@ class SettingsPanel(QWidget):
         self.seed = QLineEdit()
         self.seed.setValidator(QRegularExpressionValidator(r"\d{0,10}"))
         self.seed.textEdited.connect(lambda: self.seed_lock.setChecked(True))  # a typed seed is meant to stay
-        self.seed_lock = QToolButton(checkable=True, text="Lock")
+        self.seed_lock = QToolButton(checkable=True, text="Random")
+        self.seed_lock.toggled.connect(lambda on: self.seed_lock.setText("Locked" if on else "Random"))
         self.seed_lock.setToolTip("Locked: reuse this seed. Unlocked: a new random seed for every generation.")
         seed = QHBoxLayout()
         seed.addWidget(self.seed)
