@@ -1,0 +1,108 @@
+"""CLIP text transformer (Radford et al. 2021): ViT-L/14 (SD1, quick_gelu), OpenCLIP ViT-H/14 and bigG (SD2, SDXL;
+gelu). Attribute paths follow transformers' CLIPTextModel without its 'text_model.' prefix."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from sdkit.config import TextEncoderConfig
+from sdkit.errors import CheckpointError
+
+EOS = 49407  # <|endoftext|> in both CLIP BPE vocabularies; the pooled output is read at its first position
+
+
+def quick_gelu(x: mx.array) -> mx.array:
+    return x * mx.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": nn.gelu}  # nn.gelu is the exact (erf) GELU, as transformers'
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_length, config.hidden_size)
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        c = config.hidden_size
+        self.num_heads = config.num_heads
+        self.q_proj = nn.Linear(c, c)
+        self.k_proj = nn.Linear(c, c)
+        self.v_proj = nn.Linear(c, c)
+        self.out_proj = nn.Linear(c, c)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        B, T, C = x.shape
+        q, k, v = (p(x).reshape(B, T, self.num_heads, -1).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=q.shape[-1] ** -0.5, mask="causal")
+        return self.out_proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = SelfAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        # Causal self attention
+        y = self.layer_norm1(x)
+        y = self.self_attn(y)
+        x = x + y
+
+        # Feed forward
+        y = self.layer_norm2(x)
+        y = self.mlp(y)
+        return x + y
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.layers = [EncoderLayer(config) for _ in range(config.num_layers)]
+
+
+class CLIPTextModel(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        if config.hidden_act not in ACTIVATIONS:
+            raise CheckpointError(f"text encoder hidden_act {config.hidden_act!r} is not supported; "
+                                  f"use one of {sorted(ACTIVATIONS)}")
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if config.projection_dim is not None:
+            self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    def __call__(self, ids: mx.array) -> tuple[mx.array, mx.array | None]:
+        """ids (B, T) -> last hidden state (B, T, C) after the final LayerNorm [, pooled (B, P)]."""
+        x = self.embeddings(ids)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        x = self.final_layer_norm(x)
+        if "text_projection" not in self:
+            return x, None
+        eos = mx.argmax((ids == EOS).astype(mx.int32), axis=-1)  # (B,) first EOS of each row
+        return x, self.text_projection(x[mx.arange(x.shape[0]), eos])
