@@ -1,0 +1,54 @@
+"""DPM-Solver++(2M): Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
+Models" (arXiv:2211.01095), Algorithm 2, on the variance-preserving sample as diffusers'
+DPMSolverMultistepScheduler runs it (first order on the first and the last step)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..config import SchedulerConfig
+from . import prediction
+from .schedules import Plan, alphas_cumprod, karras_sigmas, sigma_to_t, spaced_timesteps, to_sigma
+
+
+def multistep_plan(name: str, config: SchedulerConfig, steps: int, start: int, karras: bool) -> Plan:
+    """The schedule of diffusers' multistep solvers (DPM-Solver, UniPC): integer timesteps, "linspace" over
+    steps + 1 points without the last by default; with `karras`, Karras sigmas over the whole training range
+    and their timesteps rounded (whatever the spacing)."""
+    table = to_sigma(alphas_cumprod(config))
+    if karras:
+        sigmas = karras_sigmas(table[0], table[-1], steps)
+        t = sigma_to_t(sigmas, np.log(table))
+        # diffusers rounds them, but for squaredcos_cap_v2 its int64 cast truncates them
+        t = np.floor(t) if config.beta_schedule == "squaredcos_cap_v2" else t.round()
+    else:
+        spacing = config.timestep_spacing or "linspace"
+        t = spaced_timesteps(spacing, steps, config) if spacing == "trailing" else \
+            spaced_timesteps(spacing, steps + 1, config)[:-1]
+        sigmas = np.interp(t, np.arange(len(table)), table)
+    sigmas = np.append(sigmas, 0.0)
+    return Plan(name, config.prediction_type, t[start:], sigmas, start_sigma=float(sigmas[start]),
+                init_noise_sigma=1.0, variance_preserving=True, start=start)
+
+
+def dpmpp_2m(plan: Plan, model, x, noise):
+    """x_next = (s_next / s) x - alpha_next (e^-h - 1) D, h = lambda_next - lambda, lambda = log(alpha / s),
+    D = x0 + (x0 - x0_prev) / (2 r) with r = h_prev / h (first order: D = x0)."""
+    sigmas = plan.sigmas.tolist()
+    x0_prev = None
+    for i, t in enumerate(plan.timesteps, plan.start):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = prediction.x0(model(x, float(t)), x, sigma, plan.prediction_type)
+        if sigma_next == 0:  # lambda = inf: the step lands on the prediction
+            return x0
+        (alpha, s), (alpha_next, s_next) = prediction.alpha_s(sigma), prediction.alpha_s(sigma_next)
+        h = math.log(sigma / sigma_next)  # lambda = log(alpha / s) = -log(sigma)
+        d = x0
+        if x0_prev is not None:
+            r = math.log(sigmas[i - 1] / sigma) / h
+            d = x0 + (x0 - x0_prev) * (1 / (2 * r))
+        x = x * (s_next / s) - d * (alpha_next * math.expm1(-h))
+        x0_prev = x0
+    return x
