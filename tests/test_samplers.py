@@ -1,0 +1,257 @@
+"""Samplers against diffusers' schedulers: the same smooth fake UNet driven from the same initial noise by
+diffusers' pipeline loop (the oracle, torch float64 where
+diffusers lets it) and by sdkit.samplers (numpy float64)."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+from diffusers.schedulers import scheduling_lms_discrete
+from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler  # the real one, also without scipy
+
+from sdkit import samplers
+from sdkit.config import SchedulerConfig
+
+CONFIGS = Path(samplers.__file__).parents[1] / "data" / "schedulers"
+BASES = {name: json.loads((CONFIGS / f"{name}-scheduler_config.json").read_text())
+         for name in ("sd15", "sd21-768v", "sdxl-base")}
+# what the config is silent on takes each diffusers class's default (timestep_spacing, set_alpha_to_one,
+# skip_prk_steps, steps_offset); clip_sample is pinned off: SD never clips and sdkit does not implement it
+SILENT = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False}
+
+ORACLES = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+SHAPE = (2, 4, 3, 3)
+MODES = {"txt2img": 1.0, "img2img_0.3": 0.3, "img2img_0.75": 0.75}
+
+
+class _GaussLegendre:
+    """Stand-in for scipy.integrate where scipy is absent: LMS integrates cubics, which 8-point Gauss-Legendre
+    quadrature integrates exactly (a different method from sdkit's exact polynomial antiderivatives)."""
+
+    @staticmethod
+    def quad(f, a, b, epsrel=None):
+        x, w = np.polynomial.legendre.leggauss(8)
+        a, b = float(a), float(b)
+        return (b - a) / 2 * sum(wi * float(f((b - a) / 2 * xi + (a + b) / 2)) for xi, wi in zip(x, w)), 0.0
+
+
+@pytest.fixture(autouse=True)
+def _lms_quadrature(monkeypatch):
+    if not hasattr(scheduling_lms_discrete, "integrate"):
+        monkeypatch.setattr(scheduling_lms_discrete, "integrate", _GaussLegendre, raising=False)
+
+
+def unet(x, t: float):
+    """A smooth stand-in for the guided UNet output (eps or v sized), nonlinear in x and t."""
+    sin = torch.sin if torch.is_tensor(x) else np.sin
+    return x * 0.8 + sin(x * 1.7 + t / 150.0) * 0.3
+
+
+def config_dict(base: str, **overrides) -> dict:
+    d = dict(SILENT) if base == "silent" else dict(BASES[base])
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    return d
+
+
+def float64_alphas_cumprod(c) -> torch.Tensor:
+    """diffusers' betas (scheduling_ddim.py and betas_for_alpha_bar), in float64."""
+    n = c.num_train_timesteps
+    if c.beta_schedule == "linear":
+        betas = torch.linspace(c.beta_start, c.beta_end, n, dtype=torch.float64)
+    elif c.beta_schedule == "scaled_linear":
+        betas = torch.linspace(c.beta_start**0.5, c.beta_end**0.5, n, dtype=torch.float64) ** 2
+    else:
+        alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+                             dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
+
+
+def run_diffusers(name, config: dict, steps, strength, x0, noise, seed):
+    """diffusers' StableDiffusion(Img2Img)Pipeline loop with `unet`; returns latents, timesteps, init sigma."""
+    cls, extra = ORACLES[name]
+    scheduler = cls.from_config(config, **extra)
+    # diffusers' float32 ᾱ is off by up to ~1e-5, and some paths (PRK warm-up in img2img) amplify that: run its
+    # logic on a float64 ᾱ, so that the comparison tests the sampler, not the rounding
+    scheduler.alphas_cumprod = float64_alphas_cumprod(scheduler.config)
+    if getattr(scheduler, "final_alpha_cumprod", 1) != 1:  # ddim, pndm without set_alpha_to_one
+        scheduler.final_alpha_cumprod = scheduler.alphas_cumprod[0]
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    x0, noise = torch.from_numpy(x0), torch.from_numpy(noise)
+    if strength < 1:
+        t_start = max(steps - min(int(steps * strength), steps), 0)
+        timesteps = timesteps[t_start * scheduler.order:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(x0)))
+    else:
+        x = noise * scheduler.init_noise_sigma
+    kwargs = {"generator": torch.Generator().manual_seed(seed)} if name == "euler_a" else {}
+    seen = []
+    for t in timesteps:
+        seen.append(float(t))
+        out = unet(scheduler.scale_model_input(x, t), float(t))
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
+    return x.double().numpy(), seen, float(scheduler.init_noise_sigma)
+
+
+def run_sdkit(name, config: dict, steps, strength, x0, noise, seed):
+    p = samplers.plan(name, SchedulerConfig.from_diffusers(config), steps, strength)
+    generator = torch.Generator().manual_seed(seed)  # euler_a's per-step noise: the stream diffusers draws
+    step_noise = lambda: torch.randn(SHAPE, generator=generator, dtype=torch.float64).numpy()
+    seen = []
+
+    def model(x, t):
+        assert type(t) is float
+        seen.append(t)
+        return unet(x, t)
+
+    x = noise * p.init_noise_sigma if strength == 1 else samplers.add_noise(p, x0, noise)
+    x = samplers.sample(p, model, x, step_noise)
+    assert p.num_evaluations == len(seen) == len(p.timesteps)
+    return x, seen, p.init_noise_sigma
+
+
+def runs(steps_list, modes):
+    """(steps, mode) pairs that leave at least one step (the others: test_strength_too_low)."""
+    return [(steps, mode) for steps in steps_list for mode in modes if int(steps * MODES[mode]) > 0]
+
+
+def check_parity(name, config, steps, strength, seed=0):
+    rng = np.random.default_rng(seed)
+    x0, noise = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
+    ours, our_t, our_init = run_sdkit(name, config, steps, strength, x0, noise, seed)
+    theirs, their_t, their_init = run_diffusers(name, config, steps, strength, x0, noise, seed)
+    assert our_t == their_t
+    assert our_init == pytest.approx(their_init, rel=1e-6)
+    assert np.isfinite(ours).all()
+    error = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    assert error < 1e-5, f"relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("steps,mode", runs([1, 2, 5, 25], MODES))
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("name", samplers.NAMES)
+def test_matches_diffusers(name, base, prediction, steps, mode):
+    """SD1.5 (PNDM config, no timestep_spacing), SD2.1-v (DDIM config) and SDXL (Euler config, leading)."""
+    check_parity(name, config_dict(base, prediction_type=prediction), steps, MODES[mode])
+
+
+@pytest.mark.parametrize("steps,mode", runs([1, 3, 25], ["txt2img", "img2img_0.75"]))
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("name", samplers.NAMES)
+def test_timestep_spacing_overrides(name, spacing, steps, mode):
+    check_parity(name, config_dict("sd15", timestep_spacing=spacing, prediction_type="v_prediction"), steps,
+                 MODES[mode], seed=steps)
+
+
+@pytest.mark.parametrize("steps,mode", runs([4, 6, 25], MODES))
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name", samplers.NAMES)
+def test_silent_config_takes_class_defaults(name, prediction, steps, mode):
+    """Silent on spacing, steps_offset, set_alpha_to_one (DDIM: True, PNDM: False) and skip_prk_steps: PNDM
+    then warms up with pseudo Runge-Kutta steps."""
+    check_parity(name, config_dict("silent", prediction_type=prediction), steps, MODES[mode], seed=1)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("name", samplers.NAMES)
+def test_other_beta_schedules(name, beta_schedule):
+    check_parity(name, config_dict("silent", beta_schedule=beta_schedule, beta_start=0.0001, beta_end=0.02), 8, 1.0)
+
+
+def test_evaluation_counts_and_start_levels():
+    sd15 = SchedulerConfig.from_diffusers(BASES["sd15"])
+    counts = {name: samplers.plan(name, sd15, 10).num_evaluations for name in samplers.NAMES}
+    assert counts == {**dict.fromkeys(samplers.NAMES, 10), "pndm": 11, "heun": 19}
+    assert samplers.plan("pndm", SchedulerConfig(), 10).num_evaluations == 10 + 9  # 3 PRK steps of 4
+    for name in ("euler", "euler_a", "heun", "lms"):
+        p = samplers.plan(name, sd15, 10)
+        assert p.init_noise_sigma == p.sigmas.max() and p.init_noise_sigma == pytest.approx(14.6146, abs=1e-4)
+    xl = samplers.plan("euler", SchedulerConfig.from_diffusers(BASES["sdxl-base"]), 10)
+    assert xl.init_noise_sigma == pytest.approx(math.sqrt(xl.sigmas.max() ** 2 + 1))
+    assert {samplers.plan(n, sd15, 10).init_noise_sigma for n in ("ddim", "pndm", "dpmpp_2m", "unipc")} == {1.0}
+
+
+def test_plms_is_pndm():
+    config = SchedulerConfig.from_diffusers(BASES["sd15"])
+    a, b = samplers.plan("plms", config, 7), samplers.plan("pndm", config, 7)
+    assert a.sampler == b.sampler == "pndm" and np.array_equal(a.timesteps, b.timesteps)
+    assert samplers.canonical_name("plms") == "pndm"
+
+
+@pytest.mark.parametrize("name", ["dpm_fast", "", "DDIM", "euler a"])
+def test_unknown_sampler_lists_valid_names(name):
+    with pytest.raises(ValueError) as e:
+        samplers.plan(name, SchedulerConfig(), 10)
+    assert all(valid in str(e.value) for valid in samplers.NAMES) and repr(name) in str(e.value)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, "10", 1001])
+def test_bad_steps(steps):
+    with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 1000\]"):
+        samplers.plan("euler", SchedulerConfig(), steps)
+
+
+@pytest.mark.parametrize("steps,strength", [(2, 0.3), (1, 0.99), (30, 0.03)])
+def test_strength_too_low(steps, strength):
+    with pytest.raises(ValueError, match=f"strength {strength} is too low for {steps} steps"):
+        samplers.plan("ddim", SchedulerConfig(), steps, strength)
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.5, 1.5])
+def test_strength_out_of_range(strength):
+    with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+        samplers.plan("ddim", SchedulerConfig(), 10, strength)
+
+
+def test_pndm_runge_kutta_needs_four_steps():
+    with pytest.raises(ValueError, match="steps must be >= 4 when the scheduler config's skip_prk_steps is false"):
+        samplers.plan("pndm", SchedulerConfig(), 3)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="prediction_type 'sample' is not supported"):
+        samplers.plan("euler", SchedulerConfig(prediction_type="sample"), 10)
+    with pytest.raises(ValueError, match="timestep_spacing 'even' is not supported"):
+        samplers.plan("ddim", SchedulerConfig(timestep_spacing="even"), 10)
+    with pytest.raises(ValueError, match="beta_schedule 'sigmoid' is not supported"):
+        samplers.plan("ddim", SchedulerConfig(beta_schedule="sigmoid"), 10)
+
+
+@pytest.mark.parametrize("name", samplers.NAMES)
+def test_same_code_runs_on_torch_and_mlx(name):
+    """Only + - * / with Python floats touch x: torch and mlx arrays give numpy's result."""
+    p = samplers.plan(name, SchedulerConfig.from_diffusers(BASES["sd15"]), 6, 0.75)
+    rng = np.random.default_rng(2)
+    x0, noise = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
+    steps = [rng.standard_normal(SHAPE) for _ in range(p.num_evaluations)]
+
+    def run(asarray, sin):
+        queue = iter(steps)
+        model = lambda x, t: x * 0.8 + sin(x * 1.7 + t / 150.0) * 0.3
+        return samplers.sample(p, model, samplers.add_noise(p, asarray(x0), asarray(noise)),
+                               lambda: asarray(next(queue)))
+
+    reference = run(np.asarray, np.sin)
+    np.testing.assert_allclose(run(torch.from_numpy, torch.sin).numpy(), reference, rtol=1e-12, atol=1e-12)
+    mx = pytest.importorskip("mlx.core")
+    ours = np.array(run(lambda a: mx.array(a.astype(np.float32)), mx.sin))
+    assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-5
