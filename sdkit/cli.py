@@ -1,0 +1,289 @@
+"""sdkit-gen: text-to-image and image-to-image from the command line, on sdkit's public API.
+
+    sdkit-gen "a lighthouse at dawn, oil painting" -s 1
+    sdkit-gen "the same scene in winter" -m model.safetensors -i photo.png --strength 0.6
+    sdkit-gen --from lighthouse-1.png -s 7        # a PNG's stored parameters (sdkit's or A1111's), a new seed
+
+Exit status: 0 done, 1 runtime error (download, backend, disk), 2 usage error, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import secrets
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import sdkit
+from sdkit import backends, hub
+from sdkit.images import open_image
+from sdkit.metadata import A1111_SAMPLERS
+from sdkit.tokenizer import Tokenizer
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
+# Stored keys that change nothing in the picture; any other key sdkit cannot use is named in a warning.
+HARMLESS = {"Version", "Model hash"}
+MAX_TOKENS = 75  # what one CLIP encoding holds between <|startoftext|> and <|endoftext|>
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sdkit-gen", description="Generate images with Stable Diffusion (torch or MLX).",
+                epilog="PNGs carry their parameters in AUTOMATIC1111's format; --from reads them back.")
+    p.add_argument("prompt", nargs="?", metavar="PROMPT", help="what to draw (required unless --from is given)")
+    p.add_argument("-m", "--model", help=f"a diffusers folder, a .safetensors file or a Hub repo id "
+                                         f"(default {DEFAULT_MODEL})")
+    p.add_argument("-n", "--negative", dest="negative_prompt", metavar="NEGATIVE", help="what not to draw")
+    p.add_argument("-W", "--width", type=_size, help="pixels, a multiple of 8 (default: the model's size)")
+    p.add_argument("-H", "--height", type=_size, help="pixels, a multiple of 8 (default: the model's size)")
+    p.add_argument("--steps", type=_positive_int, help=f"denoising steps (default {DEFAULTS['steps']})")
+    p.add_argument("-g", "--guidance", dest="guidance_scale", type=_guidance, metavar="GUIDANCE",
+                   help=f"classifier-free guidance scale (default {DEFAULTS['guidance_scale']})")
+    p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
+    p.add_argument("--sampler", choices=sdkit.SAMPLERS, metavar="NAME",
+                   help=f"see --list-samplers (default {DEFAULTS['sampler']})")
+    p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
+                   help="images to make in one batch (default 1)")
+    p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
+                   help="auto: MLX on Apple silicon when installed, else torch")
+    p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="default float16 on GPUs, float32 on CPUs")
+    p.add_argument("-i", "--init-image", metavar="INIT_IMAGE", help="start from this picture (image-to-image)")
+    p.add_argument("--strength", type=_strength, help=f"with -i: how much to change it, in (0, 1] "
+                                                      f"(default {DEFAULTS['strength']})")
+    p.add_argument("-o", "--output", type=Path, help="a .png file or a folder (default: the current folder, "
+                                                     "named from prompt and seed); never overwrites")
+    p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
+                   help="regenerate from the parameters stored in a PNG; other flags override them")
+    p.add_argument("--list-samplers", action="store_true", help="list the sampler names and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the paths of the images")
+    p.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    p.add_argument("--version", action="version", version=f"sdkit {sdkit.__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("sdkit-gen: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as e:  # bad values, unreadable files, unusable checkpoints: the user can fix them
+        return _fail(e, 2, args.debug)
+    except (sdkit.SdkitError, OSError) as e:  # network, backend, disk
+        return _fail(e, 1, args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_samplers:
+        for name in sdkit.SAMPLERS:
+            a1111 = " + Schedule type: ".join(filter(None, A1111_SAMPLERS[name]))
+            print(f"{name:<16} {a1111}{'  (default)' if name == DEFAULTS['sampler'] else ''}")
+        return 0
+
+    # Everything that can be refused is checked before the (slow) model load.
+    stored = sdkit.read_parameters(args.from_image) if args.from_image else {}
+    prompt = args.prompt if args.prompt is not None else stored.get("prompt")
+    if prompt is None:
+        raise ValueError("PROMPT is required unless --from or --list-samplers is given")
+    kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
+              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed")}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
+    seeds = [kwargs["seed"] + i for i in range(args.num_images)]
+    init = open_image(args.init_image) if args.init_image else None
+    if init is not None:
+        kwargs["strength"] = stored.get("strength", DEFAULTS["strength"]) if args.strength is None else args.strength
+    targets = _targets(args.output, prompt, seeds)
+    model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
+
+    if init is None and args.strength is not None:
+        _warn("--strength has no effect without -i INIT_IMAGE")
+    elif init is None and "strength" in stored:
+        _warn(f"the stored Denoising strength {stored['strength']} is not applied: it needs the init image "
+              "(-i), which PNGs do not store")
+    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler")):
+        _warn(note)
+
+    if args.quiet:
+        from huggingface_hub.utils import disable_progress_bars
+        disable_progress_bars()
+    else:
+        print(f"loading {model}", file=sys.stderr)
+    pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype)
+    if not args.quiet:
+        b = pipe.backend
+        print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
+
+    progress = _Progress(disable=args.quiet)
+    with progress:
+        images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress, **kwargs)
+
+    for image, target, seed in zip(images, targets, seeds):
+        path = sdkit.save(image, _free(target))
+        print(path if args.quiet else f"{path}  seed {seed}")
+    if not args.quiet:
+        print(progress.summary())
+    return 0
+
+
+class _Progress:
+    """The generate() callback: a tqdm bar over UNet evaluations, and their speed."""
+
+    def __init__(self, disable: bool):
+        self.disable, self.bar, self.steps = disable, None, 0
+        self.start = time.perf_counter()
+        self.end = self.start
+
+    def __call__(self, step: int, total: int, latents) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="it", disable=self.disable, file=sys.stderr, leave=False)
+        self.bar.update(step - self.steps)
+        self.steps, self.end = step, time.perf_counter()
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def summary(self) -> str:
+        seconds = max(self.end - self.start, 1e-9)
+        return f"{self.steps} steps in {seconds:.1f} s ({self.steps / seconds:.2f} it/s)"
+
+
+def _targets(output: Path | None, prompt: str, seeds: list[int]) -> list[Path]:
+    """Where each image goes, before any free-name choice; usage errors for paths that cannot work."""
+    if output is None or output.is_dir():
+        folder = output or Path(".")
+        slug = re.sub(r"\W+", "-", prompt.lower()).strip("-")[:60].rstrip("-") or "image"
+        return [folder / f"{slug}-{seed}.png" for seed in seeds]
+    if str(output).endswith(("/", "\\")):
+        raise ValueError(f"-o {output}: no such folder")
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"-o {output}: sdkit-gen writes PNG files; use a name ending in .png, or a folder")
+    if not output.parent.is_dir():
+        raise ValueError(f"-o {output}: folder {str(output.parent)!r} does not exist")
+    return [output] * len(seeds)
+
+
+def _free(path: Path) -> Path:
+    """`path`, or the first of path-1, path-2, ... that does not exist: an existing file is never replaced."""
+    n, free = 0, path
+    while free.exists():
+        n += 1
+        free = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return free
+
+
+def _stored_model(stored: dict, image: Path | None) -> str | None:
+    """The model a PNG names, if sdkit can find it (a path here or a Hub repo id); A1111 names need -m."""
+    model = stored.get("model")
+    if model is None:
+        return None
+    if Path(model).expanduser().exists() or hub.REPO_ID.fullmatch(model):
+        return model
+    raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
+
+
+def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None) -> list[str]:
+    """What the stored parameters or the prompts ask for that sdkit does not do yet, one note each."""
+    notes = []
+    if "Sampler" in stored:
+        a1111 = ", ".join(f"{k}: {stored[k]}" for k in ("Sampler", "Schedule type") if k in stored)
+        notes.append(f"{a1111} is not available in sdkit; using {sampler or DEFAULTS['sampler']}")
+    if stored.get("Clip skip", "1") != "1":
+        notes.append(f"Clip skip {stored['Clip skip']} is not supported; using the last layer (Clip skip 1)")
+    rest = [f"{k}: {v}" for k, v in stored.items()
+            if k[0].isupper() and k not in HARMLESS | {"Sampler", "Schedule type", "Clip skip"}]
+    if rest:
+        notes.append(f"not applied: {', '.join(rest)}")
+
+    tokenizer = None
+    for name, text in (("prompt", prompt), ("negative prompt", negative)):
+        if re.search(r"<(lora|lyco|hypernet):", text):
+            notes.append(f"the {name}'s LoRA tags (<lora:...>) are not applied; they are read as text")
+        if re.search(r"[()\[\]]|\bBREAK\b", text):
+            notes.append(f"the {name}'s weighting syntax ((word), (word:1.2), [word], BREAK) is read as plain text")
+        if len(text) > MAX_TOKENS:  # a token is at least one character: shorter texts always fit
+            tokenizer = tokenizer or Tokenizer.bundled("clip-l")
+            if (n := tokenizer.count(text)) > MAX_TOKENS:
+                notes.append(f"the {name} has {n} tokens; only the first {MAX_TOKENS} are used")
+    return notes
+
+
+def _fail(error: Exception, code: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"sdkit-gen: error: {error}", file=sys.stderr)
+    return code
+
+
+def _warn(message: str) -> None:
+    print(f"sdkit-gen: warning: {message}", file=sys.stderr)
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _size(text: str) -> int:
+    value = _int(text)
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8, got {text}")
+    if value % 8:
+        lo = value - value % 8
+        raise argparse.ArgumentTypeError(f"{text} is not a multiple of 8; use {lo} or {lo + 8}")
+    return value
+
+
+def _guidance(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _strength(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None

@@ -1,0 +1,204 @@
+"""sdkit-gen run for real in a subprocess on the tiny SD1 folder: files, metadata, --from, errors, Ctrl-C."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+import sdkit
+from sdkit import cli
+
+SDKIT_GEN = shutil.which("sdkit-gen", path=Path(sys.executable).parent)
+FAST = ["--steps", "2", "-W", "64", "-H", "64", "--backend", "torch", "--device", "cpu"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    """No network, an empty Hub cache: nothing here may download."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
+
+
+@pytest.fixture
+def gen(tmp_path, monkeypatch, capsys):
+    """sdkit-gen's main() in this process, run in tmp_path: args -> (exit status, stdout, stderr)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        return (code, *capsys.readouterr())
+
+    return run
+
+
+def sdkit_gen(*args, cwd, env, command=(SDKIT_GEN,)) -> subprocess.CompletedProcess:
+    return subprocess.run([*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != "hf-home")
+
+
+def test_batch_writes_one_png_per_seed_with_metadata_and_same_pixels_as_the_api(sd1_folder, tmp_path, env):
+    r = sdkit_gen("a red fox, snow", "-m", sd1_folder, *FAST, "-s", "5", "-b", "2", "-n", "blurry",
+                  "--sampler", "euler_a", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert pngs(tmp_path) == ["a-red-fox-snow-5.png", "a-red-fox-snow-6.png"]
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["a-red-fox-snow-5.png  seed 5", "a-red-fox-snow-6.png  seed 6"]
+    assert lines[2].startswith("2 steps in ") and lines[2].endswith(" it/s)") and len(lines) == 3
+
+    stored = sdkit.read_parameters(tmp_path / "a-red-fox-snow-6.png")
+    assert {k: stored[k] for k in ("prompt", "negative_prompt", "seed", "steps", "sampler", "width", "height",
+                                   "guidance_scale")} == dict(prompt="a red fox, snow", negative_prompt="blurry",
+                                                              seed=6, steps=2, sampler="euler_a", width=64,
+                                                              height=64, guidance_scale=7.5)
+    api = sdkit.load(sd1_folder, backend="torch", device="cpu").generate(
+        "a red fox, snow", "blurry", width=64, height=64, steps=2, sampler="euler_a", seed=5, num_images=2)
+    for image, seed in zip(api, (5, 6)):
+        assert np.array_equal(pixels(tmp_path / f"a-red-fox-snow-{seed}.png"), np.asarray(image, dtype=np.int16))
+
+
+def test_from_regenerates_and_flags_override(sd1_folder, tmp_path, env, gen):
+    assert gen("a cat", "-m", sd1_folder, *FAST, "-s", "11", "-o", "cat.png")[0] == 0
+
+    r = sdkit_gen("--from", "cat.png", "-m", sd1_folder, "--backend", "torch", "-o", "cat.png", "-q",
+                  cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "cat-1.png\n" and r.stderr == ""  # -q: the path only; the existing file is kept
+    assert np.array_equal(pixels(tmp_path / "cat-1.png"), pixels(tmp_path / "cat.png"))
+    assert Image.open(tmp_path / "cat-1.png").info == Image.open(tmp_path / "cat.png").info
+
+    code, _, err = gen("a dog", "--from", "cat.png", "-m", sd1_folder, "-s", "3", "--steps", "3", "-b", "2",
+                       "-o", "dog.png")
+    assert code == 0, err
+    assert pngs(tmp_path) == ["cat-1.png", "cat.png", "dog-1.png", "dog.png"]  # one file each
+    for name, seed in (("dog.png", 3), ("dog-1.png", 4)):
+        stored = sdkit.read_parameters(tmp_path / name)
+        assert (stored["prompt"], stored["seed"], stored["steps"], stored["width"]) == ("a dog", seed, 3, 64)
+
+
+def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen):
+    text = ("masterpiece, (a red fox:1.2) <lora:add_detail:0.5>\nNegative prompt: lowres\n"
+            "Steps: 2, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 5, Seed: 77, Size: 64x64, "
+            "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.4, Clip skip: 2, "
+            "Hires upscale: 2, Version: v1.10.1")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
+
+    assert gen("--from", "a1111.png", "--backend", "torch") == (
+        2, "", "sdkit-gen: error: a1111.png: its model 'v1-5-pruned-emaonly' is neither a local path nor a Hub "
+               "repo id; pass -m MODEL\n")
+
+    code, _, err = gen("--from", "a1111.png", "-m", sd1_folder, "--backend", "torch", "-o", "out.png")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "sdkit-gen: warning: the stored Denoising strength 0.4 is not applied: it needs the init image (-i), "
+        "which PNGs do not store",
+        "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
+        "using dpmpp_2m_karras",
+        "sdkit-gen: warning: Clip skip 2 is not supported; using the last layer (Clip skip 1)",
+        "sdkit-gen: warning: not applied: Hires upscale: 2",
+        "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
+        "sdkit-gen: warning: the prompt's weighting syntax ((word), (word:1.2), [word], BREAK) is read as "
+        "plain text"]
+    stored = sdkit.read_parameters(tmp_path / "out.png")
+    assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
+    assert "strength" not in stored
+
+
+def test_img2img_and_long_prompt_warning(sd1_folder, tmp_path, gen):
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 64, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    long_prompt = " ".join(["lighthouse"] * 80)
+    code, out, err = gen(long_prompt, "-m", sd1_folder, "--steps", "4", "--backend", "torch", "-i", "in.png",
+                         "--strength", "0.5", "-s", "1", "-o", "out.png")
+    assert code == 0, err
+    assert "sdkit-gen: warning: the prompt has 80 tokens; only the first 75 are used" in err
+    stored = sdkit.read_parameters(tmp_path / "out.png")
+    assert (stored["strength"], stored["width"], stored["height"]) == (0.5, 64, 72)
+    assert out.splitlines()[1].startswith("2 steps in ")  # strength 0.5 of 4 steps
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "PROMPT is required unless --from or --list-samplers is given"),
+    (["cat", "-W", "100"], "argument -W/--width: 100 is not a multiple of 8; use 96 or 104"),
+    (["cat", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    (["cat", "--sampler", "dpmpp_sde"], "argument --sampler: invalid choice: 'dpmpp_sde'"),
+    (["cat", "--strength", "1.5"], "argument --strength: must be in (0, 1], got 1.5"),
+    (["cat", "-o", "cat.jpg"], "-o cat.jpg: sdkit-gen writes PNG files; use a name ending in .png, or a folder"),
+    (["cat", "-o", "missing/cat.png"], "-o missing/cat.png: folder 'missing' does not exist"),
+    (["cat", "-i", "notes.txt"], "init_image 'notes.txt' cannot be read as an image"),
+    (["--from", "notes.txt"], "'notes.txt' cannot be read as an image"),
+    (["cat", "-m", "no/such/model.safetensors"], "no such file or folder: no/such/model.safetensors"),
+])
+def test_usage_errors_exit_2_with_one_line_and_no_file(tmp_path, env, args, message):
+    (tmp_path / "notes.txt").write_text("not an image")
+    r = sdkit_gen(*args, cwd=tmp_path, env=env)
+    assert r.returncode == 2 and r.stdout == ""
+    error, = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]  # one line
+    assert error.startswith("sdkit-gen: error: ") and message in error, r.stderr
+    assert pngs(tmp_path) == ["notes.txt"]
+
+
+def test_runtime_error_exits_1_and_debug_shows_the_traceback(tmp_path, env):
+    r = sdkit_gen("cat", "-m", "nobody/no-such-model", "--backend", "torch", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(
+        "sdkit-gen: error: nobody/no-such-model: not in the Hugging Face cache and the Hub is unreachable")
+    assert "Traceback" not in r.stderr
+    r = sdkit_gen("cat", "-m", "nobody/no-such-model", "--backend", "torch", "--debug", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and "HubError" in r.stderr
+    assert pngs(tmp_path) == []
+
+
+def test_ctrl_c_stops_within_a_step_exits_130_and_writes_nothing(sd1_folder, tmp_path, env):
+    proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *FAST[2:], "--steps", "1000", "-b", "2"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = threading.Event()
+    err = []
+
+    def read_stderr():
+        while chunk := proc.stderr.read(1):
+            err.append(chunk)
+            if "/1000" in "".join(err[-60:]):  # the tqdm bar: denoising is under way
+                started.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    assert started.wait(120), "".join(err)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    assert proc.wait(30) == 130
+    assert time.monotonic() - t0 < 5
+    assert proc.stdout.read() == "" and "sdkit-gen: interrupted" in "".join(err)
+    assert pngs(tmp_path) == []
+
+
+def test_list_samplers(tmp_path, env):
+    r = sdkit_gen("--list-samplers", cwd=tmp_path, env=env, command=(sys.executable, "-m", "sdkit"))
+    assert r.returncode == 0
+    names = [line.split()[0] for line in r.stdout.splitlines()]
+    assert names == list(sdkit.SAMPLERS)
+    assert "dpmpp_2m_karras  DPM++ 2M + Schedule type: Karras  (default)" in r.stdout
+
+
+def test_free_names_and_default_names(tmp_path):
+    (tmp_path / "x.png").touch()
+    (tmp_path / "x-1.png").touch()
+    assert cli._free(tmp_path / "x.png") == tmp_path / "x-2.png"
+    assert cli._free(tmp_path / "y.png") == tmp_path / "y.png"
+    assert cli._targets(None, "  Ein Fuchs: im Schnee!  ", [3, 4]) == [Path("ein-fuchs-im-schnee-3.png"),
+                                                                       Path("ein-fuchs-im-schnee-4.png")]
+    assert cli._targets(tmp_path, "富士山", [1]) == [tmp_path / "富士山-1.png"]
+    assert cli._targets(None, "!!!", [1]) == [Path("image-1.png")]
