@@ -41,8 +41,9 @@ def dpmpp_2m(plan: Plan, model, x, noise):
     for i, t in enumerate(plan.timesteps, plan.start):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0 = prediction.x0(model(x, float(t)), x, sigma, plan.prediction_type)
-        if sigma_next == 0:  # lambda = inf: the step lands on the prediction
-            return x0
+        if sigma_next == 0:  # lambda = inf: the (last) step lands on the prediction
+            x = x0
+            continue
         (alpha, s), (alpha_next, s_next) = prediction.alpha_s(sigma), prediction.alpha_s(sigma_next)
         h = math.log(sigma / sigma_next)  # lambda = log(alpha / s) = -log(sigma)
         d = x0

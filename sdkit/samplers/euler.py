@@ -23,7 +23,7 @@ def plan(name: str, config: SchedulerConfig, steps: int, start: int) -> Plan:
     # diffusers scales the initial noise by sqrt(sigma_max^2 + 1) under "leading" spacing
     init = sigmas[0] if spacing in ("linspace", "trailing") else math.sqrt(sigmas[0] ** 2 + 1)
     t = t[start:]
-    if name == "heun":  # a second evaluation at the next timestep for all but the last step
+    if name == "heun":  # t_s, then every later t twice: the previous step's correction, then its own start
         t = np.append(t[:1], np.repeat(t[1:], 2))
     return Plan(name, config.prediction_type, t, sigmas, start_sigma=float(sigmas[start]),
                 init_noise_sigma=float(init), variance_preserving=False, start=start)
