@@ -180,8 +180,8 @@ def _text(value) -> str:
 
 
 def _quote(text: str) -> str:
-    """A1111's quoting: values with a comma, colon or newline become JSON strings."""
-    if not any(c in text for c in ",:\n"):
+    """A1111's quoting: values with a comma, colon or newline (or a leading quote) become JSON strings."""
+    if not any(c in text for c in ",:\n") and not text.startswith('"'):
         return text
     return json.dumps(text, ensure_ascii=False)
 

@@ -54,7 +54,8 @@ def test_every_sampler_round_trips(sampler, a1111):
 
 def test_round_trip_keeps_every_value_and_type():
     params = {**PARAMS, "prompt": "line one, with: colon\n  line two  \n\"quoted\"", "negative_prompt": "bad\nworse",
-              "strength": 0.6, "model": 'C:\\models\\my "best", v2.safetensors', "Clip skip": "2"}
+              "strength": 0.6, "model": 'C:\\models\\my "best", v2.safetensors', "Clip skip": "2",
+              "Note": '"as is"'}
     back = metadata.parse_parameters(metadata.format_parameters(params))
     assert back.pop("Version") == f"sdkit {sdkit.__version__}"
     assert back == params
