@@ -172,8 +172,6 @@ def _targets(output: Path | None, prompt: str, seeds: list[int]) -> list[Path]:
         folder = output or Path(".")
         slug = re.sub(r"\W+", "-", prompt.lower()).strip("-")[:60].rstrip("-") or "image"
         return [folder / f"{slug}-{seed}.png" for seed in seeds]
-    if str(output).endswith(("/", "\\")):
-        raise ValueError(f"-o {output}: no such folder")
     if output.suffix.lower() != ".png":
         raise ValueError(f"-o {output}: sdkit-gen writes PNG files; use a name ending in .png, or a folder")
     if not output.parent.is_dir():
