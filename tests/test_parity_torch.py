@@ -38,6 +38,7 @@ def pipes(request):
     ours = sdkit.load(folder, backend="torch", device="cpu", dtype="float32")
     theirs = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     theirs.set_progress_bar_config(disable=True)
+    theirs.original_scheduler_config = theirs.scheduler.config
     return ours, theirs
 
 
@@ -51,8 +52,9 @@ def draw(rngs, shape) -> torch.Tensor:
 
 
 def use_scheduler(theirs, name):
+    """The model's own scheduler config each time: a config saved by another class carries its extras along."""
     cls, extra = SCHEDULERS[name]
-    theirs.scheduler = cls.from_config(theirs.scheduler.config, **extra)
+    theirs.scheduler = cls.from_config(theirs.original_scheduler_config, **extra)
 
 
 def assert_close(ours: list[Image.Image], theirs: list[Image.Image]):

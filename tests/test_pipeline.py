@@ -27,7 +27,8 @@ def test_auto_backend_and_defaults(sd1_folder):
 def test_batch_image_regenerates_alone_and_records_seed(pipe):
     a, b = pipe.generate("a cat", width=64, height=64, steps=3, sampler="euler_a", seed=40, num_images=2)
     again, = pipe.generate("a cat", width=64, height=64, steps=3, sampler="euler_a", seed=41)
-    assert np.array_equal(pixels(b), pixels(again))
+    # Same noise, same steps; only BLAS blocking differs between a batch of 2 and of 1 (float rounding).
+    assert np.abs(pixels(b) - pixels(again)).max() <= 1
     assert not np.array_equal(pixels(a), pixels(b))
     assert "Seed: 40" in a.info["parameters"] and "Seed: 41" in b.info["parameters"]
 
