@@ -47,7 +47,7 @@ def build_sd15_sized(folder: Path) -> Path:
     (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     tokenizer = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), pad_token="<|endoftext|>")
-    config = json.loads((Path(__file__).parent / "../sdkit/data/schedulers/sd1.json").resolve().read_text())
+    config = json.loads((Path(__file__).parent / "../sdkit/data/schedulers/sd15-scheduler_config.json").resolve().read_text())
     scheduler = PNDMScheduler.from_config(config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
