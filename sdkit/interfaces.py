@@ -38,10 +38,13 @@ Weights = dict[str, TensorRef]  # canonical (diffusers) name -> where to read it
 
 
 class TextEncoder(Protocol):
-    def __call__(self, ids: np.ndarray) -> tuple[Array, Array | None]:
-        """ids (B, 77) int64 -> context (B, 77, C) float32 [, pooled (B, P) float32 or None].
+    def __call__(self, ids: np.ndarray, layer: int = -1, final_norm: bool = True) -> tuple[Array, Array | None]:
+        """ids (B, 77) int64 -> context (B, 77, C) float32, pooled (B, P) float32 or None.
 
-        context is the last hidden state after the final LayerNorm (SD1, SD2)."""
+        context is the hidden state after encoder layer `layer` (-1 the last, -2 the penultimate), through the
+        final LayerNorm when final_norm: SD1 and SD2 use the defaults, SDXL layer=-2, final_norm=False.
+        pooled, whatever `layer` and `final_norm`, is text_projection(final LayerNorm of the last layer's
+        output at the first EOS) when the encoder has a projection (SDXL's second one), else None."""
 
 
 class UNet(Protocol):

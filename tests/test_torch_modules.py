@@ -89,6 +89,39 @@ def test_text_encoder_pooled_projection(cpu, tmp_path):
     torch.testing.assert_close(pooled, out.text_embeds, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("projection", [True, False])
+@pytest.mark.parametrize("layer,final_norm", [(-2, False), (-1, False), (-3, True), (1, False)])
+def test_text_encoder_hidden_layer(projection, layer, final_norm, cpu, tmp_path):
+    """SDXL's context is hidden_states[-2] without the final LayerNorm; pooled stays the last layer's."""
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                         num_attention_heads=2, hidden_act="gelu", projection_dim=32)
+    theirs = perturb((CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg))
+    config = TextEncoderConfig.from_diffusers(cfg.to_dict(), has_projection=projection)
+    ours = cpu.text_encoder(config, save_weights(theirs, tmp_path / "te.st"))
+    ids = token_ids(pad=0)
+    context, pooled = ours(ids, layer=layer, final_norm=final_norm)
+    with torch.no_grad():
+        out = theirs(torch.from_numpy(ids), output_hidden_states=True)
+        expected = out.hidden_states[layer if layer < 0 else layer + 1]  # [0] is the embeddings' output
+        if final_norm:
+            expected = (theirs.text_model if projection else theirs).final_layer_norm(expected)
+    torch.testing.assert_close(context, expected, atol=ATOL, rtol=0)
+    if projection:
+        torch.testing.assert_close(pooled, out.text_embeds, atol=ATOL, rtol=0)
+    else:
+        assert pooled is None
+
+
+def test_text_encoder_layer_out_of_range(cpu, tmp_path):
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=1)
+    ours = cpu.text_encoder(TextEncoderConfig.from_diffusers(cfg.to_dict()),
+                            save_weights(CLIPTextModel(cfg), tmp_path / "te.st"))
+    with pytest.raises(ValueError, match=r"layer -3 does not exist; use -1 \.\. -2"):
+        ours(token_ids(pad=0), layer=-3)
+
+
 # --- UNet -----------------------------------------------------------------------------------------------
 
 UNETS = {

@@ -74,9 +74,10 @@ class TextEncoder:
         self.device = device
 
     @torch.inference_mode()
-    def __call__(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, ids: np.ndarray, layer: int = -1,
+                 final_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         ids = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
-        context, pooled = self.model(ids)
+        context, pooled = self.model(ids, layer, final_norm)
         return context.float(), None if pooled is None else pooled.float()
 
 

@@ -91,13 +91,23 @@ class CLIPTextModel(nn.Module):
         if config.projection_dim is not None:
             self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
 
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ids (B, T) -> last hidden state (B, T, C) after the final LayerNorm [, pooled (B, P)]."""
+    def forward(self, ids: torch.Tensor, layer: int = -1,
+                final_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids (B, T) -> context (B, T, C): the output of encoder layer `layer`, through the final LayerNorm when
+        final_norm; pooled (B, P): the projected, final-normed last layer's output at the first EOS, or None."""
+        n = len(self.encoder.layers)
+        if not -n <= layer < n:
+            raise ValueError(f"text encoder layer {layer} does not exist; use -1 .. -{n} (this encoder has {n})")
+        keep = layer % n  # index of the layer whose output is the context
+        projection = getattr(self, "text_projection", None)
         x = self.embeddings(ids)
-        for layer in self.encoder.layers:
-            x = layer(x)
-        x = self.final_layer_norm(x)
-        if not hasattr(self, "text_projection"):
-            return x, None
+        for i, block in enumerate(self.encoder.layers[: n if projection is not None else keep + 1]):
+            x = block(x)
+            if i == keep:
+                context = x
+        if final_norm:
+            context = self.final_layer_norm(context)
+        if projection is None:
+            return context, None
         eos = (ids == EOS).int().argmax(dim=-1)  # (B,) first EOS of each row
-        return x, self.text_projection(x[torch.arange(x.shape[0], device=x.device), eos])
+        return context, projection(self.final_layer_norm(x[torch.arange(x.shape[0], device=x.device), eos]))
