@@ -46,7 +46,8 @@ def build_sd15_sized(folder: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tokenizer = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), pad_token="<|endoftext|>")
+    tokenizer = CLIPTokenizer(str(tmp / "vocab.json"), str(tmp / "merges.txt"), pad_token="<|endoftext|>",
+                              model_max_length=77)
     config = json.loads((Path(__file__).parent / "../sdkit/data/schedulers/sd15-scheduler_config.json").resolve().read_text())
     scheduler = PNDMScheduler.from_config(config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
