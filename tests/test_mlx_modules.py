@@ -10,6 +10,7 @@ mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install '
 
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
@@ -273,6 +274,17 @@ def test_unet_loads_float16_and_bfloat16_files(tmp_path, cpu):
         stored = theirs.conv_in.weight.detach().to(dtype).float().permute(0, 2, 3, 1)  # (O, kH, kW, I)
         np.testing.assert_array_equal(np.array(ours.model.conv_in.weight), stored.numpy())
         assert np.isfinite(np.array(ours(x, 500.0, context))).all()
+
+
+def test_loading_holds_one_copy_of_the_weights(unets):
+    """Each stored tensor is freed once converted: the peak is the model plus at most one tensor."""
+    kind, theirs, config, weights = unets
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    ours = MLXBackend("cpu", "float32").unet(config, weights)
+    sizes = [p.nbytes for _, p in tree_flatten(ours.model.parameters())]
+    assert mx.get_peak_memory() - before <= sum(sizes) + max(sizes)
 
 
 def test_conv_weights_are_contiguous_mlx_layout(unets, cpu):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from typing import Callable, TypeVar
 
 import mlx.core as mx
@@ -35,12 +36,18 @@ def read(weights: Weights):
     mx.load rather than safetensors' "mlx" framework: that one goes through numpy, which has no bfloat16
     and copies each tensor once more; mx.load maps the file lazily, reading a tensor only when evaluated
     (so a single-file checkpoint costs only the component asked for)."""
-    files = {}
+    by_file = defaultdict(list)
     for name, ref in weights.items():
-        if ref.file not in files:
-            files[ref.file] = mx.load(str(ref.file), format="safetensors")
-        x = files[ref.file][ref.key]
-        yield name, ref.transform(x) if ref.transform else x
+        by_file[ref.file].append((name, ref))
+    for file, refs in by_file.items():
+        stored = mx.load(str(file), format="safetensors")
+        uses = Counter(ref.key for _, ref in refs)  # OpenCLIP's in_proj is q, k and v: three uses of one key
+        for name, ref in refs:
+            x = stored[ref.key]
+            uses[ref.key] -= 1
+            if not uses[ref.key]:
+                del stored[ref.key]  # an evaluated array stays in memory while anything refers to it
+            yield name, ref.transform(x) if ref.transform else x
 
 
 def mlx_shape(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:

@@ -33,18 +33,19 @@ def attention(q: mx.array, k: mx.array, v: mx.array, fused_sizes: tuple[int, ...
     hs = q.shape[-1]
     scale = hs ** -0.5  # the real head size's, whatever the padding
     padded = next((s for s in fused_sizes if s >= hs), None)
-    if padded is None:
-        dtype = q.dtype
+    if padded is None:  # MLX's unfused fallback: q k^T in the input dtype, where float16 can overflow
         if upcast:
-            q, k, v = q.astype(mx.float32), k.astype(mx.float32), v.astype(mx.float32)
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale).astype(dtype)
-    if padded == hs:
+            y = mx.fast.scaled_dot_product_attention(q.astype(mx.float32), k.astype(mx.float32),
+                                                     v.astype(mx.float32), scale=scale)
+            return y.astype(q.dtype)
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
-    # Zero columns add nothing to q.k and give zero output columns, cut off after. Never split a head
-    # instead: the softmax needs all of its dimensions.
-    pad = [(0, 0), (0, 0), (0, 0), (0, padded - hs)]
-    q, k, v = mx.pad(q, pad), mx.pad(k, pad), mx.pad(v, pad)
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)[..., :hs]
+    if padded > hs:
+        # Zero columns add nothing to q.k and give zero output columns, cut off after. Never split a head
+        # instead: the softmax needs all of its dimensions.
+        pad = [(0, 0), (0, 0), (0, 0), (0, padded - hs)]
+        y = mx.fast.scaled_dot_product_attention(mx.pad(q, pad), mx.pad(k, pad), mx.pad(v, pad), scale=scale)
+        return y[..., :hs]
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
 def timestep_embedding(t: mx.array, dim: int, flip_sin_to_cos: bool, freq_shift: float,
