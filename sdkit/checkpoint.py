@@ -52,6 +52,8 @@ class Checkpoint:
     unet: UNetConfig
     vae: VAEConfig
     scheduler: SchedulerConfig
+    # SDXL: with no negative prompt, the uncond context and pooled embedding are zeros (not the encoding of "")
+    force_zeros_for_empty_prompt: bool
     weights: dict[str, Weights]  # "text_encoder"["text_encoder_2"], "unet", "vae"
 
     @property
@@ -152,10 +154,12 @@ def _open_folder(path: Path, prefer_fp16: bool) -> Checkpoint:
     text_encoders = tuple(TextEncoderConfig.from_diffusers(configs[t], "text_projection.weight" in weights[t])
                           for t in texts)
     family = "sdxl" if xl else "sd2" if text_encoders[0].hidden_act == "gelu" else "sd1"
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
     return Checkpoint(
         path=path, name=path.name, family=family, text_encoders=text_encoders, tokenizers=tokenizers,
         unet=UNetConfig.from_diffusers(configs["unet"]), vae=VAEConfig.from_diffusers(configs["vae"]),
         scheduler=SchedulerConfig.from_diffusers(_read_json(path / "scheduler" / "scheduler_config.json")),
+        force_zeros_for_empty_prompt=xl and bool(index.get("force_zeros_for_empty_prompt", True)),  # diffusers' default
         weights=weights)
 
 
@@ -253,7 +257,7 @@ def _open_single_file(file: Path) -> Checkpoint:
     return Checkpoint(
         path=file, name=file.stem, family=family, text_encoders=tuple(config for config, _, _ in texts),
         tokenizers={"sd1": ("clip-l",), "sd2": ("openclip",), "sdxl": ("clip-l", "openclip")}[family],
-        unet=unet, vae=vae, scheduler=scheduler, weights=weights)
+        unet=unet, vae=vae, scheduler=scheduler, force_zeros_for_empty_prompt=family == "sdxl", weights=weights)
 
 
 def _check_agreement(ckpt: Checkpoint) -> None:
@@ -262,6 +266,15 @@ def _check_agreement(ckpt: Checkpoint) -> None:
     if width != ckpt.unet.cross_attention_dim:
         raise CheckpointError(f"{ckpt.path}: text encoder width {width} does not match the UNet's "
                               f"cross_attention_dim {ckpt.unet.cross_attention_dim} (text_encoder vs unet)")
+    unet = ckpt.unet
+    if unet.addition_embed_type == "text_time":  # the UNet's add_embedding takes pooled text + 6 time ids
+        pooled = ckpt.text_encoders[-1].projection_dim
+        expected = None if pooled is None else pooled + 6 * unet.addition_time_embed_dim
+        if unet.projection_class_embeddings_input_dim != expected:
+            raise CheckpointError(f"{ckpt.path}: the UNet's projection_class_embeddings_input_dim "
+                                  f"{unet.projection_class_embeddings_input_dim} is not 6 x addition_time_embed_dim "
+                                  f"{unet.addition_time_embed_dim} + the pooled text width {pooled} "
+                                  "(text_encoder_2 projection_dim vs unet)")
     if ckpt.unet.in_channels != ckpt.vae.latent_channels:
         raise CheckpointError(f"{ckpt.path}: the UNet takes {ckpt.unet.in_channels} channels but the VAE "
                               f"makes {ckpt.vae.latent_channels} latent channels (unet vs vae)")

@@ -10,7 +10,8 @@ A single file carries no config, so each component's config is read off its tens
 
 Rules that are not in the shapes: text heads are 64 wide; SD1's UNet has 8 heads per level, SD2's and SDXL's
 heads are 64 wide; SD2 uses upcast attention and its text encoder's penultimate layer (so the last resblock and
-text_projection are dropped, which makes it equal to a diffusers SD2 text_encoder).
+text_projection are dropped, which makes it equal to a diffusers SD2 text_encoder); SDXL embeds each of its six
+size/crop time ids 256 wide (addition_time_embed_dim).
 """
 
 from __future__ import annotations
