@@ -28,13 +28,17 @@ Callback = Callable[[int, int, Array], "bool | None"]
 # (several 128- and 256-channel float32 maps alive at once). Used to refuse sizes before allocating.
 _BYTES_PER_PIXEL = 4096
 
+# Which hidden state each family conditions on (TextEncoder's layer / final_norm); SD1 and SD2 the defaults.
+# SDXL, as diffusers: both encoders' penultimate layer, without the final LayerNorm.
+_TEXT_LAYER = {"sdxl": dict(layer=-2, final_norm=False)}
+
 
 @dataclass(frozen=True)
 class Request:
     """One validated generate() call."""
 
     prompt: str
-    negative_prompt: str
+    negative_prompt: str | None  # None: none given (SDXL then zeros the uncond conditioning)
     width: int
     height: int
     steps: int
@@ -87,7 +91,7 @@ class Pipeline:
 
         rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
         noise0 = _initial_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
-        context = self._encode_prompts(req)
+        context, added = self._encode_prompts(req)
 
         if init is None:
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
@@ -96,7 +100,7 @@ class Pipeline:
             x0 = self.vae.encode(np.stack([pixels] * req.num_images))
             x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))
 
-        model = self._guided_model(context, req, plan.num_evaluations, callback)
+        model = self._guided_model(context, added, req, plan.num_evaluations, callback)
         noise = lambda: self.backend.asarray(_initial_noise(rngs, shape))  # euler_a's per-step noise
         x = samplers.sample(plan, model, x, noise)
 
@@ -124,29 +128,49 @@ class Pipeline:
         _check_int("seed", seed, minimum=0)
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         needed = width * height * num_images * _BYTES_PER_PIXEL
         if needed > _memory_bytes():
             raise ValueError(f"{width}x{height} x {num_images} image(s) needs about {needed / 2**30:.0f} GiB, more "
                              f"than this machine's {_memory_bytes() / 2**30:.0f} GiB; use a smaller size or fewer images")
-        return Request(prompt, negative_prompt or "", width, height, steps, float(guidance_scale),
+        return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
                        samplers.canonical_name(sampler), seed, num_images, strength)
 
-    def _encode_prompts(self, req: Request) -> Array:
-        """Token ids -> context (k*B, 77, C): [uncond] * B + [cond] * B with guidance, else [cond] * B."""
-        texts = [req.prompt] * req.num_images
-        if req.guidance_scale > 1:
-            texts = [req.negative_prompt] * req.num_images + texts
-        (context, _pooled), = [enc(tok(texts)) for tok, enc in zip(self.tokenizers, self.text_encoders)]
-        return context
+    def _encode_prompts(self, req: Request) -> tuple[Array, dict[str, Array] | None]:
+        """Token ids -> context (k*B, 77, C) and the UNet's `added` conditioning (SDXL; else None), rows
+        [uncond] * B + [cond] * B with guidance (k = 2), else [cond] * B."""
+        b, guided = req.num_images, req.guidance_scale > 1
+        zero_uncond = guided and req.negative_prompt is None and self.checkpoint.force_zeros_for_empty_prompt
+        texts = [req.prompt] * b
+        if guided and not zero_uncond:
+            texts = [req.negative_prompt or ""] * b + texts
+        layer = _TEXT_LAYER.get(self.checkpoint.family, {})
+        encoded = [enc(tok(texts), **layer) for tok, enc in zip(self.tokenizers, self.text_encoders)]
+        if self.checkpoint.unet.addition_embed_type != "text_time":
+            (context, _), = encoded  # SD1, SD2: one encoder; the context stays on the device
+            return context, None
 
-    def _guided_model(self, context: Array, req: Request, total: int, callback: Callback | None):
+        # SDXL. Text is encoded once per generate(), so this host round trip stays out of the sampling loop.
+        context = np.concatenate([self.backend.numpy(c) for c, _ in encoded], axis=-1)  # (n, 77, 768 + 1280)
+        pooled = self.backend.numpy(encoded[-1][1])  # (n, P): the second encoder's projected EOS state
+        if zero_uncond:
+            context = np.concatenate([np.zeros_like(context), context])  # (2B, 77, C)
+            pooled = np.concatenate([np.zeros_like(pooled), pooled])
+        # micro-conditioning: original size, crop top-left, target size, each (height, width) / (top, left)
+        time_ids = np.array([[req.height, req.width, 0, 0, req.height, req.width]] * len(context), np.float32)
+        added = {"text_embeds": self.backend.asarray(pooled), "time_ids": self.backend.asarray(time_ids)}
+        return self.backend.asarray(context), added
+
+    def _guided_model(self, context: Array, added: dict[str, Array] | None, req: Request, total: int,
+                      callback: Callback | None):
         """The sampler's model: one batched UNet call on [uncond, cond], then classifier-free guidance."""
         g, b = req.guidance_scale, req.num_images
         step = 0
 
         def model(x: Array, t: float) -> Array:
             nonlocal step
-            out = self.unet(x, t, context)
+            out = self.unet(x, t, context, added)
             if g > 1:
                 uncond, cond = out[:b], out[b:]
                 out = uncond + (cond - uncond) * g
