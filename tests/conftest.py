@@ -24,6 +24,11 @@ def sd2v_folder(models_dir):
 
 
 @pytest.fixture(scope="session")
+def sdxl_folder(models_dir):
+    return build_folder(models_dir / "tiny-sdxl", "sdxl")
+
+
+@pytest.fixture(scope="session")
 def sd1_single_file(models_dir, sd1_folder):
     return to_single_file(sd1_folder, models_dir / "tiny-sd1.safetensors", "sd1")
 
@@ -32,6 +37,11 @@ def sd1_single_file(models_dir, sd1_folder):
 def sd2v_single_file(models_dir, sd2v_folder):
     # named as Stability names its 768 v-prediction files: sdkit's rule reads it as v / 768
     return to_single_file(sd2v_folder, models_dir / "tiny-sd2-768-v.safetensors", "sd2v")
+
+
+@pytest.fixture(scope="session")
+def sdxl_single_file(models_dir, sdxl_folder):
+    return to_single_file(sdxl_folder, models_dir / "tiny-sdxl.safetensors", "sdxl")
 
 
 @pytest.fixture(scope="session")

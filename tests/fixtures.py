@@ -2,12 +2,13 @@
 
 - `build_folder(path, family)`: a diffusers folder as published on the Hub (model_index.json, unet/, vae/,
   text_encoder/ with the legacy 'text_model.' key prefix, tokenizer/ as vocab.json + merges.txt + the two
-  special-token files, scheduler/ with the family's published config). family: "sd1" or "sd2v".
+  special-token files, scheduler/ with the family's published config). family: "sd1", "sd2v" or "sdxl"
+  (SDXL adds text_encoder_2 with its projection and tokenizer_2, "!"-padded, as the Hub publishes them).
 - `to_single_file(folder, path, family)`: the same weights as an ORIGINAL (CompVis / Stability) single file,
   with the leftovers real files carry. The inverse mapping here is written from diffusers'
   scripts/convert_diffusers_to_original_stable_diffusion.py, independently of sdkit's forward mapping.
 - `add_fp16_variants(folder)`: *.fp16.safetensors next to every weight file.
-- `diffusers_pipeline(folder)`: the oracle for parity tests.
+- `diffusers_pipeline(folder)`: the oracle for parity tests (StableDiffusion[XL]Pipeline).
 
 Every weight that is constant at init (norm scales and shifts, biases, zero-initialised output layers) is
 randomised: a mapping that swapped two of them would otherwise go unnoticed. Seeded, deterministic.
@@ -30,6 +31,10 @@ DATA = Path(__file__).resolve().parents[1] / "sdkit" / "data"
 
 # SD1: CLIP ViT-L-like text tower (quick_gelu) and a UNet with 8 heads at every level.
 # SD2-v: OpenCLIP-like tower (gelu, "!" pad) and a UNet with heads of 64, linear projections, upcast attention.
+# SDXL: CLIP-L-like and OpenCLIP-bigG-like towers (the second with a projection; eos_token_id 2 as in the Hub's
+# configs, so transformers pools at argmax(ids)), a UNet shaped like SDXL base's (no attention at the top level,
+# 64-wide heads, deeper transformers further down, text_time micro-conditioning embedded 256 wide), a VAE with
+# SDXL's scaling factor.
 FAMILIES = {
     "sd1": dict(
         text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
@@ -43,6 +48,18 @@ FAMILIES = {
         unet=dict(block_out_channels=(64, 128), attention_head_dim=(1, 2), use_linear_projection=True,
                   upcast_attention=True),
         scheduler="sd21-768v-scheduler_config.json", tokenizer="openclip", unet_sample_size=12,
+    ),
+    "sdxl": dict(
+        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
+                  hidden_act="quick_gelu"),
+        text_2=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
+                    hidden_act="gelu", projection_dim=64, bos_token_id=0, eos_token_id=2),
+        unet=dict(block_out_channels=(64, 128), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(1, 2),
+                  transformer_layers_per_block=(1, 2), use_linear_projection=True, addition_embed_type="text_time",
+                  addition_time_embed_dim=256, projection_class_embeddings_input_dim=6 * 256 + 64),
+        vae=dict(scaling_factor=0.13025, force_upcast=True),
+        scheduler="sdxl-base-scheduler_config.json", tokenizer="clip-l", tokenizer_2="openclip", unet_sample_size=8,
     ),
 }
 
@@ -58,6 +75,18 @@ MODEL_INDEX = {
     "unet": ["diffusers", "UNet2DConditionModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }
+MODEL_INDEX_XL = {
+    "_class_name": "StableDiffusionXLPipeline",
+    "_diffusers_version": "0.19.0.dev0",
+    "force_zeros_for_empty_prompt": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
 
 
 def perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -70,26 +99,29 @@ def perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def build_models(family: str, seed: int = 0):
-    """(text_encoder, unet, vae) with seeded random weights."""
+    """([text_encoder, (text_encoder_2)], unet, vae) with seeded random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = FAMILIES[family]
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **spec["text"]))
-    unet = UNet2DConditionModel(
-        sample_size=spec["unet_sample_size"], in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=spec["text"]["hidden_size"], norm_num_groups=32, **spec["unet"])
+    texts = [spec["text"]] + ([spec["text_2"]] if "text_2" in spec else [])
+    text_encoders = [(CLIPTextModelWithProjection if "projection_dim" in t else CLIPTextModel)(
+        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **t)) for t in texts]
+    unet = UNet2DConditionModel(**{
+        "sample_size": spec["unet_sample_size"], "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": sum(t["hidden_size"] for t in texts), "norm_num_groups": 32, **spec["unet"]})
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=32, sample_size=spec["unet_sample_size"] * 8)
+        norm_num_groups=32, sample_size=spec["unet_sample_size"] * 8, **spec.get("vae", {}))
     generator = torch.Generator().manual_seed(seed + 1)
-    for model in (text_encoder, unet, vae):
+    for model in (*text_encoders, unet, vae):
         perturb(model, generator)
         model.eval()
-    return text_encoder, unet, vae
+    return text_encoders, unet, vae
 
 
 def write_tokenizer(path: Path, name: str) -> None:
@@ -103,21 +135,24 @@ def write_tokenizer(path: Path, name: str) -> None:
 
 
 def build_folder(path: Path, family: str, seed: int = 0) -> Path:
-    """A diffusers folder of a tiny random model, laid out as the Hub publishes SD 1.5 / SD 2.1."""
+    """A diffusers folder of a tiny random model, laid out as the Hub publishes SD 1.5 / SD 2.1 / SDXL base."""
     spec = FAMILIES[family]
-    text_encoder, unet, vae = build_models(family, seed)
+    text_encoders, unet, vae = build_models(family, seed)
     path.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(path / "unet")
     vae.save_pretrained(path / "vae")
-    text_encoder.save_pretrained(path / "text_encoder")
-    # transformers 5 saves without the 'text_model.' prefix that every published SD folder has
-    te_file = path / "text_encoder" / "model.safetensors"
-    save_file({f"text_model.{k}": v.contiguous() for k, v in load_file(te_file).items()}, te_file,
-              metadata={"format": "pt"})
-    write_tokenizer(path / "tokenizer", spec["tokenizer"])
+    for name, text_encoder in zip(("text_encoder", "text_encoder_2"), text_encoders):
+        text_encoder.save_pretrained(path / name)
+        # transformers 5 saves CLIPTextModel without the 'text_model.' prefix that every published folder has
+        te_file = path / name / "model.safetensors"
+        save_file({k if k.startswith(("text_model.", "text_projection.")) else f"text_model.{k}": v.contiguous()
+                   for k, v in load_file(te_file).items()}, te_file, metadata={"format": "pt"})
+    for name in ("tokenizer", "tokenizer_2"):
+        if name in spec:
+            write_tokenizer(path / name, spec[name])
     (path / "scheduler").mkdir(exist_ok=True)
     shutil.copy(DATA / "schedulers" / spec["scheduler"], path / "scheduler" / "scheduler_config.json")
-    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX_XL if family == "sdxl" else MODEL_INDEX, indent=2))
     return path
 
 
@@ -135,7 +170,8 @@ def add_fp16_variants(folder: Path) -> Path:
 UNET_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("out_layers.0", "norm2"),
                ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
 UNET_TOP = [("time_embed.0.", "time_embedding.linear_1."), ("time_embed.2.", "time_embedding.linear_2."),
-            ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out.")]
+            ("input_blocks.0.0.", "conv_in."), ("out.0.", "conv_norm_out."), ("out.2.", "conv_out."),
+            ("label_emb.0.0.", "add_embedding.linear_1."), ("label_emb.0.2.", "add_embedding.linear_2.")]
 
 
 def unet_to_ldm(sd: dict, config) -> dict:
@@ -202,10 +238,10 @@ def vae_to_ldm(sd: dict, config) -> dict:
     return out
 
 
-def clip_to_ldm(sd: dict, legacy_prefix: bool = True) -> dict:
-    """CLIPTextModel state dict -> `cond_stage_model.transformer.*` (SD1's FrozenCLIPEmbedder), with the
+def clip_to_ldm(sd: dict, legacy_prefix: bool = True, prefix: str = "cond_stage_model.transformer.") -> dict:
+    """CLIPTextModel state dict -> `prefix` (SD1's FrozenCLIPEmbedder, SDXL's first embedder), with the
     int64 position_ids buffer that files saved by older transformers carry."""
-    prefix = "cond_stage_model.transformer." + ("text_model." if legacy_prefix else "")
+    prefix += "text_model." if legacy_prefix else ""
     out = {prefix + k: v for k, v in sd.items()}
     out[prefix + "embeddings.position_ids"] = torch.arange(77, dtype=torch.int64)[None]
     return out
@@ -216,20 +252,25 @@ OPENCLIP = [("transformer.resblocks.", "encoder.layers."), ("ln_1", "layer_norm1
             ("ln_final.", "final_layer_norm.")]
 
 
-def openclip_to_ldm(sd: dict, generator: torch.Generator) -> dict:
-    """CLIPTextModel state dict -> `cond_stage_model.model.*` (SD2's FrozenOpenCLIPEmbedder): fused in_proj
-    q/k/v, plus what SD2 carries but does not use: one more (last) resblock, text_projection, logit_scale."""
+def sd2_unused(sd: dict, generator: torch.Generator) -> dict:
+    """What SD2's OpenCLIP tower carries but does not use: one more (last) resblock and a text_projection."""
     width = sd["embeddings.token_embedding.weight"].shape[1]
     layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layers."))
     last = {k.replace("layers.0.", f"layers.{layers}."): 0.05 * torch.randn(v.shape, generator=generator)
             for k, v in sd.items() if k.startswith("encoder.layers.0.")}
-    sd = {**sd, **last}
-    out = {"cond_stage_model.model.token_embedding.weight": sd["embeddings.token_embedding.weight"],
-           "cond_stage_model.model.positional_embedding": sd["embeddings.position_embedding.weight"],
-           "cond_stage_model.model.text_projection": 0.05 * torch.randn(width, width, generator=generator),
-           "cond_stage_model.model.logit_scale": torch.tensor(4.6052)}
+    return {**sd, **last, "text_projection.weight": 0.05 * torch.randn(width, width, generator=generator)}
+
+
+def openclip_to_ldm(sd: dict, prefix: str = "cond_stage_model.model.") -> dict:
+    """CLIPTextModel[WithProjection] state dict -> an OpenCLIP text tower under `prefix` (SD2's
+    FrozenOpenCLIPEmbedder, SDXL's second embedder): fused in_proj q/k/v, logit_scale, and text_projection
+    as OpenCLIP stores it, (width, P) for x @ P: the transpose of the Linear weight."""
+    out = {prefix + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
+           prefix + "positional_embedding": sd["embeddings.position_embedding.weight"],
+           prefix + "text_projection": sd["text_projection.weight"].T,
+           prefix + "logit_scale": torch.tensor(4.6052)}
     for name, tensor in sd.items():
-        if name.startswith("embeddings.") or ".k_proj." in name or ".v_proj." in name:
+        if name.startswith(("embeddings.", "text_projection.")) or ".k_proj." in name or ".v_proj." in name:
             continue
         if ".q_proj." in name:  # (3 * width, width): q, k, v stacked
             tensor = torch.cat([sd[name.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
@@ -237,7 +278,7 @@ def openclip_to_ldm(sd: dict, generator: torch.Generator) -> dict:
             name = name.replace("self_attn.q_proj.bias", "attn.in_proj_bias")
         for a, b in OPENCLIP:
             name = name.replace(b, a)
-        out["cond_stage_model.model." + name] = tensor
+        out[prefix + name] = tensor
     return out
 
 
@@ -266,7 +307,9 @@ def ldm_leftovers(generator: torch.Generator) -> dict:
 def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool = True,
                    leftovers: bool = True, extra: dict | None = None) -> Path:
     """Write the folder's weights as an original single-file checkpoint (SD1: CLIP under
-    cond_stage_model.transformer; SD2: OpenCLIP under cond_stage_model.model). `extra` adds raw tensors."""
+    cond_stage_model.transformer; SD2: OpenCLIP under cond_stage_model.model; SDXL: CLIP under
+    conditioner.embedders.0.transformer, OpenCLIP with its projection under conditioner.embedders.1.model).
+    `extra` adds raw tensors."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     generator = torch.Generator().manual_seed(7)
@@ -274,10 +317,16 @@ def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool
     vae_cfg = AutoencoderKL.load_config(folder / "vae")
     unet = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
     vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
-    text = load_file(folder / "text_encoder" / "model.safetensors")
-    text = {k.removeprefix("text_model."): v for k, v in text.items()}
+    text, text_2 = ({k.removeprefix("text_model."): v for k, v in load_file(f / "model.safetensors").items()}
+                    if f.is_dir() else None for f in (folder / "text_encoder", folder / "text_encoder_2"))
     tensors = {**unet_to_ldm(unet, SimpleNamespace(**unet_cfg)), **vae_to_ldm(vae, SimpleNamespace(**vae_cfg))}
-    tensors |= openclip_to_ldm(text, generator) if family.startswith("sd2") else clip_to_ldm(text, legacy_prefix)
+    if family == "sdxl":
+        tensors |= clip_to_ldm(text, legacy_prefix, prefix="conditioner.embedders.0.transformer.")
+        tensors |= openclip_to_ldm(text_2, prefix="conditioner.embedders.1.model.")
+    elif family.startswith("sd2"):
+        tensors |= openclip_to_ldm(sd2_unused(text, generator))
+    else:
+        tensors |= clip_to_ldm(text, legacy_prefix)
     if leftovers:
         tensors |= ldm_leftovers(generator)
     tensors |= extra or {}
@@ -287,10 +336,14 @@ def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool
 
 
 def diffusers_pipeline(folder: Path):
-    """diffusers' StableDiffusionPipeline for a folder: the oracle of parity tests."""
-    from diffusers import StableDiffusionPipeline
+    """diffusers' StableDiffusionPipeline, or StableDiffusionXLPipeline (no watermark), for a folder: the oracle
+    of parity tests."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    if (folder / "text_encoder_2").is_dir():
+        pipe = StableDiffusionXLPipeline.from_pretrained(folder, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -40,11 +40,11 @@ def assert_one_line_error(match, fn, *args, **kwargs):
     return str(info.value)
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd2v"])
+@pytest.mark.parametrize("family", ["sd1", "sd2v", "sdxl"])
 def test_single_file_equals_folder(request, family):
     folder = open_checkpoint(request.getfixturevalue(f"{family}_folder"))
     single = open_checkpoint(request.getfixturevalue(f"{family}_single_file"))
-    assert folder.family == single.family == family[:3]
+    assert folder.family == single.family == family.removesuffix("v")
     assert_same_weights(folder, single)
     assert single.text_encoders == folder.text_encoders
     assert single.scheduler == folder.scheduler
@@ -70,6 +70,35 @@ def test_sd2_single_file_drops_the_unused_last_block(sd2v_single_file, sd2v_fold
     assert len(split) == 2 * 4 * 2  # 2 layers x (q, k, v, out) x (weight, bias)
     for name, x in split.items():
         np.testing.assert_array_equal(x, folder[name], err_msg=name)
+
+
+def test_sdxl_projection_sizes_tokenizers_and_negative_flag(sdxl_folder, sdxl_single_file, sd1_folder, tmp_path):
+    a, b = open_checkpoint(sdxl_folder), open_checkpoint(sdxl_single_file)
+    assert (a.family, a.default_size, a.tokenizers) == ("sdxl", (64, 64), (sdxl_folder / "tokenizer",
+                                                                          sdxl_folder / "tokenizer_2"))
+    assert (b.family, b.default_size, b.tokenizers) == ("sdxl", (1024, 1024), ("clip-l", "openclip"))
+    assert a.vae.scaling_factor == b.vae.scaling_factor == 0.13025 and a.vae.force_upcast and b.vae.force_upcast
+    # OpenCLIP stores text_projection as (width, projection) for x @ P; the canonical Linear weight is its transpose
+    stored = load_file(sdxl_single_file)["conditioner.embedders.1.model.text_projection"]
+    assert stored.shape == (128, 64)
+    np.testing.assert_array_equal(arrays(b.weights["text_encoder_2"])["text_projection.weight"], stored.T.numpy())
+    # no negative prompt -> zeros: diffusers' default, model_index.json may say otherwise; SD1/SD2 never zero
+    assert a.force_zeros_for_empty_prompt and b.force_zeros_for_empty_prompt
+    assert not open_checkpoint(sd1_folder).force_zeros_for_empty_prompt
+    copy = shutil.copytree(sdxl_folder, tmp_path / "xl")
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps({**index, "force_zeros_for_empty_prompt": False}))
+    assert not open_checkpoint(copy).force_zeros_for_empty_prompt
+    (copy / "model_index.json").unlink()
+    assert open_checkpoint(copy).force_zeros_for_empty_prompt
+
+
+def test_sdxl_time_embedding_must_fit_the_pooled_text(sdxl_folder, tmp_path):
+    copy = shutil.copytree(sdxl_folder, tmp_path / "xl")
+    config = json.loads((copy / "unet" / "config.json").read_text())
+    (copy / "unet" / "config.json").write_text(json.dumps({**config, "addition_time_embed_dim": 128}))
+    assert_one_line_error(r"projection_class_embeddings_input_dim 1600 is not 6 x addition_time_embed_dim 128 "
+                          r"\+ the pooled text width 64", open_checkpoint, copy)
 
 
 def test_families_sizes_and_tokenizers(sd1_folder, sd2v_folder, sd1_single_file, sd2v_single_file):
