@@ -98,7 +98,9 @@ def parse_parameters(text: str) -> dict:
         if not in_negative and line.startswith("Negative prompt:"):
             in_negative, line = True, line.removeprefix("Negative prompt:").removeprefix(" ")
         (negative if in_negative else prompt).append(line)
-    params = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    params = {"prompt": "\n".join(prompt)}
+    if in_negative:  # no line: generate()'s default None (which SDXL encodes as zeros, unlike "")
+        params["negative_prompt"] = "\n".join(negative)
 
     raw = {k: _unquote(v) for k, v in _PAIR.findall(last)}
     for key, value in raw.items():

@@ -164,7 +164,10 @@ def test_runtime_error_exits_1_and_debug_shows_the_traceback(tmp_path, env):
 
 
 def test_ctrl_c_stops_within_a_step_exits_130_and_writes_nothing(sd1_folder, tmp_path, env):
-    proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *FAST[2:], "--steps", "1000", "-b", "2"],
+    # 1000 steps of a batch of 4 at 256x256: tens of seconds of denoising, so a loaded machine cannot finish
+    # the run before the signal lands (at 64x64 it once did, and exited 0).
+    slow = ["--steps", "1000", "-b", "4", "-W", "256", "-H", "256", "--backend", "torch", "--device", "cpu"]
+    proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *slow],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = threading.Event()
     err = []

@@ -16,7 +16,7 @@ SAMPLERS = ("ddim", "euler_a", "dpmpp_2m_karras")
 
 def test_generate_kwargs_text_to_image_and_image_to_image():
     s = Settings(prompt="a cat", width=64, height=96, seed=5, strength=0.4)
-    assert s.generate_kwargs() == dict(prompt="a cat", negative_prompt="", width=64, height=96, steps=30,
+    assert s.generate_kwargs() == dict(prompt="a cat", negative_prompt=None, width=64, height=96, steps=30,
                                        guidance_scale=7.5, sampler="dpmpp_2m_karras", seed=5, num_images=1)
     kw = Settings(init_image="in.png", strength=0.4).generate_kwargs()
     assert (kw["init_image"], kw["strength"]) == ("in.png", 0.4)

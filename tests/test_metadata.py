@@ -117,13 +117,13 @@ def test_samplers_sdkit_lacks_stay_under_a1111_keys(pairs):
 
 def test_missing_keys_are_simply_absent():
     p = metadata.parse_parameters("a cat\nSteps: 20, Seed: 5, Size: 640x448")
-    assert p == {"prompt": "a cat", "negative_prompt": "", "steps": 20, "seed": 5, "width": 640, "height": 448}
+    # no negative prompt line: no key, so generate() gets its default None (SDXL: zero uncond, not "")
+    assert p == {"prompt": "a cat", "steps": 20, "seed": 5, "width": 640, "height": 448}
 
 
 def test_text_without_a_parameters_line_is_all_prompt():
     # A1111's rule: fewer than three `Key: value` pairs on the last line means it is still prompt.
-    assert metadata.parse_parameters("a cat\nstyle: watercolor") == {"prompt": "a cat\nstyle: watercolor",
-                                                                     "negative_prompt": ""}
+    assert metadata.parse_parameters("a cat\nstyle: watercolor") == {"prompt": "a cat\nstyle: watercolor"}
     assert metadata.parse_parameters("Negative prompt: dogs\nSteps: 4, Seed: 1, CFG scale: 3") == {
         "prompt": "", "negative_prompt": "dogs", "steps": 4, "seed": 1, "guidance_scale": 3.0}
 

@@ -41,8 +41,8 @@ class Settings:
     strength: float = 0.8
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for Pipeline.generate()."""
-        kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width, height=self.height,
+        """Keyword arguments for Pipeline.generate(); an empty negative prompt is generate()'s default None."""
+        kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt or None, width=self.width, height=self.height,
                   steps=self.steps, guidance_scale=self.guidance_scale, sampler=self.sampler, seed=self.seed,
                   num_images=self.num_images)
         if self.init_image:
