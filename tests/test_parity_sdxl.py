@@ -133,3 +133,14 @@ def test_single_file_matches_folder(pipes, sdxl_single_file):
     got = ours.generate(PROMPT, width=64, height=48, steps=STEPS, sampler="ddim", seed=SEED)
     assert_close(got, expected)
 
+
+
+def test_parameters_read_back_regenerate_the_image(pipes):
+    """No negative prompt is written as no line and read back as None, so SDXL's zero uncond survives."""
+    ours, _ = pipes
+    image, = ours.generate(PROMPT, width=64, height=48, steps=3, sampler="euler", seed=SEED)
+    params = sdkit.read_parameters(image)
+    assert "negative_prompt" not in params
+    params = {k: params[k] for k in ("prompt", "width", "height", "steps", "sampler", "seed", "guidance_scale")}
+    again, = ours.generate(**params)
+    assert np.array_equal(np.asarray(image), np.asarray(again))
