@@ -5,19 +5,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from sdkit.config import TextEncoderConfig, UNetConfig, VAEConfig
+from sdkit.errors import BackendError, CheckpointError
+from sdkit.interfaces import TensorRef
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
 
-import torch  # noqa: E402
-from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
-
-from sdkit.config import TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
-from sdkit.errors import BackendError, CheckpointError  # noqa: E402
-from sdkit.interfaces import TensorRef  # noqa: E402
-from sdkit_mlx import UNet, MLXBackend  # noqa: E402
+from sdkit_mlx import MLXBackend, UNet  # noqa: E402
 from sdkit_mlx.loading import load  # noqa: E402
 from sdkit_mlx.unet import FUSED_HEAD_SIZES, UNet2DConditionModel as MLXUNet, attention  # noqa: E402
 

@@ -4,19 +4,18 @@ and SD2-v-like tiny models, text-to-image and image-to-image; against the torch 
 
 import numpy as np
 import pytest
-
-mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
-
-import torch  # noqa: E402
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,  # noqa: E402
+import torch
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
                        StableDiffusionImg2ImgPipeline, UniPCMultistepScheduler)
-from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module  # noqa: E402
-from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module  # noqa: E402
-from fixtures import diffusers_pipeline  # noqa: E402
-from PIL import Image  # noqa: E402
+from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
+from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
+from fixtures import diffusers_pipeline
+from PIL import Image
 
-import sdkit  # noqa: E402
+import sdkit
+
+mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
 
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),

@@ -152,6 +152,11 @@ class VAE:
             return np.array(x.astype(mx.uint8))
 
     def _run(self, method: Callable[[AutoencoderKL, mx.array], mx.array], x: mx.array) -> mx.array:
+        # One image at a time: the decoder's full-resolution activations set the peak memory, and at these
+        # sizes a single image already fills the GPU.
+        return mx.concatenate([self._run_one(method, x[i:i + 1]) for i in range(x.shape[0])])
+
+    def _run_one(self, method: Callable[[AutoencoderKL, mx.array], mx.array], x: mx.array) -> mx.array:
         y = method(self.model, x.astype(self.dtype)).astype(mx.float32)
         mx.eval(y)
         if self.dtype != mx.float32 and not mx.isfinite(y).all().item():
