@@ -117,9 +117,10 @@ def test_text_encoder_fused_qkv_through_transforms(cpu, tmp_path):
             kind = name.rsplit(".", 1)[1]  # weight | bias
             key = name.replace(f"q_proj.{kind}", f"in_proj_{kind}")
             fused[key] = torch.cat([state[name.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")])
+            n = v.shape[0]
             for i, p in enumerate(("q_proj", "k_proj", "v_proj")):
                 weights[name.replace("q_proj", p)] = TensorRef(tmp_path / "fused.st", key, tuple(v.shape), "F32",
-                                                               transform=lambda x, i=i, n=v.shape[0]: x[i * n:(i + 1) * n])
+                                                               transform=lambda x, i=i, n=n: x[i * n:(i + 1) * n])
         elif not any(f".self_attn.{p}." in name for p in ("k_proj", "v_proj")):
             fused[name] = v
             weights[name] = TensorRef(tmp_path / "fused.st", name, tuple(v.shape), "F32")

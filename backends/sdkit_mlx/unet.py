@@ -48,6 +48,12 @@ def attention(q: mx.array, k: mx.array, v: mx.array, fused_sizes: tuple[int, ...
     return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
+def group_norm(groups: int, channels: int, eps: float) -> nn.GroupNorm:
+    """GroupNorm over groups of adjacent channels, as PyTorch (and so the weights) define them; MLX's default
+    would group channels i, i + groups, i + 2 * groups, ..."""
+    return nn.GroupNorm(groups, channels, eps=eps, pytorch_compatible=True)
+
+
 def timestep_embedding(t: mx.array, dim: int, flip_sin_to_cos: bool, freq_shift: float,
                        max_period: float = 10000.0) -> mx.array:
     """t (N,) -> (N, dim) float32 sinusoidal embedding (Vaswani et al. 2017), as diffusers' Timesteps."""
@@ -83,11 +89,11 @@ class ResnetBlock2D(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int | None, groups: int, eps: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps, pytorch_compatible=True)
+        self.norm1 = group_norm(groups, in_channels, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         if temb_channels:
             self.time_emb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps, pytorch_compatible=True)
+        self.norm2 = group_norm(groups, out_channels, eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
             self.conv_shortcut = nn.Linear(in_channels, out_channels)
@@ -215,7 +221,7 @@ class Transformer2DModel(nn.Module):
     def __init__(self, channels: int, num_heads: int, num_layers: int, config: UNetConfig,
                  fused_sizes: tuple[int, ...], upcast: bool):
         super().__init__()
-        self.norm = nn.GroupNorm(config.norm_num_groups, channels, eps=1e-6, pytorch_compatible=True)
+        self.norm = group_norm(config.norm_num_groups, channels, 1e-6)
         self.proj_in = nn.Linear(channels, channels)
         self.transformer_blocks = [
             BasicTransformerBlock(channels, num_heads, config.cross_attention_dim, fused_sizes, upcast)
@@ -243,8 +249,9 @@ class DownBlock(nn.Module):
         self.resnets = [ResnetBlock2D(in_channels if i == 0 else out_channels, out_channels, temb_channels, groups, eps)
                         for i in range(n)]
         if attention:
-            self.attentions = [Transformer2DModel(out_channels, num_heads, transformer_layers, config, fused_sizes, upcast)
-                               for _ in range(n)]
+            self.attentions = [
+                Transformer2DModel(out_channels, num_heads, transformer_layers, config, fused_sizes, upcast)
+                for _ in range(n)]
         if downsample:
             self.downsamplers = [Downsample2D(out_channels)]
 
@@ -275,8 +282,9 @@ class UpBlock(nn.Module):
                           out_channels, temb_channels, groups, eps)
             for i in range(n)]
         if attention:
-            self.attentions = [Transformer2DModel(out_channels, num_heads, transformer_layers, config, fused_sizes, upcast)
-                               for _ in range(n)]
+            self.attentions = [
+                Transformer2DModel(out_channels, num_heads, transformer_layers, config, fused_sizes, upcast)
+                for _ in range(n)]
         if upsample:
             self.upsamplers = [Upsample2D(out_channels)]
 
@@ -337,7 +345,7 @@ class UNet2DConditionModel(nn.Module):
             UpBlock(rch[min(i + 1, last)], rch[max(i - 1, 0)], rch[i], temb, config, heads[i], layers[i],
                     UP_TYPES[kind], i < last, fused_sizes, upcast)
             for i, kind in enumerate(config.up_block_types)]
-        self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, ch[0], eps=config.norm_eps, pytorch_compatible=True)
+        self.conv_norm_out = group_norm(config.norm_num_groups, ch[0], config.norm_eps)
         self.conv_out = nn.Conv2d(ch[0], config.out_channels, 3, padding=1)
 
     def __call__(self, x: mx.array, t: mx.array, context: mx.array,

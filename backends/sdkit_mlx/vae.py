@@ -9,7 +9,7 @@ import mlx.nn as nn
 
 from sdkit.config import VAEConfig
 
-from .unet import Downsample2D, ResnetBlock2D, Upsample2D
+from .unet import Downsample2D, ResnetBlock2D, Upsample2D, group_norm
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -22,7 +22,7 @@ class Attention(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, channels, eps=EPS, pytorch_compatible=True)
+        self.group_norm = group_norm(groups, channels, EPS)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -89,7 +89,7 @@ class Encoder(nn.Module):
         self.down_blocks = [DownEncoderBlock(ch[max(i - 1, 0)], ch[i], config.layers_per_block, groups, i < last)
                             for i in range(len(ch))]
         self.mid_block = MidBlock(ch[-1], groups)
-        self.conv_norm_out = nn.GroupNorm(groups, ch[-1], eps=EPS, pytorch_compatible=True)
+        self.conv_norm_out = group_norm(groups, ch[-1], EPS)
         self.conv_out = nn.Conv2d(ch[-1], 2 * config.latent_channels, 3, padding=1)  # mean and log-variance
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -108,7 +108,7 @@ class Decoder(nn.Module):
         self.mid_block = MidBlock(ch[0], groups)
         self.up_blocks = [UpDecoderBlock(ch[max(i - 1, 0)], ch[i], config.layers_per_block + 1, groups, i < last)
                           for i in range(len(ch))]
-        self.conv_norm_out = nn.GroupNorm(groups, ch[-1], eps=EPS, pytorch_compatible=True)
+        self.conv_norm_out = group_norm(groups, ch[-1], EPS)
         self.conv_out = nn.Conv2d(ch[-1], config.out_channels, 3, padding=1)
 
     def __call__(self, z: mx.array) -> mx.array:
