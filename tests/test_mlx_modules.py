@@ -225,22 +225,26 @@ def to_mx(x, context, added):
     return mx.array(x.numpy()), mx.array(context.numpy()), added and {n: mx.array(a.numpy()) for n, a in added.items()}
 
 
-def metal_layout_unet(config: UNetConfig, weights) -> UNet:
-    """The UNet as the backend builds it for Metal (heads padded to the fused sizes), on the CPU."""
+@pytest.fixture(scope="module")
+def metal_layout_unet(every_unet) -> UNet:
+    """The UNet as the backend builds it for Metal (heads padded to the fused sizes, mx.compile), on the CPU.
+    One instance for every test of a kind: a new shape or timestep must not reuse a stale compiled graph."""
+    _, _, config, weights = every_unet
     with mx.stream(mx.cpu):
-        return UNet(load(lambda: MLXUNet(config, FUSED_HEAD_SIZES), weights, "unet", mx.float32), mx.cpu)
+        model = load(lambda: MLXUNet(config, FUSED_HEAD_SIZES), weights, "unet", mx.float32)
+    return UNet(model, mx.cpu, compiled=True)
 
 
-@pytest.mark.parametrize("size, t", [((8, 8), 999.0), ((15, 12), 500.5)])
-def test_unet_matches_diffusers(every_unet, size, t, cpu):
-    """As the backend builds it for the CPU, and for Metal (heads padded to the fused sizes)."""
+@pytest.mark.parametrize("size, t", [((8, 8), 999.0), ((15, 12), 500.5), ((8, 8), 500.5)])
+def test_unet_matches_diffusers(every_unet, metal_layout_unet, size, t, cpu):
+    """As the backend builds it for the CPU, and as it builds it for Metal."""
     kind, theirs, config, weights = every_unet
     x, context, added = unet_inputs(theirs, size)
     with torch.no_grad():
         expected = theirs(x.repeat(2, 1, 1, 1), t, encoder_hidden_states=context, added_cond_kwargs=added).sample
     xm, cm, am = to_mx(x, context, added)
     assert_close(cpu.unet(config, weights)(xm, t, cm, am), expected)
-    assert_close(metal_layout_unet(config, weights)(xm, t, cm, am), expected)
+    assert_close(metal_layout_unet(xm, t, cm, am), expected)
 
 
 def test_unet_batch_of_two_images(unets, cpu):

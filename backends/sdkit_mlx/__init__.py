@@ -63,7 +63,7 @@ class MLXBackend:
 
     def unet(self, config: UNetConfig, weights: Weights) -> UNet:
         model = self._load(lambda: UNet2DConditionModel(config, self.fused_sizes), weights, "unet", self.mx_dtype)
-        return UNet(model, self.mx_device)
+        return UNet(model, self.mx_device, compiled=self.device == "gpu")
 
     def vae(self, config: VAEConfig, weights: Weights) -> VAE:
         # the SD1/SD2 VAEs overflow float16 (config.force_upcast says so); bfloat16 has float32's range
@@ -102,16 +102,17 @@ class TextEncoder:
 
 
 class UNet:
-    """NCHW float32 latents in and out; NHWC in the compute dtype inside, under mx.compile."""
+    """NCHW float32 latents in and out; NHWC in the compute dtype inside."""
 
-    def __init__(self, model: UNet2DConditionModel, device: mx.Device):
+    def __init__(self, model: UNet2DConditionModel, device: mx.Device, compiled: bool):
         self.model = model
         self.device = device
         self.dtype = model.conv_in.weight.dtype
-        # One compiled graph per input shape (fixed within a generate call): MLX fuses the elementwise
-        # chains (GroupNorm, SiLU, GEGLU, residual adds) into single kernels. The weights are captured
-        # as constants, which they are.
-        self.forward = mx.compile(self._forward)
+        # compiled: one graph per input shape (fixed within a generate call), in which MLX fuses the
+        # elementwise chains (GroupNorm, SiLU, GEGLU, residual adds) into single Metal kernels; the weights
+        # are captured as the constants they are. On the CPU it runs a C++ compiler at first use for no
+        # measurable gain, so the backend compiles on the GPU only.
+        self.forward = mx.compile(self._forward) if compiled else self._forward
 
     def __call__(self, x: mx.array, t: float, context: mx.array, added: dict[str, mx.array] | None = None) -> mx.array:
         with mx.stream(self.device):
