@@ -72,8 +72,8 @@ TEXT = {  # SD1 (CLIP ViT-L, quick_gelu, EOS padding) and SD2 (OpenCLIP, gelu, "
 }
 
 
-def clip_config(act: str, **kw) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+def clip_config(act: str, layers: int = 2, **kw) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
                           num_attention_heads=2, max_position_embeddings=77, hidden_act=act, **kw)
 
 
@@ -103,6 +103,39 @@ def test_text_encoder_pooled_projection(cpu, tmp_path):
         out = theirs(torch.from_numpy(ids))
     assert_close(context, out.last_hidden_state)
     assert_close(pooled, out.text_embeds)
+
+
+@pytest.mark.parametrize("projection", [True, False])
+@pytest.mark.parametrize("layer,final_norm", [(-2, False), (-1, False), (-3, True), (1, False)])
+def test_text_encoder_hidden_layer(projection, layer, final_norm, cpu, tmp_path):
+    """SDXL's context is hidden_states[-2] without the final LayerNorm; pooled stays the last layer's."""
+    torch.manual_seed(0)
+    cfg = clip_config("gelu", layers=3, projection_dim=32)
+    theirs = perturb((CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg))
+    config = TextEncoderConfig.from_diffusers(cfg.to_dict(), has_projection=projection)
+    ours = cpu.text_encoder(config, save_weights(theirs, tmp_path / "te.st"))
+    ids = token_ids(pad=0)
+    context, pooled = ours(ids, layer=layer, final_norm=final_norm)
+    with torch.no_grad():
+        out = theirs(torch.from_numpy(ids), output_hidden_states=True)
+        expected = out.hidden_states[layer if layer < 0 else layer + 1]  # [0] is the embeddings' output
+        if final_norm:
+            expected = (theirs.text_model if projection else theirs).final_layer_norm(expected)
+    assert_close(context, expected)
+    if projection:
+        assert_close(pooled, out.text_embeds)
+    else:
+        assert pooled is None
+
+
+def test_text_encoder_layer_out_of_range(cpu, tmp_path):
+    cfg = clip_config("gelu")
+    ours = cpu.text_encoder(TextEncoderConfig.from_diffusers(cfg.to_dict()),
+                            save_weights(CLIPTextModel(cfg), tmp_path / "te.st"))
+    with pytest.raises(ValueError, match=r"layer -3 does not exist; use -1 \.\. -2 \(this encoder has 2\)"):
+        ours(token_ids(pad=0), layer=-3)
+    with pytest.raises(ValueError, match=r"layer 2 does not exist"):
+        ours(token_ids(pad=0), layer=2)
 
 
 def test_text_encoder_fused_qkv_through_transforms(cpu, tmp_path):

@@ -96,13 +96,23 @@ class CLIPTextModel(nn.Module):
         if config.projection_dim is not None:
             self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
 
-    def __call__(self, ids: mx.array) -> tuple[mx.array, mx.array | None]:
-        """ids (B, T) -> last hidden state (B, T, C) after the final LayerNorm [, pooled (B, P)]."""
+    def __call__(self, ids: mx.array, layer: int = -1, final_norm: bool = True) -> tuple[mx.array, mx.array | None]:
+        """ids (B, T) -> context (B, T, C): the output of encoder layer `layer`, through the final LayerNorm when
+        final_norm; pooled (B, P): the projected, final-normed last layer's output at the first EOS, or None."""
+        n = len(self.encoder.layers)
+        if not -n <= layer < n:
+            raise ValueError(f"text encoder layer {layer} does not exist; use -1 .. -{n} (this encoder has {n})")
+        keep = layer % n  # index of the layer whose output is the context
+        projection = "text_projection" in self
         x = self.embeddings(ids)
-        for layer in self.encoder.layers:
-            x = layer(x)
-        x = self.final_layer_norm(x)
-        if "text_projection" not in self:
-            return x, None
+        # pooled needs the last layer; without a projection the layers after `keep` are skipped
+        for i, block in enumerate(self.encoder.layers[: n if projection else keep + 1]):
+            x = block(x)
+            if i == keep:
+                context = x
+        if final_norm:
+            context = self.final_layer_norm(context)
+        if not projection:
+            return context, None
         eos = mx.argmax((ids == EOS).astype(mx.int32), axis=-1)  # (B,) first EOS of each row
-        return x, self.text_projection(x[mx.arange(x.shape[0]), eos])
+        return context, self.text_projection(self.final_layer_norm(x[mx.arange(x.shape[0]), eos]))
