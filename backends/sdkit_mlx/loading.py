@@ -9,11 +9,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from sdkit.errors import CheckpointError
 from sdkit.interfaces import Weights
+from sdkit.weights import check_shapes
 
 M = TypeVar("M", bound=nn.Module)
-SHOW = 3  # names listed per kind of mismatch
 
 
 def load(build: Callable[[], M], weights: Weights, component: str, dtype: mx.Dtype) -> M:
@@ -50,15 +49,6 @@ def read(weights: Weights):
             yield name, ref.transform(x) if ref.transform else x
 
 
-def mlx_shape(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    """A stored (PyTorch layout) shape as the module's parameter of `ndim` dimensions holds it."""
-    if len(shape) == 4 and ndim == 4:
-        return shape[0], shape[2], shape[3], shape[1]  # conv (O, I, kH, kW) -> (O, kH, kW, I)
-    if len(shape) == 4 and ndim == 2 and shape[2:] == (1, 1):
-        return shape[:2]  # a 1x1 conv is a Linear over the channels of an NHWC map
-    return tuple(shape)
-
-
 def to_mlx_layout(x: mx.array, like: mx.array) -> mx.array:
     if x.ndim == 4 and like.ndim == 4:
         return x.transpose(0, 2, 3, 1)
@@ -70,23 +60,14 @@ def to_mlx_layout(x: mx.array, like: mx.array) -> mx.array:
 def check(module: nn.Module, weights: Weights, component: str) -> dict[str, mx.array]:
     """The module's parameters by name, or one CheckpointError naming every kind of mismatch."""
     expected = dict(tree_flatten(module.parameters()))
-    missing = [name for name in expected if name not in weights]
-    unexpected = [name for name in weights if name not in expected]
-    misshaped = [f"{name} {tuple(weights[name].shape)} vs {_stored_shape(p.shape, len(weights[name].shape))}"
-                 for name, p in expected.items()
-                 if name in weights and mlx_shape(tuple(weights[name].shape), p.ndim) != tuple(p.shape)]
-    problems = [f"{len(names)} {kind} ({', '.join(names[:SHOW])}{', ...' if len(names) > SHOW else ''})"
-                for kind, names in (("missing", missing), ("unexpected", unexpected),
-                                    ("mis-shaped, file vs model", misshaped)) if names]
-    if problems:
-        files = sorted({str(ref.file) for ref in weights.values()}) or ["no files"]
-        raise CheckpointError(f"{component} weights in {', '.join(files)} do not match the model: "
-                              + "; ".join(problems))
+    check_shapes({name: _stored_shape(p.shape, len(weights[name].shape)) if name in weights else tuple(p.shape)
+                  for name, p in expected.items()}, weights, component)
     return expected
 
 
 def _stored_shape(shape: tuple[int, ...], stored_ndim: int) -> tuple[int, ...]:
-    """A parameter's shape in the file's (PyTorch) layout, for error messages."""
+    """A parameter's shape in the file's (PyTorch) layout: conv (O, kH, kW, I) -> (O, I, kH, kW), and a
+    Linear standing in for a stored 1x1 conv -> (O, I, 1, 1)."""
     if len(shape) == 4:
         return shape[0], shape[3], shape[1], shape[2]
     if len(shape) == 2 and stored_ndim == 4:
