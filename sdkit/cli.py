@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import secrets
 import sys
@@ -61,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--init-image", metavar="INIT_IMAGE", help="start from this picture (image-to-image)")
     p.add_argument("--strength", type=_strength, help=f"with -i: how much to change it, in (0, 1] "
                                                       f"(default {DEFAULTS['strength']})")
-    p.add_argument("-o", "--output", type=Path, help="a .png file or a folder (default: the current folder, "
-                                                     "named from prompt and seed); never overwrites")
+    p.add_argument("-o", "--output", help="a .png file or a folder (a trailing / creates it; default: the "
+                                          "current folder, named from prompt and seed); never overwrites")
     p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
                    help="regenerate from the parameters stored in a PNG; other flags override them")
     p.add_argument("--list-samplers", action="store_true", help="list the sampler names and exit")
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress, **kwargs)
 
     for image, target, seed in zip(images, targets, seeds):
+        target.parent.mkdir(parents=True, exist_ok=True)
         path = sdkit.save(image, _free(target))
         print(path if args.quiet else f"{path}  seed {seed}")
     if not args.quiet:
@@ -166,14 +168,17 @@ class _Progress:
         return f"{self.steps} steps in {seconds:.1f} s ({self.steps / seconds:.2f} it/s)"
 
 
-def _targets(output: Path | None, prompt: str, seeds: list[int]) -> list[Path]:
-    """Where each image goes, before any free-name choice; usage errors for paths that cannot work."""
-    if output is None or output.is_dir():
-        folder = output or Path(".")
+def _targets(output: str | None, prompt: str, seeds: list[int]) -> list[Path]:
+    """Where each image goes, before any free-name choice; usage errors for paths that cannot work.
+    A folder named with a trailing slash is created when the images are saved."""
+    if output is None or output.endswith(("/", os.sep)) or Path(output).is_dir():
+        folder = Path(output or ".")
         slug = re.sub(r"\W+", "-", prompt.lower()).strip("-")[:60].rstrip("-") or "image"
         return [folder / f"{slug}-{seed}.png" for seed in seeds]
+    output = Path(output)
     if output.suffix.lower() != ".png":
-        raise ValueError(f"-o {output}: sdkit-gen writes PNG files; use a name ending in .png, or a folder")
+        raise ValueError(f"-o {output}: sdkit-gen writes PNG files; use a name ending in .png, or a folder "
+                         "(end it with / to create it)")
     if not output.parent.is_dir():
         raise ValueError(f"-o {output}: folder {str(output.parent)!r} does not exist")
     return [output] * len(seeds)

@@ -132,6 +132,12 @@ def test_img2img_and_long_prompt_warning(sd1_folder, tmp_path, gen):
     assert out.splitlines()[1].startswith("2 steps in ")  # strength 0.5 of 4 steps
 
 
+def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen):
+    code, out, err = gen("a cat", "-m", sd1_folder, *FAST, "-s", "3", "-q", "-o", "new/sub/")
+    assert code == 0, err
+    assert out.splitlines() == [str(Path("new/sub/a-cat-3.png"))] and pngs(tmp_path / "new" / "sub")
+
+
 @pytest.mark.parametrize("args,message", [
     ([], "PROMPT is required unless --from or --list-samplers is given"),
     (["cat", "-W", "100"], "argument -W/--width: 100 is not a multiple of 8; use 96 or 104"),
@@ -203,5 +209,5 @@ def test_free_names_and_default_names(tmp_path):
     assert cli._free(tmp_path / "y.png") == tmp_path / "y.png"
     assert cli._targets(None, "  Ein Fuchs: im Schnee!  ", [3, 4]) == [Path("ein-fuchs-im-schnee-3.png"),
                                                                        Path("ein-fuchs-im-schnee-4.png")]
-    assert cli._targets(tmp_path, "富士山", [1]) == [tmp_path / "富士山-1.png"]
+    assert cli._targets(str(tmp_path), "富士山", [1]) == [tmp_path / "富士山-1.png"]
     assert cli._targets(None, "!!!", [1]) == [Path("image-1.png")]
