@@ -169,12 +169,16 @@ def test_runtime_error_exits_1_and_debug_shows_the_traceback(tmp_path, env):
     assert pngs(tmp_path) == []
 
 
-def test_ctrl_c_stops_within_a_step_exits_130_and_writes_nothing(sd1_folder, tmp_path, env):
+def test_ctrl_c_stops_within_a_step_exits_130_and_writes_nothing(sd1_folder, tmp_path, env, request):
     # 1000 steps of a batch of 4 at 256x256: tens of seconds of denoising, so a loaded machine cannot finish
     # the run before the signal lands (at 64x64 it once did, and exited 0).
     slow = ["--steps", "1000", "-b", "4", "-W", "256", "-H", "256", "--backend", "torch", "--device", "cpu"]
-    proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *slow],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child, as in a terminal: a test run started in the background
+    # (`cmd &` in a script) inherits SIGINT ignored, and Python then installs no Ctrl-C handler at all.
+    proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *slow], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    request.addfinalizer(proc.kill)  # never leave a 1000-step run behind when an assertion fails
     started = threading.Event()
     err = []
 
