@@ -24,7 +24,24 @@ from types import SimpleNamespace
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler  # the real one, also without scipy
+
 from sdkit.tokenizer import bpe_vocab
+
+# sdkit sampler name -> the diffusers scheduler class (and extra from_config arguments) it must reproduce
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
 
 # the published configs, as sdkit bundles them for single files (copies of the Hub repos' files)
 DATA = Path(__file__).resolve().parents[1] / "sdkit" / "data"

@@ -5,29 +5,16 @@ and SD2-v-like tiny models, text-to-image and image-to-image; against the torch 
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
-                       StableDiffusionImg2ImgPipeline, UniPCMultistepScheduler)
+from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import diffusers_pipeline
+from fixtures import SCHEDULERS, diffusers_pipeline
 from PIL import Image
 
 import sdkit
 
 mx = pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
 
-SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
-}
 PROMPT, NEGATIVE = "a red fox in the snow, photo", "blurry, text"
 STEPS, SEED = 5, 4321
 MODELS = ["sd1_folder", "sd2v_folder"]

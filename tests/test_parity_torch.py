@@ -7,26 +7,14 @@ non-square sizes, with and without a negative prompt: images within 3/255.
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
-                       StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UniPCMultistepScheduler)
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
+from fixtures import SCHEDULERS
 from PIL import Image
 
 import sdkit
 
-SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
-}
 PROMPT, NEGATIVE = "a red fox in the snow, photo", "blurry, text"
 STEPS, SEED = 6, 1234
 MODELS = ["sd1_folder", "sd2v_folder"]

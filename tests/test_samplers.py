@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
 from diffusers.schedulers import scheduling_lms_discrete
-from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler  # the real one, also without scipy
+from fixtures import SCHEDULERS as ORACLES
 
 from sdkit import samplers
 from sdkit.config import SchedulerConfig
@@ -24,17 +22,6 @@ BASES = {name: json.loads((CONFIGS / f"{name}-scheduler_config.json").read_text(
 # skip_prk_steps, steps_offset); clip_sample is pinned off: SD never clips and sdkit does not implement it
 SILENT = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False}
 
-ORACLES = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
-}
 SHAPE = (2, 4, 3, 3)
 MODES = {"txt2img": 1.0, "img2img_0.3": 0.3, "img2img_0.75": 0.75}
 
