@@ -90,7 +90,7 @@ class Pipeline:
         shape = (self.checkpoint.unet.in_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
         rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
-        noise0 = _initial_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
+        noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
         context, added = self._encode_prompts(req)
 
         if init is None:
@@ -101,7 +101,7 @@ class Pipeline:
             x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))
 
         model = self._guided_model(context, added, req, plan.num_evaluations, callback)
-        noise = lambda: self.backend.asarray(_initial_noise(rngs, shape))  # euler_a's per-step noise
+        noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
         x = samplers.sample(plan, model, x, noise)
 
         pixels = self.vae.decode(x)  # (B, H, W, 3) uint8
@@ -130,10 +130,10 @@ class Pipeline:
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
-        needed = width * height * num_images * _BYTES_PER_PIXEL
-        if needed > _memory_bytes():
+        needed, available = width * height * num_images * _BYTES_PER_PIXEL, _memory_bytes()
+        if needed > available:
             raise ValueError(f"{width}x{height} x {num_images} image(s) needs about {needed / 2**30:.0f} GiB, more "
-                             f"than this machine's {_memory_bytes() / 2**30:.0f} GiB; use a smaller size or fewer images")
+                             f"than this machine's {available / 2**30:.0f} GiB; use a smaller size or fewer images")
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
                        samplers.canonical_name(sampler), seed, num_images, strength)
 
@@ -198,8 +198,9 @@ def _text_encoder_names(ckpt: Checkpoint) -> list[str]:
     return ["text_encoder", "text_encoder_2"][: len(ckpt.text_encoders)]
 
 
-def _initial_noise(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
-    """One standard-normal draw per image from that image's own generator: (B, C, h, w) float32."""
+def _draw_noise(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
+    """One standard-normal draw per image from that image's own generator: (B, C, h, w) float32.
+    The initial noise is the first draw; euler_a's per-step noise continues the same generators."""
     return np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
 
 
