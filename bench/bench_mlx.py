@@ -21,8 +21,9 @@ Euler sampler (one UNet call per step); what differs, by each implementation's o
 - the timestep grid: mlx-examples spaces t evenly from 1000 to 0, sdkit follows the scheduler config
   ("leading" spacing, as diffusers does). Same cost per step, a different picture.
 - the text: mlx-examples pads the two prompts only to the longer one (12 tokens here), sdkit to CLIP's 77,
-  so sdkit's cross-attention has 77 keys where mlx-examples' has 12.
-- the VAE decodes in float32 on both sides; mlx-examples has no bfloat16 option.
+  so sdkit's text encoder reads 77 tokens per prompt and its cross-attention has 77 keys, against 12.
+- compilation: sdkit runs its UNet through mx.compile on the GPU (paid in the first call), mlx-examples does not.
+The VAE decodes in float32 on both sides (in sdkit because SD2's VAE overflows float16).
 mlx-examples' loader fetches SD2.1-base's files by Hub id with huggingface_hub.hf_hub_download; in its child
 process only, that function is replaced by one that reads the same file names from the local folder.
 """
@@ -103,7 +104,7 @@ def load_sdkit(args):
     import sdkit
 
     pipe = sdkit.load(args.model, backend="mlx", device=args.device, dtype=args.dtype)
-    mx.random.seed(SEED)  # mlx-examples' initial noise: its sampler's first draw after seeding, NHWC
+    mx.random.seed(SEED)  # mlx-examples' initial noise (its sample_prior's draw after seeding, NHWC); microseconds
     latents = np.array(mx.random.normal((1, args.size // 8, args.size // 8, 4))).transpose(0, 3, 1, 2)
 
     def generate(stamp):
@@ -159,8 +160,8 @@ def child(args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="diffusers folder with SD2's layout, or a Hub id "
-                                   "(default: build a random one with SD2.1-base's layout)")
+    p.add_argument("--model", help="a folder, .safetensors file or Hub id; mlx-examples reads diffusers folders "
+                                   "with SD2's layout only (default: build a random one with SD2.1-base's layout)")
     p.add_argument("--tiny", action="store_true", help="build the random checkpoint narrow, for MLX's CPU build")
     p.add_argument("--mlx-examples", help="path to mlx-examples/stable_diffusion, to compare against")
     p.add_argument("--size", type=int, default=512)
@@ -184,8 +185,12 @@ def main():
         folder = cache / ("sd21-base-tiny-random" if args.tiny else "sd21-base-random")
         args.model = str(build_random(folder, TINY if args.tiny else SD21_BASE))
     else:
+        from sdkit.errors import SdkitError
         from sdkit.hub import resolve
-        args.model = str(resolve(args.model))
+        try:
+            args.model = str(resolve(args.model))
+        except SdkitError as e:
+            p.error(str(e))
     if args.mlx_examples and not Path(args.model).is_dir():
         p.error(f"mlx-examples reads diffusers folders only, not {args.model}")
 
@@ -197,7 +202,8 @@ def main():
                    "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype]
             if args.mlx_examples:
                 cmd += ["--mlx-examples", args.mlx_examples]
-            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout  # stderr: a failing child's traceback
+            # stderr passes through: a failing child's traceback is shown
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             results[impl].append(json.loads(out.strip().splitlines()[-1]))
             print(f"run {run + 1} {impl:12s} {json.dumps({k: round(v, 3) for k, v in results[impl][-1].items()})}",
                   file=sys.stderr)
@@ -208,7 +214,9 @@ def main():
     print("| metric | " + " | ".join(impls) + (" | sdkit/mlx-examples |" if args.mlx_examples else " |"))
     print("|---" * (len(impls) + 1 + bool(args.mlx_examples)) + "|")
     for k in KEYS:
-        row = [med[impl][k] for impl in impls] + ([med["sdkit"][k] / med["mlx-examples"][k]] if args.mlx_examples else [])
+        row = [med[impl][k] for impl in impls]
+        if args.mlx_examples:
+            row.append(row[0] / row[1])
         print(f"| {k} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
 
 
