@@ -28,7 +28,7 @@ __all__ = ["load", "Pipeline", "Checkpoint", "read_parameters", "save", "SAMPLER
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
-         prediction: str | None = None) -> Pipeline:
+         prediction: str | None = None, compile: bool = False) -> Pipeline:
     """Load a model for generation.
 
     model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
@@ -37,8 +37,10 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     dtype: "float32", "float16" or "bfloat16"; default float16 on GPUs, float32 on CPUs.
     prediction: "epsilon" or "v" to override what the checkpoint's config (or sdkit's rule for single
     SD2 files) says the UNet predicts.
+    compile: compile the UNet for the device, trading a one-off compilation at each new image size for faster
+    steps (torch: torch.compile, with CUDA graphs on CUDA; mlx compiles on the GPU anyway, this adds the CPU).
     """
-    engine = backends.get(backend)(device=device, dtype=dtype)
+    engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
     path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
     name = str(model) if not Path(model).exists() else None
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name)

@@ -72,8 +72,9 @@ class Backend(Protocol):
     device: str  # resolved, e.g. "cuda:0", "cpu", "gpu"
     dtype: str  # resolved: "float32" | "float16" | "bfloat16"
 
-    def __init__(self, device: str | None = None, dtype: str | None = None) -> None:
-        """Resolve defaults (fastest device; float16 on GPUs, float32 on CPU) or raise BackendError."""
+    def __init__(self, device: str | None = None, dtype: str | None = None, *, compile: bool = False) -> None:
+        """Resolve defaults (fastest device; float16 on GPUs, float32 on CPU) or raise BackendError.
+        compile: compile the UNet for the device (slower first step at each size, faster later ones)."""
 
     @classmethod
     def is_available(cls) -> bool: ...

@@ -375,10 +375,14 @@ def test_vae_decode_matches_diffusers(vae, cpu):
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
-def test_vae_float16_force_upcast_runs_in_float32(vae):
+def test_vae_float16_runs_in_half_precision_first(vae):
+    """force_upcast is set in SD1/SD2 and SDXL configs alike: only a non-finite result moves the VAE to float32."""
     theirs, config, weights = vae
     assert config.force_upcast
-    assert MLXBackend("cpu", "float16").vae(config, weights).model.quant_conv.weight.dtype == mx.float32
+    half = MLXBackend("cpu", "float16").vae(config, weights)
+    assert half.model.quant_conv.weight.dtype == mx.float16
+    half.decode(mx.array(np.zeros((1, 4, 8, 8), np.float32)))
+    assert half.dtype == mx.float16
 
 
 def test_vae_float16_overflow_retries_in_float32(vae, tmp_path):

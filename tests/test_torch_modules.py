@@ -186,6 +186,36 @@ def test_unet_bfloat16_on_cpu(unets):
     assert (out - full).abs().max() < 0.05 * full.abs().max()  # bfloat16 keeps ~3 significant digits
 
 
+def test_unet_compiled_matches_eager_without_recompiling_per_step(tmp_path):
+    """compile=True: torch.compile'd UNet, one graph for every timestep (t is a tensor, not a constant).
+    The SDXL-like UNet only: its added conditioning makes it the superset, and each compilation takes ~40 s."""
+    theirs = make_unet("sdxl")
+    config, weights = UNetConfig.from_diffusers(dict(theirs.config)), save_weights(theirs, tmp_path / "unet.st")
+    x, context, added = unet_inputs(theirs, (8, 8))
+    eager = TorchBackend("cpu", "float32").unet(config, weights)
+    compiled = TorchBackend("cpu", "float32", compile=True).unet(config, weights)
+    compiled(x, 999.0, context, added)  # compiles
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in (500.5, 1.0):
+            torch.testing.assert_close(compiled(x, t, context, added), eager(x, t, context, added), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 8, 8), (1, 32, 4, 6), (3, 16, 9, 9), (2, 16, 16, 16)])
+def test_conv2d_gemm_path_equals_direct_convolution(shape):
+    """Small CPU 3x3 convolutions run as one GEMM over unfolded patches: same result as the direct kernel."""
+    from sdkit_torch.unet import GEMM_CONV_MAX_PIXELS, Conv2d
+    B, C, H, W = shape
+    torch.manual_seed(0)
+    conv = Conv2d(C, 2 * C, 3, padding=1).eval()
+    x = torch.randn(shape)
+    assert (B * H * W <= GEMM_CONV_MAX_PIXELS) == (shape != (2, 16, 16, 16))  # both paths are exercised
+    with torch.no_grad():
+        out = conv(x)
+        torch.testing.assert_close(out, torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1),
+                                   atol=1e-5, rtol=1e-5)
+    assert out.shape == (B, 2 * C, H, W)
+
+
 # --- VAE ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -226,10 +256,14 @@ def test_vae_decode_matches_diffusers(vae, cpu):
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
-def test_vae_float16_force_upcast_runs_in_float32(vae):
+def test_vae_float16_runs_in_half_precision_first(vae):
+    """force_upcast is set in SD1/SD2 and SDXL configs alike: only a non-finite result moves the VAE to float32."""
     theirs, config, weights = vae
     assert config.force_upcast
-    assert TorchBackend("cpu", "float16").vae(config, weights).model.quant_conv.weight.dtype == torch.float32
+    half = TorchBackend("cpu", "float16").vae(config, weights)
+    assert half.model.quant_conv.weight.dtype == torch.float16
+    half.decode(torch.from_numpy(np.zeros((1, 4, 8, 8), np.float32)))
+    assert half.dtype == torch.float16
 
 
 def test_vae_float16_overflow_retries_in_float32(vae, tmp_path):

@@ -29,8 +29,10 @@ LOW_MEMORY_BYTES = 12 * 2**30
 class MLXBackend:
     name = "mlx"
 
-    def __init__(self, device: str | None = None, dtype: str | None = None, *, low_memory: bool | None = None):
-        """low_memory: free the text encoders between calls (None: when the GPU has under 12 GiB)."""
+    def __init__(self, device: str | None = None, dtype: str | None = None, *, compile: bool = False,
+                 low_memory: bool | None = None):
+        """compile: mx.compile the UNet on the CPU too (on the GPU it always is);
+        low_memory: free the text encoders between calls (None: when the GPU has under 12 GiB)."""
         available = ["gpu", "cpu"] if mx.is_available(mx.gpu) else ["cpu"]
         device = available[0] if device is None else device
         if device not in available:
@@ -44,6 +46,7 @@ class MLXBackend:
         self.dtype = dtype
         self.mx_device = mx.gpu if device == "gpu" else mx.cpu
         self.mx_dtype = DTYPES[dtype]
+        self.compile = compile or device == "gpu"
         self.low_memory = _memory_is_tight(device) if low_memory is None else low_memory
         # Padding a head up to a fused kernel's size pays only where that kernel exists (Metal), not on the CPU.
         self.fused_sizes = FUSED_HEAD_SIZES if device == "gpu" else ()
@@ -63,12 +66,13 @@ class MLXBackend:
 
     def unet(self, config: UNetConfig, weights: Weights) -> UNet:
         model = self._load(lambda: UNet2DConditionModel(config, self.fused_sizes), weights, "unet", self.mx_dtype)
-        return UNet(model, self.mx_device, compiled=self.device == "gpu")
+        return UNet(model, self.mx_device, compiled=self.compile)
 
     def vae(self, config: VAEConfig, weights: Weights) -> VAE:
-        # the SD1/SD2 VAEs overflow float16 (config.force_upcast says so); bfloat16 has float32's range
-        dtype = mx.float32 if self.mx_dtype == mx.float16 and config.force_upcast else self.mx_dtype
-        return VAE(lambda d: self._load(lambda: AutoencoderKL(config), weights, "vae", d), dtype, self.mx_device)
+        # Half precision first: SD1/SD2's VAEs decode fine in float16, SDXL's overflows and VAE falls back to
+        # float32 at the first non-finite result (config.force_upcast is set for both, so it cannot tell them apart).
+        return VAE(lambda d: self._load(lambda: AutoencoderKL(config), weights, "vae", d), self.mx_dtype,
+                   self.mx_device)
 
     def asarray(self, x: np.ndarray) -> mx.array:
         return mx.array(np.asarray(x, dtype=np.float32))
@@ -112,7 +116,7 @@ class UNet:
         # compiled: one graph per input shape (fixed within a generate call), in which MLX fuses the
         # elementwise chains (GroupNorm, SiLU, GEGLU, residual adds) into single Metal kernels; the weights
         # are captured as the constants they are. On the CPU it runs a C++ compiler at first use for no
-        # measurable gain, so the backend compiles on the GPU only.
+        # measurable gain, so the backend compiles on the GPU unless asked (compile=True).
         self.forward = mx.compile(self._forward) if compiled else self._forward
 
     def __call__(self, x: mx.array, t: float, context: mx.array, added: dict[str, mx.array] | None = None) -> mx.array:
