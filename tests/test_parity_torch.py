@@ -2,7 +2,10 @@
 
 Every deterministic sampler, an SD1-like and an SD2-v-like tiny model, text-to-image and image-to-image,
 non-square sizes, with and without a negative prompt: images within 3/255.
+SDKIT_TEST_DEVICE=cuda runs the same comparisons on a GPU (float32 on both sides, TF32 convolutions off).
 """
+
+import os
 
 import numpy as np
 import pytest
@@ -18,13 +21,16 @@ import sdkit
 PROMPT, NEGATIVE = "a red fox in the snow, photo", "blurry, text"
 STEPS, SEED = 6, 1234
 MODELS = ["sd1_folder", "sd2v_folder"]
+DEVICE = os.environ.get("SDKIT_TEST_DEVICE", "cpu")
+torch.backends.cudnn.allow_tf32 = False  # on CUDA both sides then convolve in true float32
 
 
 @pytest.fixture(scope="module", params=MODELS)
 def pipes(request):
     folder = request.getfixturevalue(request.param)
-    ours = sdkit.load(folder, backend="torch", device="cpu", dtype="float32")
+    ours = sdkit.load(folder, backend="torch", device=DEVICE, dtype="float32")
     theirs = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    theirs.to(DEVICE)
     theirs.set_progress_bar_config(disable=True)
     theirs.original_scheduler_config = theirs.scheduler.config
     return ours, theirs
@@ -36,7 +42,7 @@ def seeded_noise(seed: int, n: int, shape: tuple) -> list[np.random.Generator]:
 
 
 def draw(rngs, shape) -> torch.Tensor:
-    return torch.from_numpy(np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]))
+    return torch.from_numpy(np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs])).to(DEVICE)
 
 
 def use_scheduler(theirs, name):
@@ -117,7 +123,8 @@ def test_single_file_matches_folder(request, family):
     theirs = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     theirs.set_progress_bar_config(disable=True)
     theirs.scheduler = DDIMScheduler.from_config(theirs.scheduler.config)
-    ours = sdkit.load(single, backend="torch", device="cpu", dtype="float32")
+    theirs.to(DEVICE)
+    ours = sdkit.load(single, backend="torch", device=DEVICE, dtype="float32")
     shape = (4, 8, 8)
     latents = draw(seeded_noise(SEED, 1, shape), shape)
     expected = theirs(PROMPT, width=64, height=64, num_inference_steps=5, latents=latents).images
