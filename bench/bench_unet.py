@@ -8,6 +8,7 @@ Isolates the noise predictor (90%+ of generate()) so each optimisation's effect 
   sdkit             sdkit's UNet as the backend builds it (channels_last on CUDA, GEMM convolutions for small
                     feature maps on the CPU)
   sdkit-nchw        the same in NCHW memory format (what channels_last buys on CUDA)
+  sdkit-eager       the same without the CUDA graph (what replaying the UNet as one graph buys on CUDA)
   sdkit-direct-conv the same with every convolution on the framework's direct kernel (what the CPU GEMM path buys)
   compiled          sdkit.load(..., compile=True)'s UNet (torch.compile; CUDA graphs on CUDA)
 Variants run in turns (one evaluation each per round) so drift in the machine's speed hits them alike; the
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_torch import build_random  # noqa: E402
 
-VARIANTS = ["diffusers", "sdkit", "sdkit-nchw", "sdkit-direct-conv", "compiled"]
+VARIANTS = ["diffusers", "sdkit", "sdkit-nchw", "sdkit-eager", "sdkit-direct-conv", "compiled"]
 
 
 def build_variants(args, names: list[str]) -> dict:
@@ -57,6 +58,8 @@ def build_variants(args, names: list[str]) -> dict:
         unet = TorchBackend(args.device, args.dtype, compile=name == "compiled").unet(ckpt.unet, ckpt.weights["unet"])
         if name == "sdkit-nchw":
             unet.model.to(memory_format=torch.contiguous_format)
+        if name == "sdkit-eager":
+            unet.forward = unet.model
         if name == "sdkit-direct-conv":  # turn the GEMM path off around this variant's calls only
             def call(u=unet):
                 limit, sdkit_unet.GEMM_CONV_MAX_PIXELS = sdkit_unet.GEMM_CONV_MAX_PIXELS, 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA figures of BENCHMARKS.md in one command, each step's table also written to OUT_DIR:
 #   bash bench/run_cuda.sh [OUT_DIR]
-# 1. the SD1.5-sized UNet alone, float16 512x512: diffusers, sdkit, sdkit in NCHW, sdkit compiled;
+# 1. the SD1.5-sized UNet alone, float16 512x512: diffusers, sdkit (CUDA graph), sdkit eager, sdkit in NCHW,
+#    sdkit compiled;
 # 2. generate() end to end, SD1.5-sized, float16 512x512, 30 steps: sdkit and diffusers alternating, 3 runs each;
 # 3. the same with sdkit.load(..., compile=True), one run;
 # 4. SDXL-sized, float16 1024x1024, 20 steps, one run each.
@@ -19,7 +20,7 @@ step() {  # name, then the command
     cat "$out/$name.md"; echo "($((SECONDS - t0)) s)"
 }
 step unet_sd15 $py bench/bench_unet.py --device cuda --dtype float16 --size 512 \
-    --variants diffusers sdkit sdkit-nchw compiled
+    --variants diffusers sdkit sdkit-eager sdkit-nchw compiled
 step sd15 $py bench/bench_torch.py --device cuda --dtype float16 --size 512 --steps 30 --runs 3
 step sd15_compiled $py bench/bench_torch.py --device cuda --dtype float16 --size 512 --steps 30 --runs 1 \
     --compile --only sdkit

@@ -16,6 +16,7 @@ from sdkit.errors import BackendError
 from sdkit.interfaces import Weights
 
 from .clip import CLIPTextModel
+from .cuda_graph import CUDAGraphed
 from .loading import load
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
@@ -28,7 +29,8 @@ class TorchBackend:
 
     def __init__(self, device: str | None = None, dtype: str | None = None, *, compile: bool = False):
         """compile: run the UNet through torch.compile (on CUDA with CUDA graphs): each new image size
-        pays a one-off compilation (about a minute) at its first step, later steps run faster."""
+        pays a one-off compilation (about a minute) at its first step, later steps run faster.
+        Without it, CUDA still replays the eager UNet as a CUDA graph (cuda_graph.py)."""
         self.torch_device = _resolve_device(device)
         if dtype is None:
             dtype = "float16" if self.torch_device.type in ("cuda", "mps") else "float32"
@@ -92,7 +94,12 @@ class UNet:
     def __init__(self, model: UNet2DConditionModel, compile: bool):
         self.model = model
         self.dtype = model.conv_in.weight.dtype
-        self.forward = _compile(model) if compile else model
+        if compile:
+            self.forward = _compile(model)
+        elif model.conv_in.weight.device.type == "cuda":
+            self.forward = CUDAGraphed(model)
+        else:
+            self.forward = model
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
