@@ -23,7 +23,8 @@ Euler sampler (one UNet call per step); what differs, by each implementation's o
 - the text: mlx-examples pads the two prompts only to the longer one (12 tokens here), sdkit to CLIP's 77,
   so sdkit's text encoder reads 77 tokens per prompt and its cross-attention has 77 keys, against 12.
 - compilation: sdkit runs its UNet through mx.compile on the GPU (paid in the first call), mlx-examples does not.
-The VAE decodes in float32 on both sides (in sdkit because SD2's VAE overflows float16).
+The VAE: mlx-examples decodes in float32; sdkit in the compute dtype (float16 on the GPU), redone in float32
+only if a result is not finite.
 mlx-examples' loader fetches SD2.1-base's files by Hub id with huggingface_hub.hf_hub_download; in its child
 process only, that function is replaced by one that reads the same file names from the local folder.
 """
@@ -33,13 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_torch import peak_rss_mb  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dawn, oil painting"
 CFG = 7.5
@@ -152,7 +155,7 @@ def child(args) -> dict:
         t0 = time.perf_counter()
         generate(lambda: stamps.append(time.perf_counter()))
         times.append(time.perf_counter() - t0)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    rss = peak_rss_mb()
     return dict(load_s=load_s, first_s=times[0], later_s=times[1],
                 steps_per_s=(len(stamps) - 1) / (stamps[-1] - stamps[0]), peak_rss_mb=rss,
                 peak_mlx_mb=mx.get_peak_memory() / 2**20)
