@@ -1,8 +1,8 @@
 """Peak working memory of the VAE decoder, the VAE encoder and the UNet per pixel: the figures in sdkit/memory.py.
 
-    python bench/memory_per_pixel.py                  # torch on the CPU, float32
-    python bench/memory_per_pixel.py --backend mlx    # mlx on the CPU, float32
-    python bench/memory_per_pixel.py --device cuda --dtype float16
+    python bench/memory_per_pixel.py                                  # torch on the CPU, float32, 256 and 512 px
+    python bench/memory_per_pixel.py --device cuda --sizes 512 1024   # torch on CUDA
+    python bench/memory_per_pixel.py --backend mlx --device gpu       # mlx on Metal
 
 Each measurement is a fresh process that builds one component with SD1.5's real topology (VAEConfig() and
 UNetConfig() defaults, random weights), runs it once at a given size and reports the peak memory of that call
@@ -20,8 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# component -> (two sizes in pixels, square; the UNet at latent size = pixels / 8, batch 2 as with guidance)
-SIZES = {"decode": (256, 512), "encode": (256, 512), "unet": (256, 512)}
+COMPONENTS = ("decode", "encode", "unet")  # the UNet at batch 2, as with guidance
 
 
 def child(component: str, size: int, backend: str, device: str, dtype: str) -> int:
@@ -76,7 +75,7 @@ def child(component: str, size: int, backend: str, device: str, dtype: str) -> i
         inputs = (mx.random.normal((2, h, h, 4)).astype(dt), mx.full((2,), 500.0),
                   mx.random.normal((2, 77, 768)).astype(dt))
     mx.eval(inputs)
-    run = {"decode": model.decode, "encode": model.encode}.get(component, model)
+    run = model if component == "unet" else getattr(model, component)
     before = mx.get_active_memory()
     mx.reset_peak_memory()
     mx.eval(run(*inputs))
@@ -103,7 +102,9 @@ def main() -> None:
     p.add_argument("--backend", choices=["torch", "mlx"], default="torch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--components", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p.add_argument("--components", nargs="+", choices=COMPONENTS, default=list(COMPONENTS))
+    p.add_argument("--sizes", nargs=2, type=int, default=[256, 512], metavar=("SMALL", "LARGE"),
+                   help="square image sides in pixels, multiples of 8 (default 256 512)")
     p.add_argument("--child", nargs=2, metavar=("COMPONENT", "SIZE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -111,12 +112,12 @@ def main() -> None:
         return
     for component in args.components:
         peaks = []
-        for size in SIZES[component]:
+        for size in args.sizes:
             out = subprocess.run([sys.executable, __file__, "--backend", args.backend, "--device", args.device,
                                   "--dtype", args.dtype, "--child", component, str(size)],
                                  check=True, capture_output=True, text=True).stdout
             peaks.append(json.loads(out.splitlines()[-1]))
-        (a, b), (pa, pb) = SIZES[component], peaks
+        (a, b), (pa, pb) = args.sizes, peaks
         per_pixel = (pb - pa) / (b * b - a * a)  # output pixels; the UNet's per image pixel at batch 2
         print(f"{component:<7} {args.backend} {args.device} {args.dtype}: peak {pa / 2**20:.0f} MiB at {a}px, "
               f"{pb / 2**20:.0f} MiB at {b}px -> {per_pixel:.0f} bytes per pixel")

@@ -19,13 +19,14 @@ from typing import Callable
 from .config import UNetConfig, VAEConfig
 
 # Peak working memory per pixel above the resident weights, float32, measured with bench/memory_per_pixel.py:
-# SD1.5's VAE (block_out_channels 128..512, 2 layers per block) and UNet (320..1280) with random weights, torch on
-# the CPU, the process's peak RSS during one call at 256x256 and at 512x512 pixels; the slope between the two
-# drops the fixed costs. Decode 3633 bytes per output pixel, encode 3084 per input pixel, the UNet 1021 per image
-# pixel at batch 2, i.e. 1021 * 64 / 2 per latent pixel and batch row. Activations are widest in the first block,
-# so the figures scale with its channel count (and the UNet's with its dtype).
-DECODE_BYTES = 3633  # per output pixel, for a VAE with 128 channels at full resolution
-ENCODE_BYTES = 3084  # per input pixel
+# SD1.5's VAE (block_out_channels 128..512, 2 layers per block) and UNet (320..1280) with random weights, one call
+# at two sizes, the slope between them (so fixed costs drop out). torch on the CPU, the process's peak RSS at
+# 256x256 and 512x512: decode 3633 bytes per output pixel, encode 3084 per input pixel, UNet 1021 per image pixel
+# at batch 2 (= 32672 per latent pixel and batch row). torch on an H100, max_memory_allocated at 512x512 and
+# 1024x1024: decode 4885, encode 3601, UNet 32128 (16128 in float16). The larger of each is used. Activations are
+# widest in the first block, so the figures scale with its channel count (and the UNet's with its dtype).
+DECODE_BYTES = 4885  # per output pixel, for a VAE with 128 channels at full resolution
+ENCODE_BYTES = 3601  # per input pixel
 UNET_BYTES = 32672  # per latent pixel and batch row, for a UNet with 320 channels at the top level, float32
 
 # The VAE is costed in float32: SD's VAEs run in it (force_upcast), and a half-precision one may redo a call in it.
