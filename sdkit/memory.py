@@ -6,7 +6,8 @@
   its own part of the picture (its own GroupNorm statistics and mid-block attention), which the blend hides.
 - Attention chunking: the UNet's self attention over `attention_chunk` query rows at a time. Exact up to float
   rounding; it saves memory only where the backend holds the (T, T) score matrix (torch on MPS, MLX for heads
-  without a fused kernel), never with fused kernels (torch SDPA on CPU and CUDA, MLX's Metal kernel).
+  without a fused kernel), never with fused kernels (torch SDPA on CPU and CUDA, MLX's Metal kernel). MLX
+  evaluates the chunks one by one, outside mx.compile: slower, which is why auto chunks only when it must.
 """
 
 from __future__ import annotations
