@@ -14,6 +14,7 @@ from pathlib import Path
 from . import backends, hub
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
+from .memory import Memory
 from .metadata import read_parameters, save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
@@ -23,12 +24,12 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "Pipeline", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
+__all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
            "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
-         prediction: str | None = None, compile: bool = False) -> Pipeline:
+         prediction: str | None = None, compile: bool = False, memory: Memory = Memory()) -> Pipeline:
     """Load a model for generation.
 
     model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
@@ -39,9 +40,13 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     SD2 files) says the UNet predicts.
     compile: compile the UNet for the device, trading a one-off compilation at each new image size for faster
     steps (torch: torch.compile, with CUDA graphs on CUDA; mlx compiles on the GPU anyway, this adds the CPU).
+    memory: VAE slicing / tiling and attention chunking, each None (the default) chosen per call to fit the
+    device's free memory; also `pipe.memory`, which can be changed between calls.
     """
+    if not isinstance(memory, Memory):
+        raise ValueError(f"memory must be an sdkit.Memory, got {type(memory).__name__}")
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
     path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
     name = str(model) if not Path(model).exists() else None
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name)
-    return Pipeline(ckpt, engine)
+    return Pipeline(ckpt, engine, memory)

@@ -30,6 +30,7 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # Stored keys that change nothing in the picture; any other key sdkit cannot use is named in a warning.
 HARMLESS = {"Version", "Model hash"}
 MAX_TOKENS = 75  # what one CLIP encoding holds between <|startoftext|> and <|endoftext|>
+SWITCH = {"auto": None, "on": True, "off": False}  # a memory option's flag value -> sdkit.Memory's
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                    help="default float16 on GPUs, float32 on CPUs")
+    p.add_argument("--vae-slicing", choices=SWITCH, default="auto",
+                   help="decode one image of the batch at a time: same pixels, less memory (default auto: when "
+                        "the batch would not fit)")
+    p.add_argument("--vae-tiling", choices=SWITCH, default="auto",
+                   help="decode in overlapping tiles blended together: seamless, not identical (default auto: "
+                        "when one image would not fit)")
+    p.add_argument("--attention-chunk", type=_attention_chunk, default=None, metavar="{auto,off,N}",
+                   help="self attention N query rows at a time: same result, less memory where the device "
+                        "materialises the attention matrix (default auto: when that would not fit)")
     p.add_argument("-i", "--init-image", metavar="INIT_IMAGE", help="start from this picture (image-to-image)")
     p.add_argument("--strength", type=_strength, help=f"with -i: how much to change it, in (0, 1] "
                                                       f"(default {DEFAULTS['strength']})")
@@ -122,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         disable_progress_bars()
     else:
         print(f"loading {model}", file=sys.stderr)
-    pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype)
+    memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
+    pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, memory=memory)
     if not args.quiet:
         b = pipe.backend
         print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
@@ -276,6 +287,15 @@ def _strength(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def _attention_chunk(text: str) -> int | None:
+    """auto -> None, off -> 0, N -> N: sdkit.Memory's attention_chunk."""
+    if text in ("auto", "off"):
+        return {"auto": None, "off": 0}[text]
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be auto, off or an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def _int(text: str) -> int:

@@ -3,7 +3,7 @@
 Numpy goes in at the edges (token ids, initial noise, init images) and uint8 images come out. In between,
 latents are opaque backend arrays ("Array": a torch.Tensor, an mx.array, ...) in NCHW layout and float32,
 whatever dtype the backend computes in. Samplers touch them only with + - * / and Python floats, and
-slice the batch axis with x[a:b].
+slice the batch axis with x[a:b]; VAE slicing and tiling (sdkit.tiling) cut x[a:b] and x[:, :, a:b, c:d].
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class TextEncoder(Protocol):
 
 
 class UNet(Protocol):
+    attention_chunk: int
+    """Query rows per step of self attention; 0: all at once. Any value gives the same output up to float
+    rounding; a chunk holds a (chunk, T) score matrix instead of (T, T) where the attention materialises one."""
+
     def __call__(self, x: Array, t: float, context: Array, added: dict[str, Array] | None = None) -> Array:
         """x (B, C, h, w) float32, t a timestep, context (k*B, 77, D) -> model output (k*B, C, h, w) float32.
 
@@ -56,6 +60,8 @@ class UNet(Protocol):
 
 
 class VAE(Protocol):
+    """Whole batches at any size; slicing and tiling are the core's (sdkit.tiling), calling these on parts."""
+
     def encode(self, images: np.ndarray) -> Array:
         """images (B, 3, H, W) float32 in [-1, 1] -> posterior mean * scaling_factor (B, 4, H/f, W/f) float32."""
 
@@ -84,6 +90,15 @@ class Backend(Protocol):
     def unet(self, config: UNetConfig, weights: Weights) -> UNet: ...
 
     def vae(self, config: VAEConfig, weights: Weights) -> VAE: ...
+
+    def memory_available(self) -> int:
+        """Bytes the device can still allocate for activations, with the weights loaded: free memory on a GPU
+        (plus what the framework has cached and can reuse), the recommended working set left on Apple GPUs,
+        available RAM on a CPU. sdkit.memory chooses slicing, tiling and attention chunks from it."""
+
+    def attention_holds_scores(self, head_size: int) -> bool:
+        """Whether attention with heads this wide holds its (T, S) score matrix in memory on this device (no
+        fused, memory-efficient kernel for it): only then does attention chunking save memory."""
 
     def asarray(self, x: np.ndarray) -> Array:
         """A float32 numpy array -> a float32 backend array on the device."""

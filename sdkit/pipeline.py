@@ -7,7 +7,6 @@ backend; the backend's arrays are touched only through the sampler's + - * / and
 from __future__ import annotations
 
 import math
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,21 +15,19 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import images, metadata, samplers
+from . import images, metadata, samplers, tiling
 from .checkpoint import Checkpoint
 from .errors import Cancelled
 from .interfaces import Array, Backend
+from .memory import Memory, Workload, choose
 from .tokenizer import Tokenizer
 
 Callback = Callable[[int, int, Array], "bool | None"]
 
-# Peak working memory per output pixel, dominated by the VAE decoder's full-resolution activations
-# (several 128- and 256-channel float32 maps alive at once). Used to refuse sizes before allocating.
-_BYTES_PER_PIXEL = 4096
-
 # Which hidden state each family conditions on (TextEncoder's layer / final_norm); SD1 and SD2 the defaults.
 # SDXL, as diffusers: both encoders' penultimate layer, without the final LayerNorm.
 _TEXT_LAYER = {"sdxl": dict(layer=-2, final_norm=False)}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 @dataclass(frozen=True)
@@ -52,9 +49,10 @@ class Request:
 class Pipeline:
     """A loaded model on one backend. Build it with `sdkit.load`."""
 
-    def __init__(self, checkpoint: Checkpoint, backend: Backend):
+    def __init__(self, checkpoint: Checkpoint, backend: Backend, memory: Memory = Memory()):
         self.checkpoint = checkpoint
         self.backend = backend
+        self.memory = memory  # what generate() may do to fit; each None is decided per call (sdkit.Memory)
         self.tokenizers = [_load_tokenizer(t) for t in checkpoint.tokenizers]
         self.text_encoders = [backend.text_encoder(cfg, checkpoint.weights[name])
                               for cfg, name in zip(checkpoint.text_encoders, _text_encoder_names(checkpoint))]
@@ -85,6 +83,7 @@ class Pipeline:
             height, width = images.default_size(init)
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
                             num_images, strength if init is not None else None)
+        mem = self._fit(req, encode=init is not None)
         plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.unet.in_channels, req.height // f, req.width // f)  # per image (C, h, w)
@@ -97,14 +96,15 @@ class Pipeline:
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
         else:
             pixels = images.to_model_input(init, req.width, req.height)  # (3, H, W)
-            x0 = self.vae.encode(np.stack([pixels] * req.num_images))
-            x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))
+            x0 = tiling.encode(self.vae, self.backend, self.checkpoint.vae, pixels[None], mem.vae_tiling)
+            x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))  # (1, C, h, w) broadcast to (B, ...)
 
+        self.unet.attention_chunk = mem.attention_chunk
         model = self._guided_model(context, added, req, plan.num_evaluations, callback)
         noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
         x = samplers.sample(plan, model, x, noise)
 
-        pixels = self.vae.decode(x)  # (B, H, W, 3) uint8
+        pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
         return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i))) for i, p in enumerate(pixels)]
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
@@ -130,12 +130,18 @@ class Pipeline:
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
-        needed, available = width * height * num_images * _BYTES_PER_PIXEL, _memory_bytes()
-        if needed > available:
-            raise ValueError(f"{width}x{height} x {num_images} image(s) needs about {needed / 2**30:.0f} GiB, more "
-                             f"than this machine's {available / 2**30:.0f} GiB; use a smaller size or fewer images")
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
                        samplers.canonical_name(sampler), seed, num_images, strength)
+
+    def _fit(self, req: Request, encode: bool) -> Memory:
+        """self.memory with each None decided for this call from the device's free memory; ValueError when
+        the call cannot fit even so."""
+        if not isinstance(self.memory, Memory):
+            raise ValueError(f"pipe.memory must be an sdkit.Memory, got {type(self.memory).__name__}")
+        rows = req.num_images * (2 if req.guidance_scale > 1 else 1)
+        work = Workload(self.checkpoint.unet, self.checkpoint.vae, req.num_images, rows, req.height, req.width,
+                        _ITEMSIZE[self.backend.dtype], encode, self.backend.attention_holds_scores)
+        return choose(self.memory, work, self.backend.memory_available())
 
     def _encode_prompts(self, req: Request) -> tuple[Array, dict[str, Array] | None]:
         """Token ids -> context (k*B, 77, C) and the UNet's `added` conditioning (SDXL; else None), rows
@@ -215,7 +221,3 @@ def _check_latents(latents: np.ndarray, num_images: int, shape: tuple[int, ...])
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

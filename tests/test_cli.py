@@ -132,6 +132,16 @@ def test_img2img_and_long_prompt_warning(sd1_folder, tmp_path, gen):
     assert out.splitlines()[1].startswith("2 steps in ")  # strength 0.5 of 4 steps
 
 
+def test_memory_flags_reach_the_pipeline(sd1_folder, gen, monkeypatch):
+    memories, load = [], sdkit.load
+    monkeypatch.setattr(sdkit, "load", lambda *args, **kw: memories.append(kw["memory"]) or load(*args, **kw))
+    code, _, err = gen("a cat", "-m", sd1_folder, *FAST, "--vae-slicing", "off", "--vae-tiling", "on",
+                       "--attention-chunk", "16")
+    assert code == 0, err
+    assert gen("a cat", "-m", sd1_folder, *FAST)[0] == 0
+    assert memories == [sdkit.Memory(vae_slicing=False, vae_tiling=True, attention_chunk=16), sdkit.Memory()]
+
+
 def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen):
     code, out, err = gen("a cat", "-m", sd1_folder, *FAST, "-s", "3", "-q", "-o", "new/sub/")
     assert code == 0, err
@@ -144,6 +154,8 @@ def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen)
     (["cat", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
     (["cat", "--sampler", "dpmpp_sde"], "argument --sampler: invalid choice: 'dpmpp_sde'"),
     (["cat", "--strength", "1.5"], "argument --strength: must be in (0, 1], got 1.5"),
+    (["cat", "--vae-tiling", "yes"], "argument --vae-tiling: invalid choice: 'yes'"),
+    (["cat", "--attention-chunk", "0"], "argument --attention-chunk: must be auto, off or an integer >= 1, got '0'"),
     (["cat", "-o", "cat.jpg"], "-o cat.jpg: sdkit-gen writes PNG files; use a name ending in .png, or a folder"),
     (["cat", "-o", "missing/cat.png"], "-o missing/cat.png: folder 'missing' does not exist"),
     (["cat", "-i", "notes.txt"], "init_image 'notes.txt' cannot be read as an image"),

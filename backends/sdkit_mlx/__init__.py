@@ -14,6 +14,7 @@ import numpy as np
 from sdkit.config import TextEncoderConfig, UNetConfig, VAEConfig
 from sdkit.errors import BackendError
 from sdkit.interfaces import Weights
+from sdkit.memory import host_available
 
 from .clip import CLIPTextModel
 from .loading import check, load
@@ -80,6 +81,16 @@ class MLXBackend:
     def numpy(self, x: mx.array) -> np.ndarray:
         return np.array(x.astype(mx.float32))
 
+    def memory_available(self) -> int:
+        if self.device == "gpu":  # unified memory: what Metal recommends for one process, less what is in use
+            info = mx.device_info(mx.gpu)
+            return info["max_recommended_working_set_size"] - mx.get_active_memory()
+        return host_available()
+
+    def attention_holds_scores(self, head_size: int) -> bool:
+        # the fused Metal kernel (heads padded up to FUSED_HEAD_SIZES) works in blocks; MLX's fallback does not
+        return not any(head_size <= s for s in self.fused_sizes)
+
     def _load(self, build, weights: Weights, component: str, dtype: mx.Dtype):
         with mx.stream(self.mx_device):  # the layout and dtype conversions run on the chosen device
             return load(build, weights, component, dtype)
@@ -113,6 +124,8 @@ class UNet:
         self.model = model
         self.device = device
         self.dtype = model.conv_in.weight.dtype
+        self.compiled = compiled
+        self._attention_chunk = 0
         # compiled: one graph per input shape (fixed within a generate call), in which MLX fuses the
         # elementwise chains (GroupNorm, SiLU, GEGLU, residual adds) into single Metal kernels; the weights
         # are captured as the constants they are. On the CPU it runs a C++ compiler at first use for no
@@ -126,6 +139,21 @@ class UNet:
             # this output joins the next step's evaluation.
             mx.eval(out)
         return out
+
+    @property
+    def attention_chunk(self) -> int:
+        return self._attention_chunk
+
+    @attention_chunk.setter
+    def attention_chunk(self, rows: int) -> None:
+        if rows == self._attention_chunk:
+            return
+        self._attention_chunk = rows
+        for name, module in self.model.named_modules():
+            if name.endswith("attn1"):  # self attention; cross attention's scores are only (T, 77)
+                module.chunk = rows
+        # chunks are evaluated one by one, which a compiled graph cannot do; it would also keep the old chunking
+        self.forward = mx.compile(self._forward) if self.compiled and not rows else self._forward
 
     def _forward(self, x: mx.array, t: mx.array, context: mx.array, added: dict[str, mx.array] | None) -> mx.array:
         k = context.shape[0] // x.shape[0]  # conditionings per image: 2 with classifier-free guidance
@@ -158,11 +186,6 @@ class VAE:
             return np.array(x.astype(mx.uint8))
 
     def _run(self, method: Callable[[AutoencoderKL, mx.array], mx.array], x: mx.array) -> mx.array:
-        # One image at a time: the decoder's full-resolution activations set the peak memory, and at these
-        # sizes a single image already fills the GPU.
-        return mx.concatenate([self._run_one(method, x[i:i + 1]) for i in range(x.shape[0])])
-
-    def _run_one(self, method: Callable[[AutoencoderKL, mx.array], mx.array], x: mx.array) -> mx.array:
         y = method(self.model, x.astype(self.dtype)).astype(mx.float32)
         mx.eval(y)
         if self.dtype != mx.float32 and not mx.isfinite(y).all().item():

@@ -145,6 +145,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.fused_sizes = fused_sizes
         self.upcast = upcast
+        self.chunk = 0  # query rows per step, set on self attention by the backend's UNet.attention_chunk
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
@@ -157,7 +158,15 @@ class Attention(nn.Module):
         q = self.to_q(x).reshape(B, T, nh, -1).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         k = self.to_k(context).reshape(B, S, nh, -1).transpose(0, 2, 1, 3)  # (B, nh, S, hs)
         v = self.to_v(context).reshape(B, S, nh, -1).transpose(0, 2, 1, 3)
-        y = attention(q, k, v, self.fused_sizes, self.upcast)  # (B, nh, T, hs)
+        if self.chunk and T > self.chunk:  # a (chunk, S) score matrix at a time where the kernel holds (T, S)
+            # Evaluated chunk by chunk: from one lazy graph MLX would schedule all chunks' scores together.
+            ys = []
+            for i in range(0, T, self.chunk):
+                ys.append(attention(q[:, :, i:i + self.chunk], k, v, self.fused_sizes, self.upcast))
+                mx.eval(ys[-1])
+            y = mx.concatenate(ys, axis=2)  # (B, nh, T, hs)
+        else:
+            y = attention(q, k, v, self.fused_sizes, self.upcast)  # (B, nh, T, hs)
         return self.to_out[0](y.transpose(0, 2, 1, 3).reshape(B, T, C))
 
 

@@ -14,6 +14,7 @@ import torch
 from sdkit.config import TextEncoderConfig, UNetConfig, VAEConfig
 from sdkit.errors import BackendError
 from sdkit.interfaces import Weights
+from sdkit.memory import host_available
 
 from .clip import CLIPTextModel
 from .cuda_graph import CUDAGraphed
@@ -73,6 +74,19 @@ class TorchBackend:
     def numpy(self, x: torch.Tensor) -> np.ndarray:
         return x.detach().float().cpu().numpy()
 
+    def memory_available(self) -> int:
+        if self.torch_device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.torch_device)
+            # blocks torch has cached count as used for the driver, but are free for torch's next tensors
+            return free + torch.cuda.memory_reserved(self.torch_device) - torch.cuda.memory_allocated(self.torch_device)
+        if self.torch_device.type == "mps":
+            return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
+        return host_available()
+
+    def attention_holds_scores(self, head_size: int) -> bool:
+        # SDPA's flash / memory-efficient kernels on the CPU and CUDA take any head size; MPS materialises
+        return self.torch_device.type == "mps"
+
     def _load(self, build, weights: Weights, component: str, dtype: torch.dtype):
         return load(build, weights, component, self.torch_device, dtype).to(memory_format=self.memory_format)
 
@@ -100,6 +114,7 @@ class UNet:
             self.forward = CUDAGraphed(model)
         else:
             self.forward = model
+        self.attention_chunk = 0
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
@@ -108,6 +123,21 @@ class UNet:
         x = x.to(self.dtype).repeat(k, 1, 1, 1)  # (k*B, C, h, w): one batched call
         t = torch.full((x.shape[0],), float(t), device=x.device)  # (k*B,): a fill, no host sync
         return self.forward(x, t, context.to(self.dtype), added).float()
+
+    @property
+    def attention_chunk(self) -> int:
+        return self._attention_chunk
+
+    @attention_chunk.setter
+    def attention_chunk(self, rows: int) -> None:
+        if rows == getattr(self, "_attention_chunk", None):
+            return
+        self._attention_chunk = rows
+        for name, module in self.model.named_modules():
+            if name.endswith("attn1"):  # self attention; cross attention's scores are only (T, 77)
+                module.chunk = rows
+        if isinstance(self.forward, CUDAGraphed):
+            self.forward.key = None  # the captured graph holds the old chunking: record again
 
 
 def _compile(model: UNet2DConditionModel):

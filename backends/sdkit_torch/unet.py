@@ -107,6 +107,7 @@ class Attention(nn.Module):
         context_dim = context_dim or dim
         self.num_heads = num_heads
         self.upcast = upcast
+        self.chunk = 0  # query rows per step, set on self attention by the backend's UNet.attention_chunk
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
@@ -118,11 +119,16 @@ class Attention(nn.Module):
         q = self.to_q(x).view(B, T, self.num_heads, -1).transpose(1, 2)  # (B, nh, T, hs)
         k = self.to_k(context).view(B, context.shape[1], self.num_heads, -1).transpose(1, 2)  # (B, nh, S, hs)
         v = self.to_v(context).view(B, context.shape[1], self.num_heads, -1).transpose(1, 2)
-        if self.upcast:
-            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(x.dtype)
+        if self.chunk and T > self.chunk:  # a (chunk, S) score matrix at a time where SDPA materialises (T, S)
+            y = torch.cat([self._attend(q[:, :, i:i + self.chunk], k, v) for i in range(0, T, self.chunk)], dim=2)
         else:
-            y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+            y = self._attend(q, k, v)  # (B, nh, T, hs)
         return self.to_out[0](y.transpose(1, 2).reshape(B, T, C))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.upcast:
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class GEGLU(nn.Module):
