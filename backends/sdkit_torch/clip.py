@@ -25,8 +25,12 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
 class Embeddings(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embedding = nn.Embedding(config.max_length, config.hidden_size)
+        # _weight: skip nn.Embedding's random init. The loader builds modules on the meta device, where
+        # normal_ runs a Python decomposition that first imports torch._dynamo (a second of load time).
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            _weight=torch.empty(config.vocab_size, config.hidden_size))
+        self.position_embedding = nn.Embedding(config.max_length, config.hidden_size,
+                                               _weight=torch.empty(config.max_length, config.hidden_size))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
