@@ -19,10 +19,12 @@ from sdkit.memory import host_available
 from .clip import CLIPTextModel
 from .cuda_graph import CUDAGraphed
 from .loading import load
+from .residency import Lazy, Residency
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+STORED = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}  # safetensors' names
 
 
 class TorchBackend:
@@ -48,6 +50,7 @@ class TorchBackend:
         kind = self.torch_device.type
         self.unet_format = torch.channels_last if kind == "cuda" else torch.contiguous_format
         self.vae_format = torch.channels_last if kind in ("cuda", "cpu") else torch.contiguous_format
+        self.residency = Residency()
 
     def __repr__(self) -> str:
         return f"TorchBackend(device={self.device!r}, dtype={self.dtype!r}, compile={self.compile})"
@@ -57,22 +60,25 @@ class TorchBackend:
         return True  # torch imported; the CPU always works
 
     def text_encoder(self, config: TextEncoderConfig, weights: Weights) -> TextEncoder:
-        model = load(lambda: CLIPTextModel(config), weights, "text encoder", self.torch_device, self.torch_dtype)
-        return TextEncoder(model, self.torch_device)
+        build = lambda: load(lambda: CLIPTextModel(config), weights, "text encoder", self.torch_device,
+                             self.torch_dtype)
+        return TextEncoder(Lazy(build, self._residency(weights)), self.torch_device)
 
     def unet(self, config: UNetConfig, weights: Weights) -> UNet:
         # CUDA's fused SDPA kernels already do the softmax in float32; elsewhere half precision needs the upcast
         upcast = config.upcast_attention and self.torch_dtype != torch.float32 and self.torch_device.type != "cuda"
-        model = load(lambda: UNet2DConditionModel(config, upcast), weights, "unet", self.torch_device,
-                     self.torch_dtype).to(memory_format=self.unet_format)
-        return UNet(model, self.compile)
+        build = lambda: load(lambda: UNet2DConditionModel(config, upcast), weights, "unet", self.torch_device,
+                             self.torch_dtype).to(memory_format=self.unet_format)
+        if self.compile or self.torch_device.type == "cuda":  # compiled / graphed: one module for good
+            return UNet(Lazy(build, None), self.compile)
+        return UNet(Lazy(build, self._residency(weights)), compile=False)
 
     def vae(self, config: VAEConfig, weights: Weights) -> VAE:
         # Half precision first: SD1/SD2's VAEs decode fine in float16, SDXL's overflows and VAE falls back to
         # float32 at the first non-finite result (config.force_upcast is set for both, so it cannot tell them apart).
         load_in = lambda dtype: load(lambda: AutoencoderKL(config), weights, "vae", self.torch_device,
                                      dtype).to(memory_format=self.vae_format)
-        return VAE(load_in, self.torch_dtype, self.torch_device)
+        return VAE(load_in, self.torch_dtype, self.torch_device, self._residency(weights))
 
     def asarray(self, x: np.ndarray) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=self.torch_device)
@@ -89,15 +95,25 @@ class TorchBackend:
             return torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()
         return host_available()
 
+    def _residency(self, weights: Weights) -> Residency | None:
+        """Evictable (residency.py) where every weight is read zero-copy: CPU, stored in the compute dtype."""
+        zero_copy = self.torch_device.type == "cpu" and all(
+            ref.dtype == STORED[self.torch_dtype] for ref in weights.values())
+        return self.residency if zero_copy else None
+
     def attention_holds_scores(self, head_size: int) -> bool:
         # SDPA's flash / memory-efficient kernels on the CPU and CUDA take any head size; MPS materialises
         return self.torch_device.type == "mps"
 
 
 class TextEncoder:
-    def __init__(self, model: CLIPTextModel, device: torch.device):
-        self.model = model
+    def __init__(self, lazy: Lazy, device: torch.device):
+        self.lazy = lazy
         self.device = device
+
+    @property
+    def model(self) -> CLIPTextModel:
+        return self.lazy.get()
 
     @torch.inference_mode()
     def __call__(self, ids: np.ndarray, layer: int = -1,
@@ -108,16 +124,26 @@ class TextEncoder:
 
 
 class UNet:
-    def __init__(self, model: UNet2DConditionModel, compile: bool):
-        self.model = model
+    def __init__(self, lazy: Lazy, compile: bool):
+        self.lazy = lazy
+        model = lazy.module
         self.dtype = model.conv_in.weight.dtype
         if compile:
             self.forward = _compile(model)
         elif model.conv_in.weight.device.type == "cuda":
             self.forward = CUDAGraphed(model)
         else:
-            self.forward = model
+            self.forward = None  # the module itself, which may be built again (residency.py)
+        self._chunked = None  # the module the attention chunk was last set on
         self.attention_chunk = 0
+
+    @property
+    def model(self) -> UNet2DConditionModel:
+        model = self.lazy.get()
+        if model is not self._chunked:  # new, or built again since: give it the current chunking
+            self._chunked = model
+            _set_attention_chunk(model, self._attention_chunk)
+        return model
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
@@ -125,7 +151,8 @@ class UNet:
         k = context.shape[0] // x.shape[0]  # conditionings per image: 2 with classifier-free guidance
         x = x.to(self.dtype).repeat(k, 1, 1, 1)  # (k*B, C, h, w): one batched call
         t = torch.full((x.shape[0],), float(t), device=x.device)  # (k*B,): a fill, no host sync
-        return self.forward(x, t, context.to(self.dtype), added).float()
+        forward = self.model if self.forward is None else self.forward
+        return forward(x, t, context.to(self.dtype), added).float()
 
     @property
     def attention_chunk(self) -> int:
@@ -136,11 +163,16 @@ class UNet:
         if rows == getattr(self, "_attention_chunk", None):
             return
         self._attention_chunk = rows
-        for name, module in self.model.named_modules():
-            if name.endswith("attn1"):  # self attention; cross attention's scores are only (T, 77)
-                module.chunk = rows
+        if self.lazy.module is not None:
+            _set_attention_chunk(self.lazy.module, rows)
         if isinstance(self.forward, CUDAGraphed):
             self.forward.key = None  # the captured graph holds the old chunking: record again
+
+
+def _set_attention_chunk(model: UNet2DConditionModel, rows: int) -> None:
+    for name, module in model.named_modules():
+        if name.endswith("attn1"):  # self attention; cross attention's scores are only (T, 77)
+            module.chunk = rows
 
 
 def _compile(model: UNet2DConditionModel):
@@ -154,11 +186,15 @@ class VAE:
     """Runs in `dtype`; a non-finite result in half precision is redone in float32, and the float32
     model (read again from the weights) replaces the half one for later calls."""
 
-    def __init__(self, load_in: Callable[[torch.dtype], AutoencoderKL], dtype: torch.dtype, device: torch.device):
-        self.load_in = load_in
+    def __init__(self, load_in: Callable[[torch.dtype], AutoencoderKL], dtype: torch.dtype, device: torch.device,
+                 residency: Residency | None):
         self.dtype = dtype
         self.device = device
-        self.model = load_in(dtype)
+        self.lazy = Lazy(lambda: load_in(self.dtype), residency)
+
+    @property
+    def model(self) -> AutoencoderKL:
+        return self.lazy.get()
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> torch.Tensor:
@@ -174,8 +210,8 @@ class VAE:
     def _run(self, method: Callable[[AutoencoderKL, torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         y = method(self.model, x.to(self.dtype)).float()
         if self.dtype != torch.float32 and not torch.isfinite(y).all():
-            self.model = None  # free the half-precision weights before reading the float32 ones
-            self.dtype, self.model = torch.float32, self.load_in(torch.float32)
+            self.lazy.drop()  # free the half-precision weights before reading the float32 ones
+            self.dtype = torch.float32
             y = method(self.model, x.float())
         return y
 
