@@ -70,8 +70,8 @@ class TorchBackend:
         build = lambda: load(lambda: UNet2DConditionModel(config, upcast), weights, "unet", self.torch_device,
                              self.torch_dtype).to(memory_format=self.unet_format)
         if self.compile or self.torch_device.type == "cuda":  # compiled / graphed: one module for good
-            return UNet(Lazy(build, None), self.compile)
-        return UNet(Lazy(build, self._residency(weights)), compile=False)
+            return UNet(build, None, self.compile)
+        return UNet(build, self._residency(weights), compile=False)
 
     def vae(self, config: VAEConfig, weights: Weights) -> VAE:
         # Half precision first: SD1/SD2's VAEs decode fine in float16, SDXL's overflows and VAE falls back to
@@ -124,9 +124,10 @@ class TextEncoder:
 
 
 class UNet:
-    def __init__(self, lazy: Lazy, compile: bool):
-        self.lazy = lazy
-        model = lazy.module
+    def __init__(self, build: Callable[[], UNet2DConditionModel], residency: Residency | None, compile: bool):
+        self._attention_chunk = 0
+        self.lazy = Lazy(lambda: _set_attention_chunk(build(), self._attention_chunk), residency)
+        model = self.lazy.module
         self.dtype = model.conv_in.weight.dtype
         if compile:
             self.forward = _compile(model)
@@ -134,16 +135,10 @@ class UNet:
             self.forward = CUDAGraphed(model)
         else:
             self.forward = None  # the module itself, which may be built again (residency.py)
-        self._chunked = None  # the module the attention chunk was last set on
-        self.attention_chunk = 0
 
     @property
     def model(self) -> UNet2DConditionModel:
-        model = self.lazy.get()
-        if model is not self._chunked:  # new, or built again since: give it the current chunking
-            self._chunked = model
-            _set_attention_chunk(model, self._attention_chunk)
-        return model
+        return self.lazy.get()
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
@@ -160,7 +155,7 @@ class UNet:
 
     @attention_chunk.setter
     def attention_chunk(self, rows: int) -> None:
-        if rows == getattr(self, "_attention_chunk", None):
+        if rows == self._attention_chunk:
             return
         self._attention_chunk = rows
         if self.lazy.module is not None:
@@ -169,10 +164,11 @@ class UNet:
             self.forward.key = None  # the captured graph holds the old chunking: record again
 
 
-def _set_attention_chunk(model: UNet2DConditionModel, rows: int) -> None:
+def _set_attention_chunk(model: UNet2DConditionModel, rows: int) -> UNet2DConditionModel:
     for name, module in model.named_modules():
         if name.endswith("attn1"):  # self attention; cross attention's scores are only (T, 77)
             module.chunk = rows
+    return model
 
 
 def _compile(model: UNet2DConditionModel):

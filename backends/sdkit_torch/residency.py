@@ -33,9 +33,9 @@ class Lazy:
         self._take_place()
 
     def get(self) -> nn.Module:
+        self._take_place()  # first, so the component it evicts is freed before this one is built
         if self.module is None:
             self.module = self.build()
-        self._take_place()
         return self.module
 
     def drop(self) -> None:
