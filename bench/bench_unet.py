@@ -5,8 +5,8 @@
 
 Isolates the noise predictor (90%+ of generate()) so each optimisation's effect can be measured alone. Variants:
   diffusers         diffusers' UNet2DConditionModel as it ships (SDPA attention)
-  sdkit             sdkit's UNet as the backend builds it (channels_last on CUDA, GEMM convolutions for small
-                    feature maps on the CPU)
+  sdkit             sdkit's UNet as the backend builds it (on CUDA: channels_last, replayed as a CUDA graph;
+                    on the CPU: small feature maps convolved as one GEMM)
   sdkit-nchw        the same in NCHW memory format (what channels_last buys on CUDA)
   sdkit-eager       the same without the CUDA graph (what replaying the UNet as one graph buys on CUDA)
   sdkit-direct-conv the same with every convolution on the framework's direct kernel (what the CPU GEMM path buys)

@@ -30,7 +30,7 @@ DECODE_BYTES = 4885  # per output pixel, for a VAE with 128 channels at full res
 ENCODE_BYTES = 3601  # per input pixel
 UNET_BYTES = 32672  # per latent pixel and batch row, for a UNet with 320 channels at the top level, float32
 
-# The VAE is costed in float32: SD's VAEs run in it (force_upcast), and a half-precision one may redo a call in it.
+# The VAE is costed in float32: a half-precision VAE redoes a call in float32 when it overflows (SDXL's does).
 VAE_ITEMSIZE = 4
 
 # (slicing, tiling) from cheapest in time and exactness to cheapest in memory

@@ -142,6 +142,17 @@ def test_memory_flags_reach_the_pipeline(sd1_folder, gen, monkeypatch):
     assert memories == [sdkit.Memory(vae_slicing=False, vae_tiling=True, attention_chunk=16), sdkit.Memory()]
 
 
+def test_compile_flag_reaches_load(sd1_folder, gen, monkeypatch):
+    """--compile asks load() to compile (compiling itself is tested in test_torch_modules; here it is recorded
+    and skipped, a compilation taking ~40 s on the CI's CPU)."""
+    asked, load = [], sdkit.load
+    monkeypatch.setattr(sdkit, "load", lambda *args, **kw: asked.append(kw["compile"]) or load(*args, **{
+        **kw, "compile": False}))
+    assert gen("a cat", "-m", sd1_folder, *FAST, "--compile")[0] == 0
+    assert gen("a cat", "-m", sd1_folder, *FAST)[0] == 0
+    assert asked == [True, False]
+
+
 def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen):
     code, out, err = gen("a cat", "-m", sd1_folder, *FAST, "-s", "3", "-q", "-o", "new/sub/")
     assert code == 0, err
