@@ -302,3 +302,19 @@ def test_mismatched_components(sd1_folder, sd2v_folder, tmp_path):
     config = json.loads((folder / "vae" / "config.json").read_text())
     (folder / "vae" / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
     assert "unet vs vae" in assert_one_line_error("8 latent channels", open_checkpoint, folder)
+
+
+def test_read_tensors_opens_a_file_afresh_every_few_bytes_and_reads_every_tensor(sd1_folder, monkeypatch):
+    """Opening again every OPEN_BYTES lets converted tensors' pages go; what is read must not change."""
+    import sdkit.weights
+
+    weights = open_checkpoint(sd1_folder).weights["unet"]
+    whole = arrays(weights)
+    opened = []
+    real_open = sdkit.weights.safe_open
+    monkeypatch.setattr(sdkit.weights, "safe_open", lambda *a, **kw: opened.append(a[0]) or real_open(*a, **kw))
+    monkeypatch.setattr(sdkit.weights, "OPEN_BYTES", 4096)
+    chunked = arrays(weights)
+    assert len(opened) > 10 and whole.keys() == chunked.keys()
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], chunked[name], err_msg=name)
