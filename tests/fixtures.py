@@ -8,7 +8,8 @@
   with the leftovers real files carry. The inverse mapping here is written from diffusers'
   scripts/convert_diffusers_to_original_stable_diffusion.py, independently of sdkit's forward mapping.
 - `add_fp16_variants(folder)`: *.fp16.safetensors next to every weight file.
-- `diffusers_pipeline(folder)`: the oracle for parity tests (StableDiffusion[XL]Pipeline).
+- `diffusers_pipeline(folder)`: the oracle for parity tests (StableDiffusion[XL]Pipeline);
+  `img2img_like_sdkit(...)`: its image-to-image made to encode and noise as sdkit does.
 
 Every weight that is constant at init (norm scales and shifts, biases, zero-initialised output layers) is
 randomised: a mapping that swapped two of them would otherwise go unnoticed. Seeded, deterministic.
@@ -363,6 +364,15 @@ def diffusers_pipeline(folder: Path):
         pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def img2img_like_sdkit(monkeypatch, img2img_module, noise) -> None:
+    """Make diffusers' image-to-image pipeline module (SD's or SDXL's) encode to the VAE posterior's mean, as
+    sdkit does (diffusers samples the posterior), and noise the encoded image with `noise`."""
+    real_retrieve = img2img_module.retrieve_latents
+    monkeypatch.setattr(img2img_module, "retrieve_latents",
+                        lambda out, generator=None, sample_mode="sample": real_retrieve(out, sample_mode="argmax"))
+    monkeypatch.setattr(img2img_module, "randn_tensor", lambda *a, **kw: noise)
 
 
 def _rename(name: str, prefixes: list[tuple[str, str]]) -> str:

@@ -8,7 +8,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import SCHEDULERS, diffusers_pipeline
+from fixtures import SCHEDULERS, diffusers_pipeline, img2img_like_sdkit
 from PIL import Image
 
 import sdkit
@@ -96,11 +96,7 @@ def test_img2img_matches_diffusers(mlx_pipe, diffusers_pipe, published_scheduler
     strength, negative = 0.7, (NEGATIVE if sampler in ("ddim", "euler", "lms", "unipc") else None)
     rngs = [np.random.default_rng(SEED)]
     noise = draw(rngs, (4, 6, 8))
-    # diffusers samples the VAE posterior; sdkit uses its mean. Make diffusers use the mean and sdkit's noise.
-    real_retrieve = img2img_module.retrieve_latents
-    monkeypatch.setattr(img2img_module, "retrieve_latents",
-                        lambda out, generator=None, sample_mode="sample": real_retrieve(out, sample_mode="argmax"))
-    monkeypatch.setattr(img2img_module, "randn_tensor", lambda *a, **kw: noise)
+    img2img_like_sdkit(monkeypatch, img2img_module, noise)
     monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **kw: draw(rngs, tuple(s[1:])))
     expected = img2img(PROMPT, image=init_image(), negative_prompt=negative, strength=strength,
                        num_inference_steps=STEPS, guidance_scale=7.5).images

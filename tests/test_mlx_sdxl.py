@@ -11,7 +11,7 @@ import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as img2img_module
 from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import diffusers_pipeline
+from fixtures import diffusers_pipeline, img2img_like_sdkit
 from PIL import Image
 from test_parity_torch import NEGATIVE, PROMPT, SEED, assert_close, draw, seeded_noise, use_scheduler
 
@@ -54,11 +54,7 @@ def test_img2img(pipes, sampler, negative, monkeypatch):
     init = Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 64, 3), dtype=np.uint8))
     shape = (4, 40 // 8, 64 // 8)
     noise = draw(seeded_noise(SEED, 1, shape), shape)
-    # sdkit encodes to the VAE posterior's mean; make diffusers do the same, with the same noise
-    real_retrieve = img2img_module.retrieve_latents
-    monkeypatch.setattr(img2img_module, "retrieve_latents",
-                        lambda out, generator=None, sample_mode="sample": real_retrieve(out, sample_mode="argmax"))
-    monkeypatch.setattr(img2img_module, "randn_tensor", lambda *a, **kw: noise)
+    img2img_like_sdkit(monkeypatch, img2img_module, noise)
     expected = img2img(PROMPT, image=init, negative_prompt=negative, strength=0.6, num_inference_steps=STEPS,
                        guidance_scale=7.5).images
     got = ours.generate(PROMPT, negative, init_image=init, strength=0.6, steps=STEPS, sampler=sampler, seed=SEED)
