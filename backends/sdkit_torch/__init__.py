@@ -69,9 +69,8 @@ class TorchBackend:
         upcast = config.upcast_attention and self.torch_dtype != torch.float32 and self.torch_device.type != "cuda"
         build = lambda: load(lambda: UNet2DConditionModel(config, upcast), weights, "unet", self.torch_device,
                              self.torch_dtype).to(memory_format=self.unet_format)
-        if self.compile or self.torch_device.type == "cuda":  # compiled / graphed: one module for good
-            return UNet(build, None, self.compile)
-        return UNet(build, self._residency(weights), compile=False)
+        # a compiled UNet is one module for good (so is CUDA's graphed one, and _residency says so for CUDA)
+        return UNet(build, None if self.compile else self._residency(weights), self.compile)
 
     def vae(self, config: VAEConfig, weights: Weights) -> VAE:
         # Half precision first: SD1/SD2's VAEs decode fine in float16, SDXL's overflows and VAE falls back to
