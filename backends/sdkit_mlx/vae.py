@@ -9,9 +9,42 @@ import mlx.nn as nn
 
 from sdkit.config import VAEConfig
 
-from .unet import Downsample2D, ResnetBlock2D, Upsample2D, group_norm
+from .unet import Downsample2D, ResnetBlock2D, group_norm
 
 EPS = 1e-6  # every GroupNorm in the VAE
+
+
+class Upsample2D(nn.Module):
+    """2x nearest upsampling, then a 3x3 conv: computed as one 2x2 conv of the input with an output per phase.
+    Upsampling repeats each pixel, so output pixel (2i + a, 2j + b) sees 2x2 input pixels through sums of the
+    3x3 taps: 4 multiply-adds per channel pair instead of 9 on the decoder's two largest convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self._kernel = None  # (4 * C_out, 2, 2, C_in), made from conv.weight at the first call
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self._kernel is None:
+            self._kernel = phase_kernels(self.conv.weight)
+        B, H, W, _ = x.shape
+        y = mx.conv2d(mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]), self._kernel)  # (B, H+1, W+1, 4 * C_out)
+        y = (y + mx.tile(self.conv.bias, 4)).reshape(B, H + 1, W + 1, 2, 2, -1)  # (..., a, b, C_out)
+        # phase (a, b) of output pixel (2i + a, 2j + b) sits at y[:, i + a, j + b, a, b]
+        rows = [mx.stack([y[:, a:a + H, b:b + W, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]  # (B, H, W, 2, C)
+        return mx.stack(rows, axis=2).reshape(B, 2 * H, 2 * W, -1)
+
+
+# Per axis, phase a of output pixel 2i + a reads input pixels (i - 1 + a, i + a) of the 1-padded input through
+# these sums of the 3x3 taps (w0, w1, w2): a = 0 -> (w0, w1 + w2), a = 1 -> (w0 + w1, w2).
+_PHASE_TAPS = mx.array([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]], dtype=mx.float32)  # (a, 2, 3)
+
+
+def phase_kernels(weight: mx.array) -> mx.array:
+    """(C_out, 3, 3, C_in) conv weight -> (4 * C_out, 2, 2, C_in): a 2x2 kernel per output phase (a, b), summed
+    in float32."""
+    k = mx.einsum("apk,bql,okli->abopqi", _PHASE_TAPS, _PHASE_TAPS, weight.astype(mx.float32))
+    return k.reshape(-1, 2, 2, weight.shape[-1]).astype(weight.dtype)
 
 
 class Attention(nn.Module):
@@ -77,7 +110,7 @@ class UpDecoderBlock(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         if "upsamplers" in self:
-            x = self.upsamplers[0](x, (2 * x.shape[1], 2 * x.shape[2]))
+            x = self.upsamplers[0](x)
         return x
 
 

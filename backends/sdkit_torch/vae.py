@@ -9,7 +9,7 @@ from torch import nn
 
 from sdkit.config import VAEConfig
 
-from .unet import Downsample2D, ResnetBlock2D, Upsample2D
+from .unet import Downsample2D, ResnetBlock2D
 
 EPS = 1e-6  # every GroupNorm in the VAE
 
@@ -32,6 +32,33 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v)[:, 0]
         y = self.to_out[0](y).transpose(1, 2).reshape(B, C, H, W)
         return x + y
+
+
+class Upsample2D(nn.Module):
+    """2x nearest upsampling, then a 3x3 conv: computed as one stride-2 transposed 4x4 convolution of the input.
+    Upsampling repeats each pixel, so an output pixel sees 2x2 input pixels through sums of the 3x3 taps: 4
+    multiply-adds per channel pair instead of 9 (the decoder's two largest convolutions, 2x faster on the CPU)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.kernel = None  # (C_in, C_out, 4, 4), made from conv.weight at the first call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel is None:
+            self.kernel = upsampling_kernel(self.conv.weight)
+        return F.conv_transpose2d(x, self.kernel, self.conv.bias, stride=2, padding=1)
+
+
+# Per axis, transposed-conv tap p of output pixel 2i + a, from the 3x3 taps (w0, w1, w2): a = 0 reads input
+# pixels (i - 1, i) through taps 3 and 1 = (w0, w1 + w2); a = 1 reads (i, i + 1) through 2 and 0 = (w0 + w1, w2).
+_TAPS = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)  # (4, 3)
+
+
+def upsampling_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """(C_out, C_in, 3, 3) conv weight -> the (C_in, C_out, 4, 4) kernel of upsample-then-conv, summed in float32."""
+    taps = _TAPS.to(weight.device)
+    return torch.einsum("pk,ql,oikl->iopq", taps, taps, weight.float()).to(weight.dtype)
 
 
 class MidBlock(nn.Module):
@@ -72,7 +99,7 @@ class UpDecoderBlock(nn.Module):
         for resnet in self.resnets:
             x = resnet(x)
         if self.upsamplers is not None:
-            x = self.upsamplers[0](x, (x.shape[2] * 2, x.shape[3] * 2))
+            x = self.upsamplers[0](x)
         return x
 
 
