@@ -120,7 +120,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(F.silu(self.conv_norm_out(x), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -139,7 +139,7 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(F.silu(self.conv_norm_out(x)))
+        return self.conv_out(F.silu(self.conv_norm_out(x), inplace=True))
 
 
 class AutoencoderKL(nn.Module):
