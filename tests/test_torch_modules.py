@@ -216,6 +216,23 @@ def test_conv2d_gemm_path_equals_direct_convolution(shape):
     assert out.shape == (B, 2 * C, H, W)
 
 
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_onednn_linear_equals_f_linear(dtype, atol, gelu):
+    """The CPU linear through oneDNN (and its fused GELU) computes F.linear (then F.gelu), on 3-D and
+    non-contiguous inputs and on weight rows sliced out of a larger matrix (GEGLU's halves)."""
+    from sdkit_torch import onednn
+    torch.manual_seed(0)
+    w, b = torch.randn(96, 40, dtype=dtype), torch.randn(96, dtype=dtype)
+    for x in (torch.randn(2, 77, 40, dtype=dtype), torch.randn(2, 40, 77, dtype=dtype).transpose(1, 2)):
+        for weight, bias in ((w, b), (w[48:], b[48:]), (w, None)):
+            want = torch.nn.functional.linear(x.float(), weight.float(), None if bias is None else bias.float())
+            got = onednn.linear(x, weight, bias, gelu=gelu)
+            assert got.dtype == dtype and got.shape == want.shape
+            torch.testing.assert_close(got.float(), torch.nn.functional.gelu(want) if gelu else want,
+                                       atol=atol * want.abs().max().item(), rtol=0)
+
+
 # --- VAE ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from torch import nn
 from sdkit.config import TextEncoderConfig
 from sdkit.errors import CheckpointError
 
+from .onednn import Linear
+
 EOS = 49407  # <|endoftext|> in both CLIP BPE vocabularies; the pooled output is read at its first position
 
 
@@ -41,10 +43,10 @@ class SelfAttention(nn.Module):
         super().__init__()
         c = config.hidden_size
         self.num_heads = config.num_heads
-        self.q_proj = nn.Linear(c, c)
-        self.k_proj = nn.Linear(c, c)
-        self.v_proj = nn.Linear(c, c)
-        self.out_proj = nn.Linear(c, c)
+        self.q_proj = Linear(c, c)
+        self.k_proj = Linear(c, c)
+        self.v_proj = Linear(c, c)
+        self.out_proj = Linear(c, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -56,8 +58,8 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,7 @@ class CLIPTextModel(nn.Module):
         self.encoder = Encoder(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         if config.projection_dim is not None:
-            self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+            self.text_projection = Linear(config.hidden_size, config.projection_dim, bias=False)
 
     def forward(self, ids: torch.Tensor, layer: int = -1,
                 final_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
