@@ -37,6 +37,7 @@ def build_random(folder: Path, family: str, dtype: str) -> Path:
     Built on the GPU when there is one (initialising 2.6 billion weights on a CPU takes minutes)."""
     if (folder / "model_index.json").exists():
         return folder
+    print(f"building a random {family}-sized checkpoint in {folder} (once)...", file=sys.stderr)
     import torch
     from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
                            StableDiffusionXLPipeline, UNet2DConditionModel)
@@ -169,7 +170,6 @@ def main():
     if args.model is None:
         cache = Path(os.environ.get("SDKIT_BENCH_CACHE", Path.home() / ".cache" / "sdkit-bench"))
         weights = "float16" if args.dtype == "float16" else "float32"
-        print(f"building a random {args.family}-sized checkpoint in {cache} (once)...", file=sys.stderr)
         args.model = str(build_random(cache / f"{args.family}-random-{weights}", args.family, weights))
     impls = [args.only] if args.only else ["sdkit", "diffusers"]
     results = {impl: [] for impl in impls}
