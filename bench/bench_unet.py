@@ -10,6 +10,7 @@ Isolates the noise predictor (90%+ of generate()) so each optimisation's effect 
   sdkit-nchw        the same in NCHW memory format (what channels_last buys on CUDA)
   sdkit-eager       the same without the CUDA graph (what replaying the UNet as one graph buys on CUDA)
   sdkit-direct-conv the same with every convolution on the framework's direct kernel (what the CPU GEMM path buys)
+  sdkit-sdpa        the same with torch's SDPA in place of cpu_attention.c (what the CPU attention kernel buys)
   compiled          sdkit.load(..., compile=True)'s UNet (torch.compile; CUDA graphs on CUDA)
 Variants run in turns (one evaluation each per round) so drift in the machine's speed hits them alike; the
 report gives the median time per evaluation (batch 2: classifier-free guidance) and its ratio to diffusers'.
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_torch import build_random  # noqa: E402
 
-VARIANTS = ["diffusers", "sdkit", "sdkit-nchw", "sdkit-eager", "sdkit-direct-conv", "compiled"]
+VARIANTS = ["diffusers", "sdkit", "sdkit-nchw", "sdkit-eager", "sdkit-direct-conv", "sdkit-sdpa", "compiled"]
 
 
 def build_variants(args, names: list[str]) -> dict:
@@ -60,17 +61,25 @@ def build_variants(args, names: list[str]) -> dict:
             unet.model.to(memory_format=torch.contiguous_format)
         if name == "sdkit-eager":
             unet.forward = unet.model
+        call = lambda u=unet: u(x, 500.0, context, added)  # noqa: E731
         if name == "sdkit-direct-conv":  # turn the GEMM path off around this variant's calls only
-            def call(u=unet):
-                limit, sdkit_unet.GEMM_CONV_MAX_PIXELS = sdkit_unet.GEMM_CONV_MAX_PIXELS, 0
-                try:
-                    return u(x, 500.0, context, added)
-                finally:
-                    sdkit_unet.GEMM_CONV_MAX_PIXELS = limit
-            calls[name] = call
-        else:
-            calls[name] = lambda u=unet: u(x, 500.0, context, added)
+            call = patched(call, sdkit_unet, "GEMM_CONV_MAX_PIXELS", 0)
+        if name == "sdkit-sdpa":
+            call = patched(call, sdkit_unet.cpu_attention, "applies", lambda q, k, v: False)
+        calls[name] = call
     return calls
+
+
+def patched(call, module, name: str, value):
+    """call, with module.name set to value during it only."""
+    def run():
+        saved = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return call()
+        finally:
+            setattr(module, name, saved)
+    return run
 
 
 def main():
