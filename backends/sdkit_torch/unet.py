@@ -205,7 +205,9 @@ class Transformer2DModel(nn.Module):
         y = self.norm(x)
         if not self.linear:
             y = self.proj_in(y)
-        y = y.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, HW, C)
+        # (B, HW, C). Made contiguous once here (a no-op in channels_last): otherwise, from NCHW, every LayerNorm in
+        # the blocks copies it and the residual adds keep the strided layout (bfloat16 512x512: 4% of the UNet)
+        y = y.permute(0, 2, 3, 1).reshape(B, H * W, C).contiguous()
         if self.linear:
             y = self.proj_in(y)
         for block in self.transformer_blocks:
