@@ -20,6 +20,7 @@ def cpu_flags() -> set[str]:
 X86 = platform.machine().lower() in ("x86_64", "amd64") and platform.system() == "Linux"
 AVX512 = X86 and {"avx512f", "avx512dq"} <= cpu_flags()
 AVX512_BF16 = AVX512 and {"avx512bw", "avx512vl", "avx512_bf16"} <= cpu_flags()
+AMX = "amx_bf16" in cpu_flags()
 
 
 @pytest.fixture
@@ -42,12 +43,14 @@ def qkv(B, H, T, S, D, dtype, gain=1.0):
 
 def test_kernel_runs_where_the_cpu_allows():
     """Not skipped on a CPU without AVX-512: there it must decline, and the callers use SDPA."""
-    f32, bf16 = (qkv(1, 1, 4, 4, 8, dtype)[0] for dtype in (torch.float32, torch.bfloat16))
+    f32, bf16 = (qkv(1, 1, 128, 128, 8, dtype)[0] for dtype in (torch.float32, torch.bfloat16))
     assert cpu_attention.applies(f32, f32, f32) == AVX512
-    assert cpu_attention.applies(bf16, bf16, bf16) == AVX512_BF16
-    odd = qkv(1, 1, 4, 4, 7, torch.bfloat16)[0]
+    assert cpu_attention.applies(bf16, bf16, bf16) == (AVX512_BF16 and not AMX)
+    odd = qkv(1, 1, 128, 128, 7, torch.bfloat16)[0]
     assert not cpu_attention.applies(odd, odd, odd)  # bfloat16 products go by pairs of dims
     assert not cpu_attention.applies(f32.half(), f32.half(), f32.half())
+    small = qkv(1, 1, 64, 64, 8, torch.float32)[0]
+    assert not cpu_attention.applies(small, small, small)  # SDPA is faster below MIN_SCORES
 
 
 SHAPES = [  # (B, heads, queries, keys, head size)
@@ -61,21 +64,19 @@ SHAPES = [  # (B, heads, queries, keys, head size)
 ]
 
 
-@pytest.mark.skipif(not AVX512, reason="the kernel needs AVX-512; test_kernel_runs_where_the_cpu_allows checks it declines")
+@pytest.mark.skipif(not AVX512, reason="needs AVX-512; test_kernel_runs_where_the_cpu_allows checks it declines")
 @pytest.mark.parametrize("shape", SHAPES + [(1, 2, 33, 700, 25)], ids=lambda s: "x".join(map(str, s)))
 def test_float32_matches_sdpa(shape):
     q, k, v = qkv(*shape, torch.float32)
-    assert cpu_attention.applies(q, k, v)
-    y = cpu_attention.attention(q, k, v)
+    y = cpu_attention.attention(q, k, v)  # whatever the size: applies() declines tiny ones for speed only
     assert y.shape == q.shape and y.transpose(1, 2).is_contiguous()  # (B, T, nh, hs) underneath: heads merge free
     torch.testing.assert_close(y, F.scaled_dot_product_attention(q, k, v), atol=2e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif(not AVX512_BF16, reason="the bfloat16 kernel needs AVX512_BF16")
+@pytest.mark.skipif(not AVX512_BF16, reason="the bfloat16 kernel needs AVX512_BF16")  # it runs under AMX too
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_bfloat16_matches_float32_attention_of_the_same_inputs(shape):
     q, k, v = qkv(*shape, torch.bfloat16)
-    assert cpu_attention.applies(q, k, v)
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     err = (cpu_attention.attention(q, k, v).float() - exact).abs().max().item()
     sdpa = (F.scaled_dot_product_attention(q, k, v).float() - exact).abs().max().item()
@@ -93,13 +94,13 @@ def test_large_scores_are_stable():
 
 def test_switched_off_by_environment(monkeypatch, fresh_library):
     monkeypatch.setenv("SDKIT_CPU_ATTENTION", "0")
-    q = qkv(1, 1, 4, 4, 8, torch.float32)[0]
+    q = qkv(1, 1, 128, 128, 8, torch.float32)[0]
     assert not cpu_attention.applies(q, q, q)
 
 
 @pytest.mark.skipif(not X86, reason="the kernel is only compiled on x86 Linux")
 def test_a_failing_compiler_falls_back_to_sdpa_with_a_warning(monkeypatch, fresh_library):
     monkeypatch.setenv("CC", "false")  # exits 1, like a compiler that cannot build the file
-    q = qkv(1, 1, 4, 4, 8, torch.float32)[0]
+    q = qkv(1, 1, 128, 128, 8, torch.float32)[0]
     with pytest.warns(UserWarning, match=r"compiling cpu_attention\.c with false failed.*torch's SDPA"):
         assert not cpu_attention.applies(q, q, q)

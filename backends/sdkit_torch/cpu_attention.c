@@ -3,9 +3,10 @@
  *
  * float32 uses FMA; bfloat16 the AVX512_BF16 pair dot product (vdpbf16ps) with float32 scores, softmax and
  * accumulators, the probabilities rounded to bfloat16 for the second product, as torch's own kernel does.
- * Why not torch's kernel: at the UNet's head sizes (40-160) it spends ~1.4 ns per score element on a 2-core
- * AVX-512 CPU, most of it outside the products; this one packs each key/value block once per query tile,
- * keeps 8 query rows' scores in L1 and computes exp2 inline.
+ * Why not torch's kernel: at the UNet's head sizes (40-160) it spends ~1.3 ns per score element on a 2-core
+ * AVX-512 CPU, most of it outside the products; this one packs every key/value block once per call, keeps 8
+ * query rows' scores in L1 and computes exp2 inline (bfloat16 2-2.5x, float32 1.2-1.6x faster there). Where the
+ * CPU has AMX, torch's bfloat16 kernel is the faster one (see sdkit_attention_caps).
  *
  * Built and loaded by cpu_attention.py. The file is compiled without -m flags: only the functions marked
  * F32/BF16 carry AVX-512 code, and they run only where sdkit_attention_caps() says the CPU has it. */
@@ -13,6 +14,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,11 +38,10 @@ typedef struct {
     const char *q, *k, *v;
     char *o;
     int64_t qs[3], ks[3], vs[3], os[3]; /* strides in elements over (b, h, row); the last dim is contiguous */
-    int qtiles, kblocks;
+    int qtiles, kblocks, krows; /* krows: key rows per packed block, BK or fewer keys rounded up to 32 */
     void *kp, *vp; /* keys and values of every (b, h), packed a block at a time for the two products */
-    int packing;   /* the phase: pack the blocks, then attend */
-    int ntasks;
-    atomic_int next;
+    int npack, nattend;                  /* tasks: (b, h, key block) packings, then (b, h, query tile)s */
+    atomic_int next_pack, packed, next_attend;
 } Job;
 
 typedef struct {
@@ -145,10 +146,10 @@ static Cols cols(int rem) {
 
 /* ---- float32 ---- */
 
-/* Keys of block blk as (BK/16, D, 16), values as (BK, Dp); zeros past the ends */
+/* Keys of block blk as (BK/16, D, 16), values as (BK, Dp); zeros past the last key and dim */
 static void pack_f32(const Job *job, int b, int h, int blk, float *kp, float *vp) {
     const int D = job->D, Dp = job->Dp, k0 = blk * BK, nk = job->Lk - k0 < BK ? job->Lk - k0 : BK;
-    for (int j = 0; j < BK; j++) {
+    for (int j = 0; j < (nk + 31) / 32 * 32; j++) { /* the keys the products read: nk, rounded up to 32 */
         const float *kr = (const float *)row(job->k, job->ks, b, h, k0 + j, 4);
         const float *vr = (const float *)row(job->v, job->vs, b, h, k0 + j, 4);
         float *kd = kp + (int64_t)(j / 16) * D * 16 + j % 16;
@@ -219,7 +220,7 @@ INLINE F32 void pv_f32(const float *p, const float *vp, float *acc, const float 
 F32 static void attend_f32(const Job *job, Scratch *sc, int b, int h, int q0, int nq) {
     const int D = job->D, Dp = job->Dp;
     for (int blk = 0; blk < job->kblocks; blk++) {
-        int64_t at = ((int64_t)(b * job->H + h) * job->kblocks + blk) * BK;
+        int64_t at = ((int64_t)(b * job->H + h) * job->kblocks + blk) * job->krows;
         const float *kp = (const float *)job->kp + at * D, *vp = (const float *)job->vp + at * Dp;
         int nk = job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK, nkv = (nk + 31) / 32 * 32;
         for (int r0 = 0; r0 < nq; r0 += R) {
@@ -236,10 +237,14 @@ F32 static void attend_f32(const Job *job, Scratch *sc, int b, int h, int q0, in
             Cols k = cols(D - g0); /* constant arguments, so that each call keeps its accumulators in registers */
             if (k.full == 3)
                 pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 3, 0);
+            else if (k.full == 2 && k.half)
+                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 2, 1);
             else if (k.full == 2)
-                k.half ? pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 2, 1) : pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 2, 0);
+                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 2, 0);
+            else if (k.full == 1 && k.half)
+                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 1, 1);
             else if (k.full == 1)
-                k.half ? pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 1, 1) : pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 1, 0);
+                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 1, 0);
             else
                 pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 0, 1);
         }
@@ -254,10 +259,10 @@ INLINE BF16 __m512bh pair(const uint16_t *x) { /* x[0], x[1] in every lane */
     return (__m512bh)_mm512_set1_epi32((int)u);
 }
 
-/* Keys of block blk as (BK/16, D/2, 16, 2), values as (BK/2, Dp, 2); zeros past the ends */
+/* Keys of block blk as (BK/16, D/2, 16, 2), values as (BK/2, Dp, 2); zeros past the last key and dim */
 static void pack_bf16(const Job *job, int b, int h, int blk, uint16_t *kp, uint16_t *vp) {
     const int D = job->D, Dp = job->Dp, k0 = blk * BK, nk = job->Lk - k0 < BK ? job->Lk - k0 : BK;
-    for (int j = 0; j < BK; j++) {
+    for (int j = 0; j < (nk + 31) / 32 * 32; j++) { /* the keys the products read: nk, rounded up to 32 */
         const uint16_t *kr = (const uint16_t *)row(job->k, job->ks, b, h, k0 + j, 2);
         const uint16_t *vr = (const uint16_t *)row(job->v, job->vs, b, h, k0 + j, 2);
         uint16_t *kd = kp + (int64_t)(j / 16) * D * 16 + (j % 16) * 2;
@@ -336,7 +341,7 @@ INLINE BF16 void pv_bf16(const uint16_t *p, const uint16_t *vp, float *acc, cons
 BF16 static void attend_bf16(const Job *job, Scratch *sc, int b, int h, int q0, int nq) {
     const int D = job->D, Dp = job->Dp;
     for (int blk = 0; blk < job->kblocks; blk++) {
-        int64_t at = ((int64_t)(b * job->H + h) * job->kblocks + blk) * BK;
+        int64_t at = ((int64_t)(b * job->H + h) * job->kblocks + blk) * job->krows;
         const uint16_t *kp = (const uint16_t *)job->kp + at * D, *vp = (const uint16_t *)job->vp + at * Dp;
         int nk = job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK, nkv = (nk + 31) / 32 * 32;
         int nk2 = (nk + 1) / 2; /* an odd nk pairs its last key with a zero probability and value */
@@ -355,10 +360,14 @@ BF16 static void attend_bf16(const Job *job, Scratch *sc, int b, int h, int q0, 
             Cols k = cols(D - g0);
             if (k.full == 3)
                 pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 3, 0);
+            else if (k.full == 2 && k.half)
+                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 2, 1);
             else if (k.full == 2)
-                k.half ? pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 2, 1) : pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 2, 0);
+                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 2, 0);
+            else if (k.full == 1 && k.half)
+                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 1, 1);
             else if (k.full == 1)
-                k.half ? pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 1, 1) : pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 1, 0);
+                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 1, 0);
             else
                 pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 0, 1);
         }
@@ -367,25 +376,24 @@ BF16 static void attend_bf16(const Job *job, Scratch *sc, int b, int h, int q0, 
 
 /* ---- tasks and threads ---- */
 
-static void run_task(Job *job, Scratch *sc, int t) {
-    if (job->packing) { /* t: a (b, h, block) */
-        int bh = t / job->kblocks, blk = t % job->kblocks, b = bh / job->H, h = bh % job->H;
-        int64_t at = (int64_t)t * BK, elt = job->bf16 ? 2 : 4;
-        char *kp = (char *)job->kp + at * job->D * elt, *vp = (char *)job->vp + at * job->Dp * elt;
-        if (job->bf16)
-            pack_bf16(job, b, h, blk, (uint16_t *)kp, (uint16_t *)vp);
-        else
-            pack_f32(job, b, h, blk, (float *)kp, (float *)vp);
-        return;
-    }
-    /* t: a (b, h, tile of BQ query rows) */
+static void pack(Job *job, int t) { /* t: a (b, h, key block) */
+    int bh = t / job->kblocks, blk = t % job->kblocks, b = bh / job->H, h = bh % job->H;
+    int64_t at = (int64_t)t * job->krows, elt = job->bf16 ? 2 : 4;
+    char *kp = (char *)job->kp + at * job->D * elt, *vp = (char *)job->vp + at * job->Dp * elt;
+    if (job->bf16)
+        pack_bf16(job, b, h, blk, (uint16_t *)kp, (uint16_t *)vp);
+    else
+        pack_f32(job, b, h, blk, (float *)kp, (float *)vp);
+}
+
+static void attend(Job *job, Scratch *sc, int t) { /* t: a (b, h, tile of BQ query rows) */
     int bh = t / job->qtiles, q0 = t % job->qtiles * BQ, b = bh / job->H, h = bh % job->H;
     int nq = job->Lq - q0 < BQ ? job->Lq - q0 : BQ;
     for (int r = 0; r < BQ; r++) {
         sc->m[r] = -INFINITY;
         sc->l[r] = 0.f;
     }
-    memset(sc->acc, 0, sizeof(float) * BQ * job->Dp);
+    memset(sc->acc, 0, sizeof(float) * job->Dp * ((nq + R - 1) / R * R));
     if (job->bf16)
         attend_bf16(job, sc, b, h, q0, nq);
     else
@@ -398,10 +406,17 @@ typedef struct {
     Scratch *sc;
 } Worker;
 
+/* Each thread takes packing tasks while there are any, waits until all are done (the last ones are short), then
+ * takes query tiles: one thread start per call, and any number of threads (even one) finishes the job. */
 static void *work(void *arg) {
     Worker *w = arg;
-    for (int t; (t = atomic_fetch_add(&w->job->next, 1)) < w->job->ntasks;)
-        run_task(w->job, w->sc, t);
+    Job *job = w->job;
+    for (int t; (t = atomic_fetch_add(&job->next_pack, 1)) < job->npack; atomic_fetch_add(&job->packed, 1))
+        pack(job, t);
+    while (atomic_load(&job->packed) < job->npack)
+        sched_yield();
+    for (int t; (t = atomic_fetch_add(&job->next_attend, 1)) < job->nattend;)
+        attend(job, w->sc, t);
     return NULL;
 }
 
@@ -418,27 +433,14 @@ static int scratch_alloc(Scratch *sc, int Dp) {
     return sc->s && sc->pb && sc->acc;
 }
 
-/* Bit 0: the float32 kernel runs on this CPU; bit 1: the bfloat16 one. */
+/* Bit 0: use the float32 kernel on this CPU; bit 1: the bfloat16 one. Not the bfloat16 one where the CPU has
+ * AMX: torch's kernel runs its products on the tile unit there, 2-3x faster than this one (16-core Xeon). */
 int sdkit_attention_caps(void) {
     __builtin_cpu_init();
     int f32 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
     int bf16 = f32 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512bf16");
+               __builtin_cpu_supports("avx512bf16") && !__builtin_cpu_supports("amx-bf16");
     return f32 | bf16 << 1;
-}
-
-/* Runs ntasks of job's tasks on up to n threads, the calling one among them. */
-static void parallel(Job *job, int ntasks, Worker *w, pthread_t *th, int n) {
-    job->ntasks = ntasks;
-    atomic_store(&job->next, 0);
-    n = n > ntasks ? ntasks : n;
-    int started = 0;
-    for (; started < n - 1; started++)
-        if (pthread_create(&th[started], NULL, work, &w[started]))
-            break;
-    work(&w[n - 1]); /* fewer threads started: this one takes their share */
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
 }
 
 /* q: (B, H, Lq, D), k and v: (B, H, Lk, D), out: (B, H, Lq, D), each with the given element strides over its
@@ -450,14 +452,21 @@ int sdkit_attention(int bf16, int B, int H, int Lq, int Lk, int D, float scale, 
         return -1;
     Job job = {.bf16 = bf16, .B = B, .H = H, .Lq = Lq, .Lk = Lk, .D = D, .Dp = (D + 15) / 16 * 16,
                .c = scale * 1.4426950408889634f, .q = q, .k = k, .v = v, .o = out,
-               .qtiles = (Lq + BQ - 1) / BQ, .kblocks = (Lk + BK - 1) / BK};
+               .qtiles = (Lq + BQ - 1) / BQ, .kblocks = (Lk + BK - 1) / BK,
+               .krows = Lk < BK ? (Lk + 31) / 32 * 32 : BK};
     memcpy(job.qs, qs, sizeof job.qs);
     memcpy(job.ks, ks, sizeof job.ks);
     memcpy(job.vs, vs, sizeof job.vs);
     memcpy(job.os, os, sizeof job.os);
+    job.npack = B * H * job.kblocks;
+    job.nattend = B * H * job.qtiles;
+    atomic_init(&job.next_pack, 0);
+    atomic_init(&job.packed, 0);
+    atomic_init(&job.next_attend, 0);
     int n = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    size_t blocks = (size_t)B * H * job.kblocks * BK * (bf16 ? 2 : 4); /* bytes per key and value dim */
-    job.kp = aligned_alloc(64, blocks * job.D); /* BK keys make every size a multiple of 64 bytes */
+    n = n > job.nattend ? job.nattend : n;
+    size_t blocks = (size_t)B * H * job.kblocks * job.krows * (bf16 ? 2 : 4); /* bytes per key and value dim */
+    job.kp = aligned_alloc(64, blocks * job.D); /* rows by 32 make every size a multiple of 64 bytes */
     job.vp = aligned_alloc(64, blocks * job.Dp);
     Scratch *sc = calloc(n, sizeof *sc);
     Worker *w = calloc(n, sizeof *w);
@@ -468,10 +477,13 @@ int sdkit_attention(int bf16, int B, int H, int Lq, int Lk, int D, float scale, 
         w[i] = (Worker){&job, &sc[i]};
     }
     if (ok) {
-        job.packing = 1;
-        parallel(&job, B * H * job.kblocks, w, th, n);
-        job.packing = 0;
-        parallel(&job, B * H * job.qtiles, w, th, n);
+        int started = 0;
+        for (; started < n - 1; started++) /* the calling thread is the last worker */
+            if (pthread_create(&th[started], NULL, work, &w[started]))
+                break; /* fewer threads: the ones running take their share */
+        work(&w[n - 1]);
+        for (int i = 0; i < started; i++)
+            pthread_join(th[i], NULL);
     }
     for (int i = 0; sc && i < n; i++)
         scratch_free(&sc[i]);
