@@ -49,7 +49,7 @@ def test_kernel_runs_where_the_cpu_allows():
     odd = qkv(1, 1, 128, 128, 7, torch.bfloat16)[0]
     assert not cpu_attention.applies(odd, odd, odd)  # bfloat16 products go by pairs of dims
     assert not cpu_attention.applies(f32.half(), f32.half(), f32.half())
-    small = qkv(1, 1, 64, 64, 8, torch.float32)[0]
+    small = qkv(1, 1, 32, 32, 8, torch.float32)[0]
     assert not cpu_attention.applies(small, small, small)  # SDPA is faster below MIN_SCORES
 
 
@@ -90,6 +90,15 @@ def test_large_scores_are_stable():
     q, k, v = qkv(1, 2, 200, 1100, 40, torch.float32, gain=60.0)
     torch.testing.assert_close(cpu_attention.attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
                                atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not AVX512, reason="the kernel needs AVX-512")
+def test_runs_on_torchs_own_openmp_threads():
+    """One libgomp in the process: the kernel's is torch's (same soname), not a second pool competing for cores."""
+    q, k, v = qkv(1, 2, 256, 256, 40, torch.float32)
+    cpu_attention.attention(q, k, v)
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    assert len({line.split()[-1] for line in maps if "libgomp" in line}) == 1
 
 
 def test_switched_off_by_environment(monkeypatch, fresh_library):

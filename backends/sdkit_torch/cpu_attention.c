@@ -13,9 +13,7 @@
 
 #include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +27,6 @@ enum {
     BQ = 128,  /* query rows per task: the packed key/value block is reused across them from L2 */
     BK = 512,  /* keys per block */
     MAX_D = 256,
-    MAX_THREADS = 256,
 };
 
 typedef struct {
@@ -40,8 +37,6 @@ typedef struct {
     int64_t qs[3], ks[3], vs[3], os[3]; /* strides in elements over (b, h, row); the last dim is contiguous */
     int qtiles, kblocks, krows; /* krows: key rows per packed block, BK or fewer keys rounded up to 32 */
     void *kp, *vp; /* keys and values of every (b, h), packed a block at a time for the two products */
-    int npack, nattend;                  /* tasks: (b, h, key block) packings, then (b, h, query tile)s */
-    atomic_int next_pack, packed, next_attend;
 } Job;
 
 typedef struct {
@@ -376,7 +371,7 @@ BF16 static void attend_bf16(const Job *job, Scratch *sc, int b, int h, int q0, 
 
 /* ---- tasks and threads ---- */
 
-static void pack(Job *job, int t) { /* t: a (b, h, key block) */
+static void pack(const Job *job, int t) { /* t: a (b, h, key block) */
     int bh = t / job->kblocks, blk = t % job->kblocks, b = bh / job->H, h = bh % job->H;
     int64_t at = (int64_t)t * job->krows, elt = job->bf16 ? 2 : 4;
     char *kp = (char *)job->kp + at * job->D * elt, *vp = (char *)job->vp + at * job->Dp * elt;
@@ -386,7 +381,7 @@ static void pack(Job *job, int t) { /* t: a (b, h, key block) */
         pack_f32(job, b, h, blk, (float *)kp, (float *)vp);
 }
 
-static void attend(Job *job, Scratch *sc, int t) { /* t: a (b, h, tile of BQ query rows) */
+static void attend(const Job *job, Scratch *sc, int t) { /* t: a (b, h, tile of BQ query rows) */
     int bh = t / job->qtiles, q0 = t % job->qtiles * BQ, b = bh / job->H, h = bh % job->H;
     int nq = job->Lq - q0 < BQ ? job->Lq - q0 : BQ;
     for (int r = 0; r < BQ; r++) {
@@ -399,25 +394,6 @@ static void attend(Job *job, Scratch *sc, int t) { /* t: a (b, h, tile of BQ que
     else
         attend_f32(job, sc, b, h, q0, nq);
     write_rows(job, sc, b, h, q0, nq);
-}
-
-typedef struct {
-    Job *job;
-    Scratch *sc;
-} Worker;
-
-/* Each thread takes packing tasks while there are any, waits until all are done (the last ones are short), then
- * takes query tiles: one thread start per call, and any number of threads (even one) finishes the job. */
-static void *work(void *arg) {
-    Worker *w = arg;
-    Job *job = w->job;
-    for (int t; (t = atomic_fetch_add(&job->next_pack, 1)) < job->npack; atomic_fetch_add(&job->packed, 1))
-        pack(job, t);
-    while (atomic_load(&job->packed) < job->npack)
-        sched_yield();
-    for (int t; (t = atomic_fetch_add(&job->next_attend, 1)) < job->nattend;)
-        attend(job, w->sc, t);
-    return NULL;
 }
 
 static void scratch_free(Scratch *sc) {
@@ -458,38 +434,30 @@ int sdkit_attention(int bf16, int B, int H, int Lq, int Lk, int D, float scale, 
     memcpy(job.ks, ks, sizeof job.ks);
     memcpy(job.vs, vs, sizeof job.vs);
     memcpy(job.os, os, sizeof job.os);
-    job.npack = B * H * job.kblocks;
-    job.nattend = B * H * job.qtiles;
-    atomic_init(&job.next_pack, 0);
-    atomic_init(&job.packed, 0);
-    atomic_init(&job.next_attend, 0);
-    int n = threads < 1 ? 1 : threads > MAX_THREADS ? MAX_THREADS : threads;
-    n = n > job.nattend ? job.nattend : n;
+    int n = threads < 1 ? 1 : threads;
     size_t blocks = (size_t)B * H * job.kblocks * job.krows * (bf16 ? 2 : 4); /* bytes per key and value dim */
     job.kp = aligned_alloc(64, blocks * job.D); /* rows by 32 make every size a multiple of 64 bytes */
     job.vp = aligned_alloc(64, blocks * job.Dp);
     Scratch *sc = calloc(n, sizeof *sc);
-    Worker *w = calloc(n, sizeof *w);
-    pthread_t *th = calloc(n, sizeof *th);
-    int ok = job.kp && job.vp && sc && w && th;
-    for (int i = 0; ok && i < n; i++) {
+    int ok = job.kp && job.vp && sc;
+    for (int i = 0; ok && i < n; i++)
         ok = scratch_alloc(&sc[i], job.Dp);
-        w[i] = (Worker){&job, &sc[i]};
-    }
+    /* OpenMP: linked by soname, this is the libgomp torch has loaded, so its warm thread pool runs the tasks */
     if (ok) {
-        int started = 0;
-        for (; started < n - 1; started++) /* the calling thread is the last worker */
-            if (pthread_create(&th[started], NULL, work, &w[started]))
-                break; /* fewer threads: the ones running take their share */
-        work(&w[n - 1]);
-        for (int i = 0; i < started; i++)
-            pthread_join(th[i], NULL);
+#pragma omp parallel num_threads(n)
+        {
+#pragma omp for schedule(dynamic)
+            for (int t = 0; t < B * H * job.kblocks; t++) /* (b, h, key block); then all wait at the loop's end */
+                pack(&job, t);
+            Scratch *mine = &sc[omp_get_thread_num()];
+#pragma omp for schedule(dynamic)
+            for (int t = 0; t < B * H * job.qtiles; t++) /* (b, h, tile of BQ query rows) */
+                attend(&job, mine, t);
+        }
     }
     for (int i = 0; sc && i < n; i++)
         scratch_free(&sc[i]);
     free(sc);
-    free(w);
-    free(th);
     free(job.kp);
     free(job.vp);
     return ok ? 0 : -1;

@@ -1,12 +1,16 @@
-"""Attention on x86 CPUs with AVX-512 through cpu_attention.c, a flash-attention kernel of our own.
+"""Attention on x86-64 Linux CPUs with AVX-512 through cpu_attention.c, a flash-attention kernel of our own.
 
 torch's CPU SDPA spends ~1.3 ns per score element at the UNet's head sizes on a 2-core AVX-512 CPU, in float32
 and bfloat16 alike. This kernel, on the 4096- and 1024-token layers of a 512x512 image, is 2.1-2.4x faster in
-bfloat16 and 1.2-1.6x in float32 (BENCHMARKS.md). The C file is compiled with the system's C
-compiler at first use (about a second) into sdkit's cache folder and loaded with ctypes: no build step at
-install, no Python headers. Where there is no compiler, no AVX-512, or SDKIT_CPU_ATTENTION=0, or under
-torch.compile, or for tiny problems, `applies()` is False and callers use SDPA. bfloat16 also goes to SDPA on
-CPUs with AMX, whose tile unit torch's kernel uses (2-3x faster than this one on a 16-core Xeon).
+bfloat16 and 1.2-1.6x in float32 (BENCHMARKS.md).
+
+The C file is compiled with the system's C compiler at first use (about a second) into sdkit's cache folder and
+loaded with ctypes: no build step at install, no Python headers. It is built with OpenMP, and the libgomp it asks
+for by soname is the one torch has already loaded, so the kernel runs on torch's own warm thread pool.
+
+Where there is no compiler or no AVX-512, with SDKIT_CPU_ATTENTION=0, under torch.compile, or for tiny problems,
+`applies()` is False and callers use SDPA. bfloat16 also goes to SDPA on CPUs with AMX, whose tile unit torch's
+kernel uses (2-3x faster than this one on a 16-core Xeon).
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("cpu_attention.c")
-FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-pthread"]
+FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp"]
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 MAX_HEAD = 256
-# Below this many scores per head the call's fixed costs (a thread start, packing, buffers) outweigh the gain:
-# 64 x 64 tokens (the 8x8 level at 256x256) is 1.6x slower than SDPA in float32, 256 x 77 already 0.7x.
-MIN_SCORES = 8192
+# Below this many scores per head the call's fixed costs (~0.1 ms: buffers, packing, waking the threads)
+# outweigh the gain: 16 x 77 tokens runs 1.3-1.7x slower than SDPA, 64 x 64 even to 0.6x, 64 x 77 0.6x.
+MIN_SCORES = 4096
 
 
 def cache_dir() -> Path:
@@ -43,7 +47,7 @@ def _library() -> tuple[ctypes.CDLL, int] | None:
     """The compiled kernel and its capability bits (1: float32, 2: bfloat16), or None where it cannot run."""
     if os.environ.get("SDKIT_CPU_ATTENTION", "1") == "0":
         return None
-    if platform.machine().lower() not in ("x86_64", "amd64") or platform.system() == "Windows":
+    if platform.machine().lower() not in ("x86_64", "amd64") or platform.system() != "Linux":
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
