@@ -113,3 +113,12 @@ def test_a_failing_compiler_falls_back_to_sdpa_with_a_warning(monkeypatch, fresh
     q = qkv(1, 1, 128, 128, 8, torch.float32)[0]
     with pytest.warns(UserWarning, match=r"compiling cpu_attention\.c with false failed.*torch's SDPA"):
         assert not cpu_attention.applies(q, q, q)
+
+
+@pytest.mark.skipif(not X86, reason="the kernel is only compiled on x86 Linux")
+def test_no_compiler_falls_back_to_sdpa_with_a_warning(monkeypatch, tmp_path, fresh_library):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, gcc or clang
+    q = qkv(1, 1, 128, 128, 8, torch.float32)[0]
+    with pytest.warns(UserWarning, match="no C compiler .* set CC, so CPU attention uses torch's SDPA"):
+        assert not cpu_attention.applies(q, q, q)

@@ -51,24 +51,18 @@ def _library() -> tuple[ctypes.CDLL, int] | None:
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
-        warnings.warn("sdkit: no C compiler (cc, gcc or clang) on PATH, so CPU attention uses torch's SDPA, "
-                      "about 2x slower; install one (e.g. `apt install gcc`) or set CC", stacklevel=3)
-        return None
+        return _unavailable("no C compiler (cc, gcc or clang) on PATH; install one (e.g. `apt install gcc`) or set CC")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([cc, *FLAGS]).encode()).hexdigest()[:16]
     path = cache_dir() / f"cpu_attention-{key}.so"
     if not path.exists():
         try:
             _compile(cc, path)
-        except (OSError, subprocess.CalledProcessError) as e:
-            if isinstance(e, subprocess.CalledProcessError):
-                detail = (e.stderr or "").strip().splitlines()[-1:] or [f"exit status {e.returncode}"]
-                detail = detail[0]
-            else:
-                detail = str(e)
-            warnings.warn(f"sdkit: compiling {SOURCE.name} with {cc} failed ({detail}), so CPU attention uses "
-                          "torch's SDPA, about 2x slower", stacklevel=3)
-            return None
+        except subprocess.CalledProcessError as e:
+            why = ((e.stderr or "").strip().splitlines() or [f"exit status {e.returncode}"])[-1]
+            return _unavailable(f"compiling {SOURCE.name} with {cc} failed ({why})")
+        except OSError as e:
+            return _unavailable(f"compiling {SOURCE.name} with {cc} failed ({e})")
     lib = ctypes.CDLL(str(path))
     lib.sdkit_attention_caps.restype = ctypes.c_int
     p, i, i64p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)
@@ -76,6 +70,10 @@ def _library() -> tuple[ctypes.CDLL, int] | None:
     lib.sdkit_attention.restype = ctypes.c_int
     caps = lib.sdkit_attention_caps()
     return (lib, caps) if caps else None
+
+
+def _unavailable(why: str) -> None:
+    warnings.warn(f"sdkit: {why}, so CPU attention uses torch's SDPA (1.2-2.5x slower)", stacklevel=4)
 
 
 def _compile(cc: str, path: Path) -> None:
