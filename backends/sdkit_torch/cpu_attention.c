@@ -139,6 +139,29 @@ static Cols cols(int rem) {
     return k;
 }
 
+/* acc += p v over value dims 0..D in passes of up to 3 vectors of 16 (the last maybe half): one call of pv per
+ * pass with constant (full, half), so that each keeps its accumulators in registers */
+#define PV_PASSES(pv, p, vp, acc, alpha, n, D, Dp)                                                                   \
+    do {                                                                                                           \
+        int g0 = 0;                                                                                                \
+        for (; (D) - g0 > 48; g0 += 48)                                                                            \
+            pv(p, vp, acc, alpha, n, Dp, g0, 3, 0);                                                                \
+        Cols k = cols((D) - g0);                                                                                   \
+        if (k.full == 3)                                                                                           \
+            pv(p, vp, acc, alpha, n, Dp, g0, 3, 0);                                                                \
+        else if (k.full == 2)                                                                                      \
+            k.half ? pv(p, vp, acc, alpha, n, Dp, g0, 2, 1) : pv(p, vp, acc, alpha, n, Dp, g0, 2, 0);              \
+        else if (k.full == 1)                                                                                      \
+            k.half ? pv(p, vp, acc, alpha, n, Dp, g0, 1, 1) : pv(p, vp, acc, alpha, n, Dp, g0, 1, 0);              \
+        else                                                                                                       \
+            pv(p, vp, acc, alpha, n, Dp, g0, 0, 1);                                                                \
+    } while (0)
+
+/* One step of a query tile: R rows (qr) against one packed key/value block of nk keys. Updates the rows' running
+ * max m, sum l and accumulators acc (R, Dp); sc->s and sc->pb are its working space. */
+typedef void Step(const Job *job, Scratch *sc, const char *const *qr, const void *kp, const void *vp, int nk,
+                  float *m, float *l, float *alpha, float *acc);
+
 /* ---- float32 ---- */
 
 /* Keys of block blk as (BK/16, D, 16), values as (BK, Dp); zeros past the last key and dim */
@@ -212,38 +235,12 @@ INLINE F32 void pv_f32(const float *p, const float *vp, float *acc, const float 
     }
 }
 
-F32 static void attend_f32(const Job *job, Scratch *sc, int b, int h, int q0, int nq) {
-    const int D = job->D, Dp = job->Dp;
-    for (int blk = 0; blk < job->kblocks; blk++) {
-        int64_t at = ((int64_t)(b * job->H + h) * job->kblocks + blk) * job->krows;
-        const float *kp = (const float *)job->kp + at * D, *vp = (const float *)job->vp + at * Dp;
-        int nk = job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK, nkv = (nk + 31) / 32 * 32;
-        for (int r0 = 0; r0 < nq; r0 += R) {
-            const float *qr[R];
-            for (int r = 0; r < R; r++) /* rows past the tile repeat its last one; they are not written out */
-                qr[r] = (const float *)row(job->q, job->qs, b, h, q0 + (r0 + r < nq ? r0 + r : nq - 1), 4);
-            __m512 bmax[R];
-            scores_f32(qr, kp, sc->s, nk, D, job->c, bmax);
-            softmax_rows(sc->s, nkv, bmax, sc->m + r0, sc->l + r0, sc->alpha + r0);
-            float *acc = sc->acc + r0 * Dp, *alpha = sc->alpha + r0;
-            int g0 = 0;
-            for (; D - g0 > 48; g0 += 48)
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 3, 0);
-            Cols k = cols(D - g0); /* constant arguments, so that each call keeps its accumulators in registers */
-            if (k.full == 3)
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 3, 0);
-            else if (k.full == 2 && k.half)
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 2, 1);
-            else if (k.full == 2)
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 2, 0);
-            else if (k.full == 1 && k.half)
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 1, 1);
-            else if (k.full == 1)
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 1, 0);
-            else
-                pv_f32(sc->s, vp, acc, alpha, nk, Dp, g0, 0, 1);
-        }
-    }
+F32 static void step_f32(const Job *job, Scratch *sc, const char *const *qr, const void *kp, const void *vp,
+                         int nk, float *m, float *l, float *alpha, float *acc) {
+    __m512 bmax[R];
+    scores_f32((const float *const *)qr, kp, sc->s, nk, job->D, job->c, bmax);
+    softmax_rows(sc->s, (nk + 31) / 32 * 32, bmax, m, l, alpha);
+    PV_PASSES(pv_f32, sc->s, vp, acc, alpha, nk, job->D, job->Dp);
 }
 
 /* ---- bfloat16: products over pairs (vdpbf16ps: lane += a[2i] b[2i] + a[2i+1] b[2i+1]) ---- */
@@ -333,40 +330,15 @@ INLINE BF16 void pv_bf16(const uint16_t *p, const uint16_t *vp, float *acc, cons
     }
 }
 
-BF16 static void attend_bf16(const Job *job, Scratch *sc, int b, int h, int q0, int nq) {
-    const int D = job->D, Dp = job->Dp;
-    for (int blk = 0; blk < job->kblocks; blk++) {
-        int64_t at = ((int64_t)(b * job->H + h) * job->kblocks + blk) * job->krows;
-        const uint16_t *kp = (const uint16_t *)job->kp + at * D, *vp = (const uint16_t *)job->vp + at * Dp;
-        int nk = job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK, nkv = (nk + 31) / 32 * 32;
-        int nk2 = (nk + 1) / 2; /* an odd nk pairs its last key with a zero probability and value */
-        for (int r0 = 0; r0 < nq; r0 += R) {
-            const uint16_t *qr[R];
-            for (int r = 0; r < R; r++)
-                qr[r] = (const uint16_t *)row(job->q, job->qs, b, h, q0 + (r0 + r < nq ? r0 + r : nq - 1), 2);
-            __m512 bmax[R];
-            scores_bf16(qr, kp, sc->s, nk, D, job->c, bmax);
-            softmax_rows(sc->s, nkv, bmax, sc->m + r0, sc->l + r0, sc->alpha + r0);
-            round_probs(sc->s, sc->pb, nkv);
-            float *acc = sc->acc + r0 * Dp, *alpha = sc->alpha + r0;
-            int g0 = 0;
-            for (; D - g0 > 48; g0 += 48)
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 3, 0);
-            Cols k = cols(D - g0);
-            if (k.full == 3)
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 3, 0);
-            else if (k.full == 2 && k.half)
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 2, 1);
-            else if (k.full == 2)
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 2, 0);
-            else if (k.full == 1 && k.half)
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 1, 1);
-            else if (k.full == 1)
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 1, 0);
-            else
-                pv_bf16(sc->pb, vp, acc, alpha, nk2, Dp, g0, 0, 1);
-        }
-    }
+BF16 static void step_bf16(const Job *job, Scratch *sc, const char *const *qr, const void *kp, const void *vp,
+                           int nk, float *m, float *l, float *alpha, float *acc) {
+    __m512 bmax[R];
+    int nkv = (nk + 31) / 32 * 32;
+    scores_bf16((const uint16_t *const *)qr, kp, sc->s, nk, job->D, job->c, bmax);
+    softmax_rows(sc->s, nkv, bmax, m, l, alpha);
+    round_probs(sc->s, sc->pb, nkv);
+    /* over key pairs: an odd nk pairs its last key with a zero probability and value */
+    PV_PASSES(pv_bf16, sc->pb, vp, acc, alpha, (nk + 1) / 2, job->D, job->Dp);
 }
 
 /* ---- tasks and threads ---- */
@@ -383,16 +355,24 @@ static void pack(const Job *job, int t) { /* t: a (b, h, key block) */
 
 static void attend(const Job *job, Scratch *sc, int t) { /* t: a (b, h, tile of BQ query rows) */
     int bh = t / job->qtiles, q0 = t % job->qtiles * BQ, b = bh / job->H, h = bh % job->H;
-    int nq = job->Lq - q0 < BQ ? job->Lq - q0 : BQ;
+    int nq = job->Lq - q0 < BQ ? job->Lq - q0 : BQ, elt = job->bf16 ? 2 : 4;
+    Step *step = job->bf16 ? step_bf16 : step_f32;
     for (int r = 0; r < BQ; r++) {
         sc->m[r] = -INFINITY;
         sc->l[r] = 0.f;
     }
     memset(sc->acc, 0, sizeof(float) * job->Dp * ((nq + R - 1) / R * R));
-    if (job->bf16)
-        attend_bf16(job, sc, b, h, q0, nq);
-    else
-        attend_f32(job, sc, b, h, q0, nq);
+    for (int blk = 0; blk < job->kblocks; blk++) {
+        int64_t at = ((int64_t)bh * job->kblocks + blk) * job->krows;
+        const char *kp = (const char *)job->kp + at * job->D * elt, *vp = (const char *)job->vp + at * job->Dp * elt;
+        int nk = job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK;
+        for (int r0 = 0; r0 < nq; r0 += R) {
+            const char *qr[R];
+            for (int r = 0; r < R; r++) /* rows past the tile repeat its last one; they are not written out */
+                qr[r] = row(job->q, job->qs, b, h, q0 + (r0 + r < nq ? r0 + r : nq - 1), elt);
+            step(job, sc, qr, kp, vp, nk, sc->m + r0, sc->l + r0, sc->alpha + r0, sc->acc + r0 * job->Dp);
+        }
+    }
     write_rows(job, sc, b, h, q0, nq);
 }
 
