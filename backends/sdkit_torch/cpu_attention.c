@@ -139,6 +139,27 @@ static Cols cols(int rem) {
     return k;
 }
 
+/* The accumulators of one value pass, (R rows) x (full vectors of 16 + half a vector), rescaled by alpha */
+INLINE F32 void load_acc(const float *acc, const float *alpha, int Dp, int g0, const int full, const int half,
+                         __m512 o[R][3], __m256 oh[R]) {
+    for (int r = 0; r < R; r++) {
+        for (int g = 0; g < full; g++)
+            o[r][g] = _mm512_mul_ps(_mm512_load_ps(acc + r * Dp + g0 + 16 * g), _mm512_set1_ps(alpha[r]));
+        if (half)
+            oh[r] = _mm256_mul_ps(_mm256_load_ps(acc + r * Dp + g0 + 16 * full), _mm256_set1_ps(alpha[r]));
+    }
+}
+
+INLINE F32 void store_acc(float *acc, int Dp, int g0, const int full, const int half, __m512 o[R][3],
+                          __m256 oh[R]) {
+    for (int r = 0; r < R; r++) {
+        for (int g = 0; g < full; g++)
+            _mm512_store_ps(acc + r * Dp + g0 + 16 * g, o[r][g]);
+        if (half)
+            _mm256_store_ps(acc + r * Dp + g0 + 16 * full, oh[r]);
+    }
+}
+
 /* acc += p v over value dims 0..D in passes of up to 3 vectors of 16 (the last maybe half): one call of pv per
  * pass with constant (full, half), so that each keeps its accumulators in registers */
 #define PV_PASSES(pv, p, vp, acc, alpha, n, D, Dp)                                                                   \
@@ -207,12 +228,7 @@ INLINE F32 void pv_f32(const float *p, const float *vp, float *acc, const float 
                        const int full, const int half) {
     __m512 o[R][3];
     __m256 oh[R];
-    for (int r = 0; r < R; r++) {
-        for (int g = 0; g < full; g++)
-            o[r][g] = _mm512_mul_ps(_mm512_load_ps(acc + r * Dp + g0 + 16 * g), _mm512_set1_ps(alpha[r]));
-        if (half)
-            oh[r] = _mm256_mul_ps(_mm256_load_ps(acc + r * Dp + g0 + 16 * full), _mm256_set1_ps(alpha[r]));
-    }
+    load_acc(acc, alpha, Dp, g0, full, half, o, oh);
     for (int j = 0; j < nk; j++) {
         const float *vj = vp + (int64_t)j * Dp + g0;
         __m512 v[3];
@@ -227,12 +243,7 @@ INLINE F32 void pv_f32(const float *p, const float *vp, float *acc, const float 
                 oh[r] = _mm256_fmadd_ps(_mm512_castps512_ps256(x), vh, oh[r]);
         }
     }
-    for (int r = 0; r < R; r++) {
-        for (int g = 0; g < full; g++)
-            _mm512_store_ps(acc + r * Dp + g0 + 16 * g, o[r][g]);
-        if (half)
-            _mm256_store_ps(acc + r * Dp + g0 + 16 * full, oh[r]);
-    }
+    store_acc(acc, Dp, g0, full, half, o, oh);
 }
 
 F32 static void step_f32(const Job *job, Scratch *sc, const char *const *qr, const void *kp, const void *vp,
@@ -302,12 +313,7 @@ INLINE BF16 void pv_bf16(const uint16_t *p, const uint16_t *vp, float *acc, cons
                          int g0, const int full, const int half) {
     __m512 o[R][3];
     __m256 oh[R];
-    for (int r = 0; r < R; r++) {
-        for (int g = 0; g < full; g++)
-            o[r][g] = _mm512_mul_ps(_mm512_load_ps(acc + r * Dp + g0 + 16 * g), _mm512_set1_ps(alpha[r]));
-        if (half)
-            oh[r] = _mm256_mul_ps(_mm256_load_ps(acc + r * Dp + g0 + 16 * full), _mm256_set1_ps(alpha[r]));
-    }
+    load_acc(acc, alpha, Dp, g0, full, half, o, oh);
     for (int i = 0; i < nk2; i++) {
         const uint16_t *vi = vp + ((int64_t)i * Dp + g0) * 2;
         __m512bh v[3];
@@ -322,12 +328,7 @@ INLINE BF16 void pv_bf16(const uint16_t *p, const uint16_t *vp, float *acc, cons
                 oh[r] = _mm256_dpbf16_ps(oh[r], (__m256bh)_mm512_castsi512_si256((__m512i)x), vh);
         }
     }
-    for (int r = 0; r < R; r++) {
-        for (int g = 0; g < full; g++)
-            _mm512_store_ps(acc + r * Dp + g0 + 16 * g, o[r][g]);
-        if (half)
-            _mm256_store_ps(acc + r * Dp + g0 + 16 * full, oh[r]);
-    }
+    store_acc(acc, Dp, g0, full, half, o, oh);
 }
 
 BF16 static void step_bf16(const Job *job, Scratch *sc, const char *const *qr, const void *kp, const void *vp,
