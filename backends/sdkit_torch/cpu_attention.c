@@ -30,7 +30,7 @@ enum {
 };
 
 typedef struct {
-    int bf16, B, H, Lq, Lk, D, Dp;  /* Dp: D rounded up to 16 lanes */
+    int bf16, H, Lq, Lk, D, Dp;     /* Dp: D rounded up to 16 lanes */
     float c;                        /* scale * log2(e): scores in base 2, so exp(x) = exp2(x * log2(e)) */
     const char *q, *k, *v;
     char *o;
@@ -48,6 +48,14 @@ typedef struct {
 
 static const char *row(const char *base, const int64_t *st, int b, int h, int i, int elt) {
     return base + (b * st[0] + h * st[1] + i * st[2]) * elt;
+}
+
+static int up32(int n) { /* the products go 32 keys at a time */
+    return (n + 31) / 32 * 32;
+}
+
+static int block_keys(const Job *job, int blk) { /* BK, or fewer in the last block */
+    return job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK;
 }
 
 /* ---- float32 helpers, inlined into both kernels ---- */
@@ -187,8 +195,8 @@ typedef void Step(const Job *job, Scratch *sc, const char *const *qr, const void
 
 /* Keys of block blk as (BK/16, D, 16), values as (BK, Dp); zeros past the last key and dim */
 static void pack_f32(const Job *job, int b, int h, int blk, float *kp, float *vp) {
-    const int D = job->D, Dp = job->Dp, k0 = blk * BK, nk = job->Lk - k0 < BK ? job->Lk - k0 : BK;
-    for (int j = 0; j < (nk + 31) / 32 * 32; j++) { /* the keys the products read: nk, rounded up to 32 */
+    const int D = job->D, Dp = job->Dp, k0 = blk * BK, nk = block_keys(job, blk);
+    for (int j = 0; j < up32(nk); j++) { /* the keys the products read */
         const float *kr = (const float *)row(job->k, job->ks, b, h, k0 + j, 4);
         const float *vr = (const float *)row(job->v, job->vs, b, h, k0 + j, 4);
         float *kd = kp + (int64_t)(j / 16) * D * 16 + j % 16;
@@ -250,7 +258,7 @@ F32 static void step_f32(const Job *job, Scratch *sc, const char *const *qr, con
                          int nk, float *m, float *l, float *alpha, float *acc) {
     __m512 bmax[R];
     scores_f32((const float *const *)qr, kp, sc->s, nk, job->D, job->c, bmax);
-    softmax_rows(sc->s, (nk + 31) / 32 * 32, bmax, m, l, alpha);
+    softmax_rows(sc->s, up32(nk), bmax, m, l, alpha);
     PV_PASSES(pv_f32, sc->s, vp, acc, alpha, nk, job->D, job->Dp);
 }
 
@@ -264,8 +272,8 @@ INLINE BF16 __m512bh pair(const uint16_t *x) { /* x[0], x[1] in every lane */
 
 /* Keys of block blk as (BK/16, D/2, 16, 2), values as (BK/2, Dp, 2); zeros past the last key and dim */
 static void pack_bf16(const Job *job, int b, int h, int blk, uint16_t *kp, uint16_t *vp) {
-    const int D = job->D, Dp = job->Dp, k0 = blk * BK, nk = job->Lk - k0 < BK ? job->Lk - k0 : BK;
-    for (int j = 0; j < (nk + 31) / 32 * 32; j++) { /* the keys the products read: nk, rounded up to 32 */
+    const int D = job->D, Dp = job->Dp, k0 = blk * BK, nk = block_keys(job, blk);
+    for (int j = 0; j < up32(nk); j++) { /* the keys the products read */
         const uint16_t *kr = (const uint16_t *)row(job->k, job->ks, b, h, k0 + j, 2);
         const uint16_t *vr = (const uint16_t *)row(job->v, job->vs, b, h, k0 + j, 2);
         uint16_t *kd = kp + (int64_t)(j / 16) * D * 16 + (j % 16) * 2;
@@ -334,7 +342,7 @@ INLINE BF16 void pv_bf16(const uint16_t *p, const uint16_t *vp, float *acc, cons
 BF16 static void step_bf16(const Job *job, Scratch *sc, const char *const *qr, const void *kp, const void *vp,
                            int nk, float *m, float *l, float *alpha, float *acc) {
     __m512 bmax[R];
-    int nkv = (nk + 31) / 32 * 32;
+    int nkv = up32(nk);
     scores_bf16((const uint16_t *const *)qr, kp, sc->s, nk, job->D, job->c, bmax);
     softmax_rows(sc->s, nkv, bmax, m, l, alpha);
     round_probs(sc->s, sc->pb, nkv);
@@ -366,7 +374,7 @@ static void attend(const Job *job, Scratch *sc, int t) { /* t: a (b, h, tile of 
     for (int blk = 0; blk < job->kblocks; blk++) {
         int64_t at = ((int64_t)bh * job->kblocks + blk) * job->krows;
         const char *kp = (const char *)job->kp + at * job->D * elt, *vp = (const char *)job->vp + at * job->Dp * elt;
-        int nk = job->Lk - blk * BK < BK ? job->Lk - blk * BK : BK;
+        int nk = block_keys(job, blk);
         for (int r0 = 0; r0 < nq; r0 += R) {
             const char *qr[R];
             for (int r = 0; r < R; r++) /* rows past the tile repeat its last one; they are not written out */
@@ -407,10 +415,10 @@ int sdkit_attention(int bf16, int B, int H, int Lq, int Lk, int D, float scale, 
                     const int64_t *os, int threads) {
     if (B < 1 || H < 1 || Lq < 1 || Lk < 1 || D < 1 || D > MAX_D || (bf16 && D % 2))
         return -1;
-    Job job = {.bf16 = bf16, .B = B, .H = H, .Lq = Lq, .Lk = Lk, .D = D, .Dp = (D + 15) / 16 * 16,
+    Job job = {.bf16 = bf16, .H = H, .Lq = Lq, .Lk = Lk, .D = D, .Dp = (D + 15) / 16 * 16,
                .c = scale * 1.4426950408889634f, .q = q, .k = k, .v = v, .o = out,
                .qtiles = (Lq + BQ - 1) / BQ, .kblocks = (Lk + BK - 1) / BK,
-               .krows = Lk < BK ? (Lk + 31) / 32 * 32 : BK};
+               .krows = Lk < BK ? up32(Lk) : BK};
     memcpy(job.qs, qs, sizeof job.qs);
     memcpy(job.ks, ks, sizeof job.ks);
     memcpy(job.vs, vs, sizeof job.vs);
