@@ -84,7 +84,8 @@ def test_generate_shows_image_in_gallery_with_metadata_and_saves_it(qtbot, windo
     assert result.params["seed"] == 7 and result.params["prompt"] == "a red fox" and result.params["steps"] == 2
     assert "Seed: 7" in result.image.info["parameters"]
     assert steps and steps[-1][0] == steps[-1][1]  # one report per UNet evaluation, up to the total
-    assert len(previews) == len(steps) and previews[0].shape == (8, 8, 3) and previews[0].dtype == np.uint8
+    # throttled to ~10 a second, the last step's always shown
+    assert 1 <= len(previews) <= len(steps) and previews[0].shape == (8, 8, 3) and previews[0].dtype == np.uint8
     assert not window.view.pixmap().isNull() and window.view.pixmap().width() >= 256
     assert window.generate_button.isEnabled() and not window.cancel_button.isEnabled()
     assert window.status.text().startswith("Done: 1 image(s)")
@@ -99,6 +100,20 @@ def test_generate_shows_image_in_gallery_with_metadata_and_saves_it(qtbot, windo
 
     generate(qtbot, window)  # same model: no reload
     assert load.calls == [str(sd1_folder)] and window.gallery.count() == 2
+
+
+@pytest.mark.parametrize("interval, expected", [(0.0, [1, 2, 3, 4, 5]), (3600.0, [1, 5])])
+def test_previews_are_throttled(qtbot, window, sd1_folder, monkeypatch, interval, expected):
+    """A preview syncs the device: at most one per PREVIEW_INTERVAL, plus the last step's."""
+    from sdkit_desktop import worker
+
+    monkeypatch.setattr(worker, "PREVIEW_INTERVAL", interval)
+    fill(window, sd1_folder, steps=5)
+    shown, step = [], [0]
+    window.worker.progress.connect(lambda s, total, elapsed: step.__setitem__(0, s), Qt.ConnectionType.DirectConnection)
+    window.worker.preview.connect(lambda rgb: shown.append(step[0]), Qt.ConnectionType.DirectConnection)
+    generate(qtbot, window)
+    assert shown == expected
 
 
 def test_unlocked_seed_is_random_and_shown(qtbot, window, sd1_folder):
@@ -166,7 +181,9 @@ def test_bad_size_is_reported_in_the_window(qtbot, window, sd1_folder):
 
 def test_load_button_loads_and_applies_model_size(qtbot, window, sd1_folder, load):
     fill(window, sd1_folder, size=128)
-    with qtbot.waitSignal(window.worker.loaded, timeout=TIMEOUT) as blocker:
+    # the window's signal, not the worker's: that one is emitted in the worker thread before the window has applied
+    # the model, and pytest-qt's blocker would then run (and stop its timer) in the worker thread
+    with qtbot.waitSignal(window.model_loaded, timeout=TIMEOUT) as blocker:
         window.picker.load_button.click()
     info, = blocker.args
     assert info.family == "sd1" and info.backend == "torch cpu float32"

@@ -30,6 +30,7 @@ class MainWindow(QMainWindow):
     nor saves them (scripted runs). `load`: how the worker loads models (sdkit.load)."""
 
     ended = Signal(str)  # a generation ended, after the window showed it: "" when done, else why not
+    model_loaded = Signal(object)  # Loaded, after the window applied it (emitted in the GUI thread, unlike the worker's)
 
     def __init__(self, store: QSettings | None = None, persist: bool = True, load=sdkit.load):
         super().__init__()
@@ -234,6 +235,7 @@ class MainWindow(QMainWindow):
             self.form.height_box.setValue(h)
             self.status.setText(f"Loaded {info.name}")
             self._set_busy(False)
+        self.model_loaded.emit(info)
 
     @Slot(object)
     def _on_preview(self, rgb) -> None:

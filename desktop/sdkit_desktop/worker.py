@@ -20,6 +20,8 @@ from PySide6.QtCore import QObject, Signal, Slot
 from .preview import latents_to_rgb
 from .session import ModelChoice
 
+PREVIEW_INTERVAL = 0.1  # seconds between live previews: ~10 a second at most
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -111,10 +113,17 @@ class Worker(QObject):
     def _callback(self, start: float):
         family = self.pipe.checkpoint.family
         to_numpy = self.pipe.backend.numpy
+        last = -PREVIEW_INTERVAL  # when the last preview was made
 
         def callback(step: int, total: int, latents) -> bool:
-            self.progress.emit(step, total, time.perf_counter() - start)
-            self.preview.emit(latents_to_rgb(to_numpy(latents[0:1])[0], family))
+            nonlocal last
+            now = time.perf_counter()
+            self.progress.emit(step, total, now - start)
+            # A preview copies latents to the host, which waits for the device (a CUDA graph or Metal queue stalls
+            # there): at most one per PREVIEW_INTERVAL, and always the last step's
+            if now - last >= PREVIEW_INTERVAL or step == total:
+                self.preview.emit(latents_to_rgb(to_numpy(latents[0:1])[0], family))
+                last = now
             return not self._cancel.is_set()
 
         return callback
