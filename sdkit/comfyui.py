@@ -12,6 +12,8 @@ is refused in one line naming what was found, rather than guessed at.
 
 from __future__ import annotations
 
+import json
+
 from .foreign import Refused, comfy_sampler, comfy_schedule, file_stem, setting_text, settings_text, with_lora_tags
 from .metadata import Infotext
 
@@ -20,10 +22,15 @@ _BASIC = ("sdkit reads a basic text-to-image graph (one KSampler fed by CLIPText
           "EmptyLatentImage and a checkpoint loader, with LoraLoader or CLIPSetLastLayer between)")
 
 
-def read(graph) -> Infotext:
-    if graph is None:
+def read(text: str | None) -> Infotext:
+    """`text`: the "prompt" chunk, None when the file has only the "workflow" one."""
+    if text is None:
         raise Refused("made with ComfyUI, but it stores only the editor's workflow, not the graph it ran ('prompt' "
                       "chunk)")
+    try:
+        graph = json.loads(text)
+    except ValueError:
+        graph = None
     if not isinstance(graph, dict) or not all(isinstance(n, dict) for n in graph.values()):
         raise Refused("made with ComfyUI, but its 'prompt' chunk is not a node graph")
     samplers = [id_ for id_, n in graph.items() if n.get("class_type") in _SAMPLERS]

@@ -51,6 +51,8 @@ def _find(image: Image.Image, where: str) -> Infotext:
             info = _infotext(image)
     except Refused as e:
         raise ValueError(f"{where!r}: {e}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a record with unexpected types
+        raise ValueError(f"{where!r}: its generation metadata is malformed ({type(e).__name__}: {e})") from None
     if info is None:
         raise ValueError(f"{where!r} has no generation parameters (no 'parameters' PNG text chunk, no EXIF "
                          "UserComment, nor another tool's metadata)")
@@ -59,7 +61,7 @@ def _find(image: Image.Image, where: str) -> Infotext:
 
 def _infotext(image: Image.Image) -> Infotext | None:
     items = image.info
-    exif = image.getexif() if "exif" in items else None
+    exif = _exif(image) if "exif" in items else None
     text = items.get("parameters")
     if exif is not None and (comment := _user_comment(exif)):
         text = comment  # A1111: the EXIF comment wins over a PNG chunk
@@ -81,9 +83,19 @@ def _infotext(image: Image.Image) -> Infotext | None:
     if exif is not None:  # ComfyUI's WEBP: "prompt:{...}" in EXIF Model, "workflow:{...}" in Make
         graph = graph or _prefixed(exif.get(_MODEL), "prompt:")
         workflow = workflow or _prefixed(exif.get(_MAKE), "workflow:")
-    if graph is not None or workflow is not None:
-        return comfyui.read(_json(graph) if graph is not None else None)
+    if workflow is not None or _json(graph) is not None:  # a plain-text "prompt" chunk is another tool's
+        return comfyui.read(graph)
     return None
+
+
+def _exif(image: Image.Image) -> Image.Exif | None:
+    """The EXIF block, with the Exif IFD read; None if it is malformed (A1111 likewise reads on without it)."""
+    try:
+        exif = image.getexif()
+        exif.get_ifd(_EXIF_IFD)
+        return exif
+    except Exception:  # PIL raises a different error for each way EXIF can be broken
+        return None
 
 
 def _user_comment(exif: Image.Exif) -> str | None:

@@ -309,7 +309,8 @@ def test_invokeai_5_with_lora_img2img_and_clip_skip(tmp_path):
                                 "software": "RuinedFooocus"})}, "made with RuinedFooocus: its parameters are JSON"),
     ({"parameters": '["a cat"]'}, "made with a tool sdkit does not know: its parameters are JSON"),
     ({"Software": "NovelAI", "Description": "a cat", "Comment": "{not json"}, "made with NovelAI, but its 'Comment'"),
-    ({"Title": "holiday"}, "has no generation parameters"),
+    ({"prompt": "{broken", "workflow": "{}"}, "made with ComfyUI, but its 'prompt' chunk is not a node graph"),
+    ({"prompt": "a plain-text prompt chunk", "Title": "holiday"}, "has no generation parameters"),
 ])
 def test_refusals_are_one_line_naming_the_file_and_the_tool(tmp_path, chunks, message):
     with pytest.raises(ValueError) as e:
