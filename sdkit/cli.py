@@ -259,15 +259,28 @@ def unhonoured(stored: dict, honoured: set[str], sampler: str | None = None) -> 
     elif "Clip skip" in rest:
         notes.append(f"Clip skip {rest.pop('Clip skip')} is not supported; using the last layer (Clip skip 1)")
     if any(k in rest for k in HIRES_KEYS):
-        size = f"{stored['width']}x{stored['height']}" if "width" in stored and "height" in stored else "its size"
-        final = f" (the stored image is {rest['Hires resize']})" if "Hires resize" in rest else ""
-        notes.append(f"hires fix is not applied: only its first pass is generated, at {size}{final}")
-        for k in [k for k in rest if k.startswith("Hires ")] + ["Denoising strength"] * ("Denoising strength" in rest):
-            value = rest.pop(k)
-            notes.append(f"not applied (hires fix): {k}: {value}"
-                         + (" (the hires pass's strength)" if k == "Denoising strength" else ""))
+        notes.append(f"hires fix is not applied: only its first pass is generated{_hires_sizes(stored)}")
+        for k in [k for k in rest if k.startswith("Hires ")]:
+            notes.append(f"not applied (hires fix): {k}: {rest.pop(k)}")
+        if "Denoising strength" in rest:
+            notes.append(f"not applied (hires fix): Denoising strength: {rest.pop('Denoising strength')} (the hires "
+                         "pass's strength)")
     notes += [f"not applied: {k}: {v}" for k, v in rest.items()]
     return notes
+
+
+def _hires_sizes(stored: dict) -> str:
+    """", at 512x768 (the stored image is 1024x1536)": the first pass's size and A1111's final one, where known."""
+    if "width" not in stored or "height" not in stored:
+        return ""
+    w, h = stored["width"], stored["height"]
+    final = stored.get("Hires resize")
+    try:
+        scale = float(stored.get("Hires upscale", ""))
+        final = final or f"{int(w * scale)}x{int(h * scale)}"  # A1111's hr_upscale_to_x, _y
+    except ValueError:
+        pass
+    return f", at {w}x{h}" + (f" (the stored image is {final})" if final else "")
 
 
 def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None) -> list[str]:

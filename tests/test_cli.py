@@ -115,7 +115,8 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
         "using dpmpp_2m_karras",
         "sdkit-gen: warning: Clip skip 2 is not supported; using the last layer (Clip skip 1)",
-        "sdkit-gen: warning: hires fix is not applied: only its first pass is generated, at 64x64",
+        "sdkit-gen: warning: hires fix is not applied: only its first pass is generated, at 64x64 (the stored "
+        "image is 128x128)",
         "sdkit-gen: warning: not applied (hires fix): Hires upscale: 2",
         "sdkit-gen: warning: not applied (hires fix): Hires upscaler: Latent",
         "sdkit-gen: warning: not applied (hires fix): Denoising strength: 0.4 (the hires pass's strength)",
@@ -141,6 +142,12 @@ def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
     assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Clip skip", "VAE"}) == []
     assert cli.unhonoured(sdkit.metadata.parse_parameters("a\nSteps: 2, Seed: 1, Clip skip: 1"),
                           cli.HONOURED | cli.HARMLESS) == []  # Clip skip 1 is the last layer, sdkit's
+    old_hires = sdkit.metadata.parse_parameters(
+        "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
+    assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [
+        "hires fix is not applied: only its first pass is generated, at 512x512 (the stored image is 1024x1024)",
+        "not applied (hires fix): Hires resize: 1024x1024",
+        "not applied (hires fix): Denoising strength: 0.7 (the hires pass's strength)"]
 
 
 @pytest.mark.parametrize("parameters,lines", [
