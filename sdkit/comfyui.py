@@ -54,8 +54,8 @@ class _Reader:
             if self.literal(s, "add_noise", str) != "enable" or self.literal(s, "start_at_step", int) != 0 \
                     or self.literal(s, "end_at_step", int) < steps:
                 _refuse("its KSamplerAdvanced runs only part of the steps")
-        elif self.literal(s, "denoise", (int, float)) != 1:
-            _refuse(f"its KSampler denoises {s['inputs']['denoise']} of the way (image to image)")
+        elif (denoise := self.literal(s, "denoise", (int, float))) != 1:
+            _refuse(f"its KSampler denoises {denoise:.3g} of the way (image to image)")
 
         latent = self.linked(s, "latent_image", ("EmptyLatentImage",))
         checkpoint = self.model_source(s)
@@ -70,7 +70,8 @@ class _Reader:
         loras = []
         for name, te, unet in self.loras.values():  # None: the LoRA is not on that path, so weight 0 there
             te, unet = te or 0, unet or 0
-            loras.append((name, unet if te == unet else f"{setting_text(te)}:{setting_text(unet)}"))  # A1111's <lora:NAME:TE:UNET>
+            weight = unet if te == unet else f"{setting_text(te)}:{setting_text(unet)}"  # A1111's NAME:TE:UNET
+            loras.append((name, weight))
         return Infotext(with_lora_tags(prompts[0], loras), prompts[1], settings_text(settings))
 
     def model_source(self, sampler: dict) -> dict:
