@@ -101,7 +101,7 @@ def fooocus(d: dict) -> Infotext:
     if m := re.fullmatch(r"\(\s*'?(\d+)'?\s*,\s*'?(\d+)'?\s*\)", str(d.get("resolution", ""))):
         settings["Size"] = f"{m[1]}x{m[2]}"
     if isinstance(d.get("base_model_hash"), str):
-        settings["Model hash"] = d["base_model_hash"][:10]  # A1111's short sha256
+        settings["Model hash"] = d["base_model_hash"][:10]  # A1111's too: the file's sha256, 10 digits
     if d.get("refiner_model") not in (None, "", "None"):
         settings |= {"Refiner": d["refiner_model"], "Refiner switch": d.get("refiner_switch")}
     if d.get("vae") not in (None, "", "None", "Default (model)"):
@@ -110,11 +110,9 @@ def fooocus(d: dict) -> Infotext:
         settings["Clip skip"] = d["clip_skip"]
     settings["Version"] = d.get("version")
 
-    loras = [(lora[0], lora[1], lora[2] if len(lora) > 2 else None) for lora in d.get("loras") or []
-             if isinstance(lora, list) and len(lora) >= 2]
-    prompt = with_lora_tags(prompt, [(name, weight) for name, weight, _ in loras])
-    if hashes := [f"{name}: {h[:12]}" for name, _, h in loras if isinstance(h, str)]:
-        settings["Lora hashes"] = ", ".join(hashes)
+    # [name, weight, hash]; the hash is of the whole file, not A1111's "Lora hashes" kind (of the tensors): left out
+    loras = [lora[:2] for lora in d.get("loras") or [] if isinstance(lora, list) and len(lora) >= 2]
+    prompt = with_lora_tags(prompt, loras)
 
     done = {"prompt", "negative_prompt", "full_prompt", "full_negative_prompt", "prompt_expansion", "styles",
             "performance", "steps", "sampler", "scheduler", "guidance_scale", "seed", "base_model", "resolution",
