@@ -15,7 +15,8 @@ from . import backends, hub
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
-from .metadata import read_parameters, save
+from .image_metadata import read_parameters
+from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
 

@@ -2,7 +2,7 @@
 
     sdkit-gen "a lighthouse at dawn, oil painting" -s 1
     sdkit-gen "the same scene in winter" -m model.safetensors -i photo.png --strength 0.6
-    sdkit-gen --from lighthouse-1.png -s 7        # a PNG's stored parameters (sdkit's or A1111's), a new seed
+    sdkit-gen --from lighthouse-1.png -s 7        # an image's stored parameters (sdkit's, A1111's, ...), a new seed
 
 Exit status: 0 done, 1 runtime error (download, backend, disk), 2 usage error, 130 interrupted (Ctrl-C).
 """
@@ -22,13 +22,19 @@ from pathlib import Path
 import sdkit
 from sdkit import backends, hub
 from sdkit.images import open_image
-from sdkit.metadata import A1111_SAMPLERS
+from sdkit.metadata import A1111_SAMPLERS, HIRES_KEYS
 from sdkit.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
-# Stored keys that change nothing in the picture; any other key sdkit cannot use is named in a warning.
+# read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
+# setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
+HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed", "strength",
+            "model"}
+# Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
+# The settings whose absence from a --from image means sdkit's default is used instead.
+CORE = {"steps": "Steps", "guidance_scale": "CFG scale", "sampler": "Sampler", "seed": "Seed", "width": "Size"}
 MAX_TOKENS = 75  # what one CLIP encoding holds between <|startoftext|> and <|endoftext|>
 SWITCH = {"auto": None, "on": True, "off": False}  # a memory option's flag value -> sdkit.Memory's
 
@@ -77,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       f"(default {DEFAULTS['strength']})")
     p.add_argument("-o", "--output", help="a .png file or a folder (a trailing / creates it; default: the "
                                           "current folder, named from prompt and seed); never overwrites")
-    p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE.png",
-                   help="regenerate from the parameters stored in a PNG; other flags override them")
+    p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE",
+                   help="regenerate from the parameters stored in an image (PNG, JPEG, WEBP from sdkit, A1111, "
+                        "Forge, Fooocus, SwarmUI, InvokeAI, NovelAI, basic ComfyUI graphs); other flags override "
+                        "them")
     p.add_argument("--list-samplers", action="store_true", help="list the sampler names and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the paths of the images")
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
@@ -108,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be refused is checked before the (slow) model load.
     stored = sdkit.read_parameters(args.from_image) if args.from_image else {}
+    if args.from_image:
+        _check_usable(stored, args)
     prompt = args.prompt if args.prompt is not None else stored.get("prompt")
     if prompt is None:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
@@ -218,18 +228,64 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
     raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
 
 
+def _check_usable(stored: dict, args: argparse.Namespace) -> None:
+    """Never run on an empty prompt or on default settings without saying so: A1111's rule reads a last line with
+    fewer than three `Key: value` pairs as prompt text, which leaves no settings at all."""
+    image, settings = args.from_image, stored.keys() - {"prompt", "negative_prompt"}
+    if not settings and not stored["prompt"].strip():
+        raise ValueError(f"{image}: its stored parameters hold neither a prompt nor settings")
+    if not settings:
+        _warn(f"{image}: no settings line (A1111 needs at least three `Key: value` pairs on the last line): the "
+              "whole text is the prompt, and every setting is sdkit's default")
+        return
+    if not stored["prompt"].strip() and args.prompt is None:
+        _warn(f"{image}: the stored prompt is empty")
+    missing = [a1111 for key, a1111 in CORE.items()
+               if key not in stored and a1111 not in stored and getattr(args, key) is None]
+    if missing:
+        _warn(f"{image} does not store {', '.join(missing)}: using sdkit's default")
+
+
+def unhonoured(stored: dict, honoured: set[str], sampler: str | None = None) -> list[str]:
+    """One warning line per stored setting outside `honoured`: A1111's keys, extensions' keys (lower-case ones
+    too) and other tools' keys alike. Hires fix is named as such: its Denoising strength is the hires pass's."""
+    rest = {k: v for k, v in stored.items() if k not in honoured}
+    notes = []
+    if "Sampler" in rest:
+        a1111 = ", ".join(f"{k}: {rest.pop(k)}" for k in ("Sampler", "Schedule type") if k in rest)
+        notes.append(f"{a1111} is not available in sdkit; using {sampler or DEFAULTS['sampler']}")
+    if rest.get("Clip skip") == "1":  # the last layer: what sdkit does
+        del rest["Clip skip"]
+    elif "Clip skip" in rest:
+        notes.append(f"Clip skip {rest.pop('Clip skip')} is not supported; using the last layer (Clip skip 1)")
+    if any(k in rest for k in HIRES_KEYS):
+        notes.append(f"hires fix is not applied: only its first pass is generated{_hires_sizes(stored)}")
+        for k in [k for k in rest if k.startswith("Hires ")]:
+            notes.append(f"not applied (hires fix): {k}: {rest.pop(k)}")
+        if "Denoising strength" in rest:
+            notes.append(f"not applied (hires fix): Denoising strength: {rest.pop('Denoising strength')} (the hires "
+                         "pass's strength)")
+    notes += [f"not applied: {k}: {v}" for k, v in rest.items()]
+    return notes
+
+
+def _hires_sizes(stored: dict) -> str:
+    """", at 512x768 (the stored image is 1024x1536)": the first pass's size and A1111's final one, where known."""
+    if "width" not in stored or "height" not in stored:
+        return ""
+    w, h = stored["width"], stored["height"]
+    final = stored.get("Hires resize")
+    try:
+        scale = float(stored.get("Hires upscale", ""))
+        final = final or f"{int(w * scale)}x{int(h * scale)}"  # A1111's hr_upscale_to_x, _y
+    except ValueError:
+        pass
+    return f", at {w}x{h}" + (f" (the stored image is {final})" if final else "")
+
+
 def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None) -> list[str]:
     """What the stored parameters or the prompts ask for that sdkit does not do yet, one note each."""
-    notes = []
-    if "Sampler" in stored:
-        a1111 = ", ".join(f"{k}: {stored[k]}" for k in ("Sampler", "Schedule type") if k in stored)
-        notes.append(f"{a1111} is not available in sdkit; using {sampler or DEFAULTS['sampler']}")
-    if stored.get("Clip skip", "1") != "1":
-        notes.append(f"Clip skip {stored['Clip skip']} is not supported; using the last layer (Clip skip 1)")
-    rest = [f"{k}: {v}" for k, v in stored.items()
-            if k[0].isupper() and k not in HARMLESS | {"Sampler", "Schedule type", "Clip skip"}]
-    if rest:
-        notes.append(f"not applied: {', '.join(rest)}")
+    notes = unhonoured(stored, HONOURED | HARMLESS, sampler)
 
     tokenizer = None
     for name, text in (("prompt", prompt), ("negative prompt", negative)):

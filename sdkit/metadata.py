@@ -5,18 +5,22 @@
     Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1, Size: 512x512, Version: sdkit 0.1.0
 
 Civitai, A1111's "PNG Info", ComfyUI's loaders and image browsers read this text, so sdkit writes it and
-reads it back (from any of those tools) into generate()'s keyword names.
+reads it back into generate()'s keyword names. An explicit empty negative prompt is written as an empty
+"Negative prompt: " line, which A1111 reads as its (only) empty negative prompt; no line means None.
+Other tools' formats become the same three parts (Infotext) in sdkit.image_metadata.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
 # Our sampler name -> (A1111 sampler name, A1111 schedule type or None for "Automatic").
 A1111_SAMPLERS = {
@@ -41,6 +45,8 @@ _KEYS = {
     "Model": ("model", str),
 }
 _OURS = {"prompt", "negative_prompt", "sampler", "width", "height"} | {k for k, _ in _KEYS.values()}
+# With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
+HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
 
 # One `Key: value` pair of the last line; a value is a JSON-quoted string or runs to the next comma (A1111's re_param).
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -52,7 +58,7 @@ def format_parameters(params: dict) -> str:
     from . import __version__  # here, not at the top: sdkit/__init__.py imports this module
 
     lines = [params.get("prompt", "")]
-    if params.get("negative_prompt"):
+    if params.get("negative_prompt") is not None:  # "" too: an empty line, unlike None (SDXL encodes them apart)
         lines.append(f"Negative prompt: {params['negative_prompt']}")
 
     pairs = {}
@@ -75,36 +81,62 @@ def format_parameters(params: dict) -> str:
         pairs["Model"] = params["model"]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
-    pairs |= {k: v for k, v in params.items() if k not in _OURS and k not in pairs and k != "Version"}
+    pairs |= {k: v for k, v in params.items()
+              if k not in _OURS and k not in pairs and k != "Version" and v is not None}  # A1111 skips None
     pairs["Version"] = f"sdkit {__version__}"
 
     lines.append(", ".join(f"{k}: {_quote(_text(v))}" for k, v in pairs.items()))
     return "\n".join(lines)
 
 
-def parse_parameters(text: str) -> dict:
-    """A1111 "parameters" text -> generate()'s keywords; keys sdkit cannot use stay under their A1111 names.
+class Infotext(NamedTuple):
+    """Generation parameters in A1111's three parts, whichever tool wrote them."""
 
-    Like A1111, the last line holds the `Key: value` pairs only if it has at least three of them; lines
-    before it are the prompt, up to a line starting with "Negative prompt:".
-    """
+    prompt: str
+    negative_prompt: str | None  # None: no "Negative prompt:" line at all
+    settings: dict[str, str]  # the last line's `Key: value` pairs under A1111's names, unquoted
+
+
+def split_infotext(text: str) -> Infotext:
+    """A1111's reading of its text: the last line holds the `Key: value` pairs only if it has at least three of
+    them; the lines before it are the prompt, up to a line starting with "Negative prompt:". Every line is
+    stripped, as A1111 does, so indented text and Windows line ends read alike."""
     *lines, last = text.strip().split("\n")
     if len(_PAIR.findall(last)) < 3:
         lines, last = [*lines, last], ""
 
-    prompt, negative, in_negative = [], [], False
+    prompt, negative, in_negative = "", "", False
     for line in lines:
-        line = line.rstrip("\r")
-        if not in_negative and line.startswith("Negative prompt:"):
-            in_negative, line = True, line.removeprefix("Negative prompt:").removeprefix(" ")
-        (negative if in_negative else prompt).append(line)
-    params = {"prompt": "\n".join(prompt)}
-    if in_negative:  # no line: generate()'s default None (which SDXL encodes as zeros, unlike "")
-        params["negative_prompt"] = "\n".join(negative)
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line.removeprefix("Negative prompt:").strip()
+        if in_negative:
+            negative += ("\n" if negative else "") + line
+        else:
+            prompt += ("\n" if prompt else "") + line
+    return Infotext(prompt, negative if in_negative else None, {k: _unquote(v) for k, v in _PAIR.findall(last)})
 
-    raw = {k: _unquote(v) for k, v in _PAIR.findall(last)}
+
+def parse_parameters(text: str) -> dict:
+    """A1111 "parameters" text -> generate()'s keywords; keys sdkit cannot use stay under their A1111 names."""
+    return to_keywords(split_infotext(text))
+
+
+def to_keywords(info: Infotext) -> dict:
+    """An Infotext -> generate()'s keywords for what sdkit understands; other settings stay under their names.
+
+    Hires fix ("Hires ..." keys, or "First pass size" before A1111's late-2022 rework): width and height are the
+    first pass's size, as A1111 restores them, and "Denoising strength" stays under that name: it is the hires
+    pass's, not an image-to-image strength.
+    """
+    params = {"prompt": info.prompt}
+    if info.negative_prompt is not None:  # no line: generate()'s default None (which SDXL encodes as zeros)
+        params["negative_prompt"] = info.negative_prompt
+
+    raw = _old_hires_fix(info.settings)
+    hires = any(k in raw for k in HIRES_KEYS)
     for key, value in raw.items():
-        if key in _KEYS:
+        if key in _KEYS and not (hires and key == "Denoising strength"):
             name, kind = _KEYS[key]
             try:
                 params[name] = kind(value)
@@ -126,23 +158,19 @@ def parse_parameters(text: str) -> dict:
     return params
 
 
-def read_parameters(path_or_image: str | Path | Image.Image) -> dict:
-    """The generation parameters stored in a PNG (sdkit's or AUTOMATIC1111's), as generate()'s keywords.
-
-    Unknown keys are kept under their A1111 names ("Clip skip", "Model hash", "Version", ...).
-    """
-    if isinstance(path_or_image, Image.Image):
-        text, where = path_or_image.info.get("parameters"), "image"
-    else:
-        where = str(path_or_image)
-        try:
-            with Image.open(path_or_image) as image:
-                text = image.info.get("parameters")
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"{where!r} cannot be read as an image: {e}") from None
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{where!r} has no generation parameters (no 'parameters' PNG text chunk)")
-    return parse_parameters(text)
+def _old_hires_fix(settings: dict[str, str]) -> dict[str, str]:
+    """A1111's restore_old_hires_fix_params: before its hires-fix rework "Size" was the final size and "First pass
+    size" the first pass's (0x0: chosen for about 512x512 pixels). Rewritten as today's keys: Size is the first
+    pass, Hires resize the final size."""
+    first, size = _SIZE.match(settings.get("First pass size", "")), _SIZE.match(settings.get("Size", ""))
+    if not first or not size:
+        return settings
+    w, h, fw, fh = int(size[1]), int(size[2]), int(first[1]), int(first[2])
+    if not fw or not fh:  # A1111's old_hires_fix_first_pass_dimensions
+        scale = math.sqrt(512 * 512 / (w * h))
+        fw, fh = math.ceil(scale * w / 64) * 64, math.ceil(scale * h / 64) * 64
+    rest = {k: v for k, v in settings.items() if k != "First pass size"}
+    return {**rest, "Size": f"{fw}x{fh}", "Hires resize": f"{w}x{h}"}
 
 
 def save(image: Image.Image, path: str | Path) -> Path:

@@ -91,10 +91,14 @@ def test_from_regenerates_and_flags_override(sd1_folder, tmp_path, env, gen):
 
 
 def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen):
+    # A1111 1.10 hires-fix txt2img with extensions: ADetailer, ControlNet (a quoted group) and Dynamic
+    # Thresholding's lower-case keys.
     text = ("masterpiece, (a red fox:1.2) <lora:add_detail:0.5>\nNegative prompt: lowres\n"
             "Steps: 2, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 5, Seed: 77, Size: 64x64, "
             "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.4, Clip skip: 2, "
-            "Hires upscale: 2, Version: v1.10.1")
+            "ADetailer model: face_yolov8n.pt, ControlNet 0: \"Module: canny, Model: control_v11p_sd15_canny\", "
+            "dynthres_enabled: True, dynthres_mimic_scale: 7, Hires upscale: 2, Hires upscaler: Latent, "
+            "Version: v1.10.1")
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
@@ -103,21 +107,66 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         2, "", "sdkit-gen: error: a1111.png: its model 'v1-5-pruned-emaonly' is neither a local path nor a Hub "
                "repo id; pass -m MODEL\n")
 
-    code, _, err = gen("--from", "a1111.png", "-m", sd1_folder, "--backend", "torch", "-o", "out.png")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "init.png")
+    code, _, err = gen("--from", "a1111.png", "-m", sd1_folder, "--backend", "torch", "-o", "out.png",
+                       "-i", "init.png")
     assert code == 0, err
     assert [line for line in err.splitlines() if "warning" in line] == [
-        "sdkit-gen: warning: the stored Denoising strength 0.4 is not applied: it needs the init image (-i), "
-        "which PNGs do not store",
         "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
         "using dpmpp_2m_karras",
         "sdkit-gen: warning: Clip skip 2 is not supported; using the last layer (Clip skip 1)",
-        "sdkit-gen: warning: not applied: Hires upscale: 2",
+        "sdkit-gen: warning: hires fix is not applied: only its first pass is generated, at 64x64 (the stored "
+        "image is 128x128)",
+        "sdkit-gen: warning: not applied (hires fix): Hires upscale: 2",
+        "sdkit-gen: warning: not applied (hires fix): Hires upscaler: Latent",
+        "sdkit-gen: warning: not applied (hires fix): Denoising strength: 0.4 (the hires pass's strength)",
+        "sdkit-gen: warning: not applied: ADetailer model: face_yolov8n.pt",
+        "sdkit-gen: warning: not applied: ControlNet 0: Module: canny, Model: control_v11p_sd15_canny",
+        "sdkit-gen: warning: not applied: dynthres_enabled: True",
+        "sdkit-gen: warning: not applied: dynthres_mimic_scale: 7",
         "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
         "sdkit-gen: warning: the prompt's weighting syntax ((word), (word:1.2), [word], BREAK) is read as "
         "plain text"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
-    assert "strength" not in stored
+    # the hires pass's strength never becomes the image-to-image strength: -i runs at the default strength
+    assert stored["strength"] == cli.DEFAULTS["strength"]
+
+
+def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
+    stored = sdkit.metadata.parse_parameters(
+        "a fox\nSteps: 20, Seed: 1, Size: 512x512, Clip skip: 2, VAE: vae-ft-mse-840000, Model hash: 6ce0161689, "
+        "Denoising strength: 0.5")
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == [
+        "Clip skip 2 is not supported; using the last layer (Clip skip 1)", "not applied: VAE: vae-ft-mse-840000"]
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Clip skip", "VAE"}) == []
+    assert cli.unhonoured(sdkit.metadata.parse_parameters("a\nSteps: 2, Seed: 1, Clip skip: 1"),
+                          cli.HONOURED | cli.HARMLESS) == []  # Clip skip 1 is the last layer, sdkit's
+    old_hires = sdkit.metadata.parse_parameters(
+        "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
+    assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [
+        "hires fix is not applied: only its first pass is generated, at 512x512 (the stored image is 1024x1024)",
+        "not applied (hires fix): Hires resize: 1024x1024",
+        "not applied (hires fix): Denoising strength: 0.7 (the hires pass's strength)"]
+
+
+@pytest.mark.parametrize("parameters,lines", [
+    # A1111's rule: a last line with fewer than three pairs is prompt text, so there are no settings at all
+    ("a fox in the snow\nSteps: 2, Seed: 5", [
+        "sdkit-gen: warning: p.png: no settings line (A1111 needs at least three `Key: value` pairs on the last "
+        "line): the whole text is the prompt, and every setting is sdkit's default"]),
+    ("a fox\nNegative prompt: dogs\nSteps: 2, Seed: 5, Size: 64x64", [
+        "sdkit-gen: warning: p.png does not store CFG scale, Sampler: using sdkit's default"]),
+    ("Negative prompt: dogs\nSteps: 2, Seed: 5, Size: 64x64, CFG scale: 7, Sampler: Euler", [
+        "sdkit-gen: warning: p.png: the stored prompt is empty"]),
+])
+def test_from_says_when_settings_are_missing(sd1_folder, tmp_path, gen, parameters, lines):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png", pnginfo=info)
+    code, _, err = gen("--from", "p.png", "-m", sd1_folder, *FAST, "-o", "out.png")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == lines
 
 
 def test_img2img_and_long_prompt_warning(sd1_folder, tmp_path, gen):
@@ -171,15 +220,21 @@ def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen)
     (["cat", "-o", "missing/cat.png"], "-o missing/cat.png: folder 'missing' does not exist"),
     (["cat", "-i", "notes.txt"], "init_image 'notes.txt' cannot be read as an image"),
     (["--from", "notes.txt"], "'notes.txt' cannot be read as an image"),
+    (["--from", "empty.png"], "empty.png: its stored parameters hold neither a prompt nor settings"),
+    (["--from", "comfy.png"], "'comfy.png': made with ComfyUI, but it stores only the editor's workflow"),
     (["cat", "-m", "no/such/model.safetensors"], "no such file or folder: no/such/model.safetensors"),
 ])
 def test_usage_errors_exit_2_with_one_line_and_no_file(tmp_path, env, args, message):
     (tmp_path / "notes.txt").write_text("not an image")
+    for name, chunk, text in (("empty.png", "parameters", "Negative prompt: dogs"), ("comfy.png", "workflow", "{}")):
+        info = PngImagePlugin.PngInfo()
+        info.add_text(chunk, text)
+        Image.new("RGB", (8, 8)).save(tmp_path / name, pnginfo=info)
     r = sdkit_gen(*args, cwd=tmp_path, env=env)
     assert r.returncode == 2 and r.stdout == ""
     error, = [line for line in r.stderr.splitlines() if not line.startswith("loading ")]  # one line
     assert error.startswith("sdkit-gen: error: ") and message in error, r.stderr
-    assert pngs(tmp_path) == ["notes.txt"]
+    assert pngs(tmp_path) == ["comfy.png", "empty.png", "notes.txt"]
 
 
 def test_runtime_error_exits_1_and_debug_shows_the_traceback(tmp_path, env):

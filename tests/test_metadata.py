@@ -34,12 +34,39 @@ def test_format_writes_a1111_layout():
         f"Version: sdkit {sdkit.__version__}")
 
 
-def test_format_omits_empty_negative_prompt_and_writes_whole_cfg_as_int():
-    text = metadata.format_parameters({**PARAMS, "negative_prompt": "", "guidance_scale": 7.0,
-                                       "sampler": "euler_a"})
+def test_format_omits_a_none_negative_prompt_and_writes_whole_cfg_as_int():
+    text = metadata.format_parameters({**PARAMS, "negative_prompt": None, "guidance_scale": 7.0,
+                                       "sampler": "euler_a", "Hires upscaler": None})
     prompt, last = text.split("\n")
     assert prompt == PARAMS["prompt"]
     assert "Sampler: Euler a, CFG scale: 7, " in last and "Schedule type" not in last
+    assert "Hires upscaler" not in last  # A1111 writes no key whose value is None
+
+
+def test_an_explicit_empty_negative_prompt_survives_a_round_trip(tmp_path):
+    # For SDXL "" is encoded as text while None is zeros: an empty "Negative prompt: " line keeps them apart.
+    # A1111 reads that line as its empty negative prompt, the same as no line (it has only one kind).
+    text = metadata.format_parameters({**PARAMS, "negative_prompt": ""})
+    assert text.split("\n")[1] == "Negative prompt: "
+    path = sdkit.save(_image(text), tmp_path / "empty.png")
+    assert sdkit.read_parameters(path)["negative_prompt"] == ""
+    assert metadata.parse_parameters(text.replace("Negative prompt: ", "Negative prompt:"))["negative_prompt"] == ""
+    assert "negative_prompt" not in metadata.parse_parameters(metadata.format_parameters(
+        {**PARAMS, "negative_prompt": None}))
+
+
+def test_keys_other_features_write_pass_through_as_a1111_writes_them():
+    extra = {"Clip skip": 2, "Schedule type": "Karras", "Model hash": "6ce0161689", "VAE": "vae-ft-mse-840000",
+             "VAE hash": "735e4c3a44", "Lora hashes": "add_detail: 7c6bad76eb54, more_art: 0123456789ab",
+             "TI hashes": "easynegative: c74b4e810b03", "Hires upscale": 2, "Hires steps": 10,
+             "Hires upscaler": "R-ESRGAN 4x+", "Hires resize": "1024x1536"}
+    text = metadata.format_parameters({**PARAMS, **extra})
+    assert ('Lora hashes: "add_detail: 7c6bad76eb54, more_art: 0123456789ab", '
+            'TI hashes: "easynegative: c74b4e810b03", Hires upscale: 2, Hires steps: 10, ') in text
+    back = metadata.parse_parameters(text)
+    assert {k: back[k] for k in extra if k != "Schedule type"} == {
+        k: str(v) for k, v in extra.items() if k != "Schedule type"}
+    assert back["sampler"] == "dpmpp_2m_karras"
 
 
 @pytest.mark.parametrize("sampler,a1111", [("ddim", "DDIM"), ("pndm", "PLMS"), ("euler", "Euler"),
@@ -53,7 +80,7 @@ def test_every_sampler_round_trips(sampler, a1111):
 
 
 def test_round_trip_keeps_every_value_and_type():
-    params = {**PARAMS, "prompt": "line one, with: colon\n  line two  \n\"quoted\"", "negative_prompt": "bad\nworse",
+    params = {**PARAMS, "prompt": "line one, with: colon\nline two\n\"quoted\"", "negative_prompt": "bad\nworse",
               "strength": 0.6, "model": 'C:\\models\\my "best", v2.safetensors', "Clip skip": "2",
               "Note": '"as is"'}
     back = metadata.parse_parameters(metadata.format_parameters(params))
@@ -85,13 +112,46 @@ def test_parses_a1111_string_with_quoted_values_and_multiline_prompts():
                            "BREAK winter forest")
     assert p["negative_prompt"] == "(worst quality:1.4), low quality,\neasynegative"
     assert (p["steps"], p["sampler"], p["guidance_scale"], p["seed"]) == (25, "dpmpp_2m_karras", 7.0, 3735928559)
-    assert (p["width"], p["height"], p["strength"], p["model"]) == (512, 768, 0.45, "v1-5-pruned-emaonly")
+    assert (p["width"], p["height"], p["model"]) == (512, 768, "v1-5-pruned-emaonly")
     assert p["Lora hashes"] == "add_detail: 7c6bad76eb54"
     assert p["TI hashes"] == "easynegative: c74b4e810b03, other: 0123"
     assert {k: p[k] for k in ("Model hash", "Clip skip", "Hires upscale", "Hires steps", "Hires upscaler",
                               "Version")} == {"Model hash": "6ce0161689", "Clip skip": "2", "Hires upscale": "2",
                                               "Hires steps": "10", "Hires upscaler": "Latent", "Version": "v1.10.1"}
+    # a hires-fix txt2img: its Denoising strength is the hires pass's, not an image-to-image strength
+    assert p["Denoising strength"] == "0.45" and "strength" not in p
     assert not {"Sampler", "Schedule type", "Size", "Steps", "Seed", "CFG scale"} & p.keys()
+
+
+def test_img2img_denoising_strength_is_the_strength():
+    p = metadata.parse_parameters("a cat\nSteps: 20, Seed: 5, Size: 512x512, Denoising strength: 0.6, Mask blur: 4")
+    assert p["strength"] == 0.6 and "Denoising strength" not in p and p["Mask blur"] == "4"
+
+
+@pytest.mark.parametrize("first,size,expected", [
+    ("0x0", "1024x1024", (512, 512)),    # A1111's old automatic first pass: about 512x512 pixels, multiples of 64
+    ("0x0", "1280x768", (704, 448)),
+    ("512x384", "1024x768", (512, 384)),
+])
+def test_old_hires_fix_files_read_as_first_pass_and_hires_resize(first, size, expected):
+    # A1111 before its hires-fix rework (late 2022): Size was the final size, "First pass size" the first pass.
+    p = metadata.parse_parameters(f"a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: {size}, "
+                                  f"Denoising strength: 0.7, First pass size: {first}")
+    assert (p["width"], p["height"]) == expected
+    assert p["Hires resize"] == size and p["Denoising strength"] == "0.7"
+    assert not {"strength", "First pass size"} & p.keys()
+
+
+def test_indented_lines_and_windows_line_ends_read_as_a1111_reads_them():
+    # Written by tools that indent every line after the first (a NovelAI conversion in an f-string inside a
+    # method), and by Windows editors.
+    indented = ("1girl, library\n    Negative prompt: lowres\n    Steps: 28, Sampler: Euler a, CFG scale: 5, "
+                "Seed: 42, Size: 832x1216, Clip skip: 2, ENSD: 31337")
+    crlf = "1girl, library\r\nNegative prompt: lowres\r\n" + indented.split("\n")[2].strip() + "\r\n"
+    for text in (indented, crlf):
+        p = metadata.parse_parameters(text)
+        assert (p["prompt"], p["negative_prompt"], p["seed"], p["width"]) == ("1girl, library", "lowres", 42, 832)
+        assert p["ENSD"] == "31337"
 
 
 @pytest.mark.parametrize("pairs,expected", [

@@ -66,7 +66,7 @@ def test_img2img(pipes, sampler, monkeypatch):
     assert_close(got, expected)
 
 
-def test_no_negative_prompt_is_not_the_empty_one(pipes):
+def test_no_negative_prompt_is_not_the_empty_one(pipes, tmp_path):
     """force_zeros_for_empty_prompt: None zeros the uncond conditioning, "" encodes the empty prompt."""
     ours, _ = pipes
     kw = dict(width=64, height=64, steps=3, sampler="euler", seed=SEED)
@@ -74,6 +74,12 @@ def test_no_negative_prompt_is_not_the_empty_one(pipes):
     empty, = ours.generate(PROMPT, "", **kw)
     assert np.abs(np.asarray(none, np.int16) - np.asarray(empty, np.int16)).max() > 3
     assert "Negative prompt" not in none.info["parameters"]
+    # Each survives a save and re-read: None stays absent (generate()'s default), and regenerating from the file
+    # saved with "" gives the same picture.
+    assert "negative_prompt" not in sdkit.read_parameters(sdkit.save(none, tmp_path / "none.png"))
+    stored = sdkit.read_parameters(sdkit.save(empty, tmp_path / "empty.png"))
+    again, = ours.generate(**{k: v for k, v in stored.items() if k not in ("model", "Version")})
+    assert stored["negative_prompt"] == "" and np.array_equal(np.asarray(again), np.asarray(empty))
     with pytest.raises(ValueError, match="negative_prompt must be a string or None, got list"):
         ours.generate(PROMPT, [""], **kw)
 
