@@ -17,6 +17,7 @@ from PIL import Image
 
 from . import images, metadata, samplers, tiling
 from .checkpoint import Checkpoint
+from .families import FAMILIES
 from .errors import Cancelled
 from .interfaces import Array, Backend
 from .memory import Memory, Workload, choose
@@ -24,9 +25,6 @@ from .tokenizer import Tokenizer
 
 Callback = Callable[[int, int, Array], "bool | None"]
 
-# Which hidden state each family conditions on (TextEncoder's layer / final_norm); SD1 and SD2 the defaults.
-# SDXL, as diffusers: both encoders' penultimate layer, without the final LayerNorm.
-_TEXT_LAYER = {"sdxl": dict(layer=-2, final_norm=False)}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -55,7 +53,7 @@ class Pipeline:
         self.memory = memory  # what generate() may do to fit; each None is decided per call (sdkit.Memory)
         self.tokenizers = [_load_tokenizer(t) for t in checkpoint.tokenizers]
         self.text_encoders = [backend.text_encoder(cfg, checkpoint.weights[name])
-                              for cfg, name in zip(checkpoint.text_encoders, _text_encoder_names(checkpoint))]
+                              for cfg, name in zip(checkpoint.text_encoders, checkpoint.text_encoder_names)]
         self.unet = backend.unet(checkpoint.unet, checkpoint.weights["unet"])
         self.vae = backend.vae(checkpoint.vae, checkpoint.weights["vae"])
 
@@ -151,7 +149,7 @@ class Pipeline:
         texts = [req.prompt] * b
         if guided and not zero_uncond:
             texts = [req.negative_prompt or ""] * b + texts
-        layer = _TEXT_LAYER.get(self.checkpoint.family, {})
+        layer = FAMILIES[self.checkpoint.family].text_layer
         encoded = [enc(tok(texts), **layer) for tok, enc in zip(self.tokenizers, self.text_encoders)]
         if self.checkpoint.unet.addition_embed_type != "text_time":
             (context, _), = encoded  # SD1, SD2: one encoder; the context stays on the device
@@ -198,10 +196,6 @@ class Pipeline:
 
 def _load_tokenizer(spec: Path | str) -> Tokenizer:
     return Tokenizer.bundled(spec) if isinstance(spec, str) else Tokenizer.from_dir(spec)
-
-
-def _text_encoder_names(ckpt: Checkpoint) -> list[str]:
-    return ["text_encoder", "text_encoder_2"][: len(ckpt.text_encoders)]
 
 
 def _draw_noise(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:
