@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import images, metadata, samplers, tiling
+from . import images, metadata, micro_conditioning, samplers, tiling
 from .checkpoint import Checkpoint
 from .families import FAMILIES
 from .errors import Cancelled
@@ -42,6 +42,8 @@ class Request:
     seed: int
     num_images: int
     strength: float | None  # None: text-to-image
+    micro: dict  # SDXL micro-conditioning: every value the UNet's time ids hold (sdkit.micro_conditioning)
+    micro_set: dict  # those that differ from their defaults (written into the image's metadata)
 
 
 class Pipeline:
@@ -67,20 +69,34 @@ class Pipeline:
         return self.checkpoint.default_size
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
-                 height: int | None = None, steps: int = 30, guidance_scale: float = 7.5,
-                 sampler: str = "dpmpp_2m_karras", seed: int | None = None, num_images: int = 1,
+                 height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, seed: int | None = None, num_images: int = 1,
                  init_image: Image.Image | str | Path | None = None, strength: float = 0.8,
-                 latents: np.ndarray | None = None, callback: Callback | None = None) -> list[Image.Image]:
+                 latents: np.ndarray | None = None, callback: Callback | None = None,
+                 original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
+                 target_size: tuple[int, int] | None = None, aesthetic_score: float | None = None,
+                 negative_original_size: tuple[int, int] | None = None,
+                 negative_crops_coords_top_left: tuple[int, int] | None = None,
+                 negative_target_size: tuple[int, int] | None = None,
+                 negative_aesthetic_score: float | None = None) -> list[Image.Image]:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
+        steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
+        few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras).
+        original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
         `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
         """
         init = images.open_image(init_image) if init_image is not None else None
         if init is not None and width is None and height is None:
             height, width = images.default_size(init)
+        micro = dict(original_size=original_size, crops_coords_top_left=crops_coords_top_left,
+                     target_size=target_size, aesthetic_score=aesthetic_score,
+                     negative_original_size=negative_original_size,
+                     negative_crops_coords_top_left=negative_crops_coords_top_left,
+                     negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                            num_images, strength if init is not None else None)
+                            num_images, strength if init is not None else None, micro)
         mem = self._fit(req, encode=init is not None)
         plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
         f = self.checkpoint.vae.scale
@@ -106,7 +122,7 @@ class Pipeline:
         return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i))) for i, p in enumerate(pixels)]
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                 num_images, strength) -> Request:
+                 num_images, strength, micro) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -115,12 +131,19 @@ class Pipeline:
             if value % 8:
                 lo = value - value % 8
                 raise ValueError(f"{name} {value} is not a multiple of 8; use {lo or 8} or {lo + 8}")
+        if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        recipe = self.checkpoint.recommended
+        if steps is None:
+            steps = recipe.steps
+            if recipe.name and strength is not None:  # a few-step model runs its steps on the image, too
+                steps = _steps_running(recipe.steps, strength)
+        guidance_scale = recipe.guidance_scale if guidance_scale is None else guidance_scale
+        sampler = recipe.sampler if sampler is None else sampler
         _check_int("steps", steps, minimum=1)
         _check_int("num_images", num_images, minimum=1)
         if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
-        if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
         if seed is None:
             seed = secrets.randbits(32)
         _check_int("seed", seed, minimum=0)
@@ -128,8 +151,12 @@ class Pipeline:
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        ids = self.checkpoint.time_ids
+        values = micro_conditioning.resolve(ids, height, width, micro)
+        default = micro_conditioning.defaults(ids, height, width)
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
-                       samplers.canonical_name(sampler), seed, num_images, strength)
+                       samplers.canonical_name(sampler), seed, num_images, strength, values,
+                       {k: v for k, v in values.items() if v != default[k]})
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
@@ -161,8 +188,10 @@ class Pipeline:
         if zero_uncond:
             context = np.concatenate([np.zeros_like(context), context])  # (2B, 77, C)
             pooled = np.concatenate([np.zeros_like(pooled), pooled])
-        # micro-conditioning: original size, crop top-left, target size, each (height, width) / (top, left)
-        time_ids = np.array([[req.height, req.width, 0, 0, req.height, req.width]] * len(context), np.float32)
+        # micro-conditioning (sizes, crop, aesthetic score): the uncond rows get the negative values
+        ids = self.checkpoint.time_ids
+        rows = [micro_conditioning.time_ids(req.micro, ids, negative=True)] * (b if guided else 0)
+        time_ids = np.stack(rows + [micro_conditioning.time_ids(req.micro, ids, negative=False)] * b)  # (k*B, 5|6)
         added = {"text_embeds": self.backend.asarray(pooled), "time_ids": self.backend.asarray(time_ids)}
         return self.backend.asarray(context), added
 
@@ -191,7 +220,15 @@ class Pipeline:
                       model=self.checkpoint.name)
         if req.strength is not None:
             params["strength"] = req.strength
-        return params
+        return params | req.micro_set
+
+
+def _steps_running(steps: int, strength: float) -> int:
+    """The fewest steps of which image-to-image at `strength` runs `steps` (it runs int(n * strength))."""
+    n = max(steps, math.ceil(steps / strength))
+    while int(n * strength) < steps:
+        n += 1
+    return n
 
 
 def _load_tokenizer(spec: Path | str) -> Tokenizer:

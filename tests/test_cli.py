@@ -109,7 +109,7 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: the stored Denoising strength 0.4 is not applied: it needs the init image (-i), "
         "which PNGs do not store",
         "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
-        "using dpmpp_2m_karras",
+        "using the model's recommended sampler",
         "sdkit-gen: warning: Clip skip 2 is not supported; using the last layer (Clip skip 1)",
         "sdkit-gen: warning: not applied: Hires upscale: 2",
         "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
