@@ -152,13 +152,13 @@ RECIPES = {
     "lcm": Recipe("LCM", "lcm", 4, 1.0),
     "tcd": Recipe("TCD", "tcd", 4, 0.0),
 }
-_RECIPE_WORDS = re.compile(r"(?<![a-z])(turbo|lightning|hyper|lcm)(?![a-z])")
+_RECIPE_WORDS = re.compile(r"(?<![a-z])(turbo|lightning|lcm|hyper(?![a-z]))")
 _STEPS = re.compile(r"(\d+)[-_ ]?steps?")
 
 
 def recipe_from_name(text: str, family: str) -> Recipe | None:
-    """The recipe a few-step model's name (a modelspec.architecture or title, or a file name) says it needs:
-    "turbo", "lightning", "hyper" or "lcm" as a word, with "4step" / "8-steps" setting the steps."""
+    """The recipe a few-step model's name (a modelspec.architecture or a file name) says it needs: a word
+    starting "turbo", "lightning" or "lcm", or the word "hyper", with "4step" / "8-steps" setting the steps."""
     text = text.lower().replace("_", "-")
     m = _RECIPE_WORDS.search(text)
     if m is None:
