@@ -234,7 +234,9 @@ def vae(file: SingleFile, scaling_factor: float, sample_size: int) -> tuple[VAEC
     keys = c.keys
     if any(k.startswith("encoder.down_blocks.") for k in keys):  # already in diffusers' names
         return _diffusers_vae(c, scaling_factor, sample_size)
-    n = 1 + max(int(k.split(".")[2]) for k in keys if k.startswith("encoder.down."))
+    n = 1 + max((int(k.split(".")[2]) for k in keys if k.startswith("encoder.down.")), default=-1)
+    if n == 0:
+        raise CheckpointError(f"{file.path}: its VAE ({VAE_PREFIX}*) has no encoder.down.* blocks")
     rules = [  # (pattern on the file key's prefix, canonical prefix), every key must match one
         (r"(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
         (r"(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
@@ -283,7 +285,7 @@ def _diffusers_vae(c: Converter, scaling_factor: float, sample_size: int) -> tup
     """A VAE stored in diffusers' names under first_stage_model. (some merging tools write it so)."""
     for key in c.keys:
         _add_vae(c, diffusers_vae_name(key), key)
-    n = len({k.split(".")[2] for k in c.keys if k.startswith("encoder.down_blocks.")})
+    n = len({k.split(".")[2] for k in c.keys if k.startswith("encoder.down_blocks.")})  # >= 1: how it was told
     config = VAEConfig(
         in_channels=c.shape("encoder.conv_in.weight")[1],
         out_channels=c.shape("decoder.conv_out.weight")[0],
@@ -333,7 +335,9 @@ def openclip(file: SingleFile, prefix: str, family: Family) -> tuple[TextEncoder
     the 23 blocks diffusers' SD2 text_encoder has, and keep them all."""
     c = Converter(file, prefix)
     width = c.shape("token_embedding.weight")[1]
-    layers = 1 + max(int(k.split(".")[2]) for k in c.keys if k.startswith("transformer.resblocks."))
+    layers = 1 + max((int(k.split(".")[2]) for k in c.keys if k.startswith("transformer.resblocks.")), default=-1)
+    if layers == 0:
+        raise CheckpointError(f"{file.path}: its text encoder ({prefix}*) has no transformer.resblocks.*")
     used = family.text_layers
     projection = used is None and "text_projection" in c.keys
     if used is not None and (layers > used or ("text_projection" in c.keys and layers != used)):
