@@ -42,8 +42,12 @@ def resolve(time_ids: tuple[str, ...], height: int, width: int, given: dict) -> 
     return out
 
 
-def defaults(time_ids: tuple[str, ...], height: int, width: int) -> dict:
-    return resolve(time_ids, height, width, {})
+def to_write(values: dict, time_ids: tuple[str, ...], height: int, width: int) -> dict:
+    """The values an image's metadata must carry for resolve() to give `values` back: positive ones that differ
+    from their defaults, negative ones that differ from what they default to given the positive ones."""
+    plain = resolve(time_ids, height, width, {})
+    given = resolve(time_ids, height, width, {name: values[name] for name in time_ids})
+    return {k: v for k, v in values.items() if v != (given[k] if k.startswith("negative_") else plain[k])}
 
 
 def time_ids(values: dict, time_ids: tuple[str, ...], negative: bool) -> np.ndarray:

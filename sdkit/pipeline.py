@@ -153,10 +153,9 @@ class Pipeline:
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
         ids = self.checkpoint.time_ids
         values = micro_conditioning.resolve(ids, height, width, micro)
-        default = micro_conditioning.defaults(ids, height, width)
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
                        samplers.canonical_name(sampler), seed, num_images, strength, values,
-                       {k: v for k, v in values.items() if v != default[k]})
+                       micro_conditioning.to_write(values, ids, height, width))
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
