@@ -139,7 +139,12 @@ class Pipeline:
             if recipe.name and strength is not None:  # a few-step model runs its steps on the image, too
                 steps = _steps_running(recipe.steps, strength)
         guidance_scale = recipe.guidance_scale if guidance_scale is None else guidance_scale
-        sampler = recipe.sampler if sampler is None else sampler
+        if sampler is None:
+            sampler = recipe.sampler
+            if samplers.ALIASES.get(sampler, sampler) not in samplers.NAMES:
+                raise ValueError(f"{self.checkpoint.name} is a {recipe.name} model, whose recipe samples with "
+                                 f"{sampler!r}, which this sdkit lacks; pass sampler= (one of "
+                                 f"{', '.join(samplers.NAMES)})")
         _check_int("steps", steps, minimum=1)
         _check_int("num_images", num_images, minimum=1)
         if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale) or guidance_scale < 0:
