@@ -349,8 +349,8 @@ def _single_file_facts(file: ldm.SingleFile, metadata: dict[str, str], layout: L
     and markers first, then its name (see the module docstring)."""
     family = FAMILIES[layout.family]
     architecture = metadata.get("modelspec.architecture", "").strip().lower()
-    if not architecture and layout.name.endswith("(SGM layout)") and "denoiser.sigmas" in file.header:
-        architecture = "stable-diffusion-v2-turbo"  # sd_turbo.safetensors, as SwarmUI tells it
+    if not architecture and layout.sgm_architecture and "denoiser.sigmas" in file.header:
+        architecture = layout.sgm_architecture
     known = ARCHITECTURES.get(architecture.split("/")[0])
     if known and known[0] != family.name:  # metadata written for another model (a merge's leftovers): ignored
         known = None
@@ -384,9 +384,9 @@ def _time_ids(path: Path, width: int, pooled: int | None, dim: int | None) -> tu
                               "text_projection to pool it with")
     found = time_ids(width - pooled, dim)
     if found is None:
-        each = "addition_time_embed_dim {dim}" if dim else "an even width"
+        each = f"addition_time_embed_dim {dim}" if dim else "an even width"
         raise CheckpointError(f"{path}: the UNet's projection_class_embeddings_input_dim {width} is not the pooled "
-                              f"text width {pooled} + 6 (base) or 5 (refiner) time ids x {each.format(dim=dim)} "
+                              f"text width {pooled} + 6 (base) or 5 (refiner) time ids x {each} "
                               "(text_encoder_2 vs unet)")
     return found
 

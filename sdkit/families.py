@@ -21,7 +21,6 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Family:
     name: str
-    title: str  # for messages and the desktop: "SD 1.x"
     scheduler: str  # the published scheduler config bundled in sdkit/data/schedulers (single files)
     scaling_factor: float  # VAE latents are multiplied by this before the UNet sees them
     native: dict[str, int]  # pixels per side the base model was trained at, by prediction type
@@ -39,13 +38,16 @@ class Family:
 
 
 FAMILIES = {
-    "sd1": Family("sd1", "SD 1.x", "sd15-scheduler_config.json", 0.18215, {"epsilon": 512}, {}, None, 8, False),
-    "sd2": Family("sd2", "SD 2.x", "sd21-768v-scheduler_config.json", 0.18215, {"epsilon": 512, "v_prediction": 768},
-                  {}, 23, None, True),
+    "sd1": Family("sd1", scheduler="sd15-scheduler_config.json", scaling_factor=0.18215, native={"epsilon": 512},
+                  text_layer={}, text_layers=None, unet_heads=8, upcast_attention=False),
+    "sd2": Family("sd2", scheduler="sd21-768v-scheduler_config.json", scaling_factor=0.18215,
+                  native={"epsilon": 512, "v_prediction": 768}, text_layer={}, text_layers=23, unet_heads=None,
+                  upcast_attention=True),
     # SDXL, as diffusers: both encoders' penultimate layer without the final LayerNorm. It was trained on
     # buckets of ~1024x1024 pixels (its paper, appendix I); these are the common ones.
-    "sdxl": Family("sdxl", "SDXL", "sdxl-base-scheduler_config.json", 0.13025, {"epsilon": 1024},
-                   dict(layer=-2, final_norm=False), None, None, False,
+    "sdxl": Family("sdxl", scheduler="sdxl-base-scheduler_config.json", scaling_factor=0.13025,
+                   native={"epsilon": 1024}, text_layer=dict(layer=-2, final_norm=False), text_layers=None,
+                   unet_heads=None, upcast_attention=False,
                    buckets=((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344),
                             (1344, 768))),
 }
@@ -68,9 +70,11 @@ class Layout:
     family: str
     towers: tuple[TextTower, ...]
     name: str  # for messages
-    refiner: bool = False
     # with no negative prompt, the uncond conditioning is zeros (not the encoding of ""): SDXL base
     force_zeros_for_empty_prompt: bool = False
+    # what a file in this layout is when Stability's generative-models trainer left its `denoiser.sigmas` in it
+    # (SD2: sd_turbo.safetensors, as SwarmUI tells it)
+    sgm_architecture: str | None = None
 
 
 CLIP_L = "clip-l"
@@ -82,9 +86,9 @@ LAYOUTS = (
                     TextTower("text_encoder_2", "conditioner.embedders.1.model.", "openclip", OPENCLIP)),
            "SDXL", force_zeros_for_empty_prompt=True),
     Layout("sdxl", (TextTower("text_encoder_2", "conditioner.embedders.0.model.", "openclip", OPENCLIP),),
-           "SDXL refiner", refiner=True),
+           "SDXL refiner"),
     Layout("sd2", (TextTower("text_encoder", "conditioner.embedders.0.model.", "openclip", OPENCLIP),),
-           "SD 2.x (SGM layout)"),
+           "SD 2.x (SGM layout)", sgm_architecture="stable-diffusion-v2-turbo"),
     Layout("sd2", (TextTower("text_encoder", "cond_stage_model.model.", "openclip", OPENCLIP),), "SD 2.x"),
     Layout("sd1", (TextTower("text_encoder", "cond_stage_model.transformer.", "clip", CLIP_L),), "SD 1.x"),
 )

@@ -204,6 +204,18 @@ def test_float8_read_as_numbers(float8_file):
             np.testing.assert_array_equal(np.array(mlx_values[name].astype(mx.float32)), x, err_msg=name)
 
 
+def test_float8_checkpoint_makes_the_same_picture_on_both_backends(float8_file):
+    """End to end: float8 weights read as numbers by MLX (raw bytes would make noise) and by torch give the
+    same picture (within 3/255)."""
+    pytest.importorskip("mlx.core")
+    import sdkit
+
+    kw = dict(width=64, height=64, steps=3, sampler="euler", seed=3)
+    images = [np.asarray(sdkit.load(path, backend=backend, device="cpu", dtype="float32").generate("a fox", **kw)[0],
+                         np.int16) for path, backend in ((float8_file, "torch"), (float8_file, "mlx"))]
+    assert images[0].std() > 5 and np.abs(images[0] - images[1]).max() <= 3
+
+
 # ---- refusals: one line naming what the file is ----
 
 def _tiny(tmp_path, keys, name="file.safetensors"):
