@@ -94,7 +94,7 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
     text = ("masterpiece, (a red fox:1.2) <lora:add_detail:0.5>\nNegative prompt: lowres\n"
             "Steps: 2, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 5, Seed: 77, Size: 64x64, "
             "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.4, Clip skip: 2, "
-            "Hires upscale: 2, Version: v1.10.1")
+            "Hires upscale: 2, Original size: 128x96, Aesthetic score: 7, Version: v1.10.1")
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
@@ -114,7 +114,9 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: not applied: Hires upscale: 2",
         "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
         "sdkit-gen: warning: the prompt's weighting syntax ((word), (word:1.2), [word], BREAK) is read as "
-        "plain text"]
+        "plain text",
+        "sdkit-gen: warning: not applied: original_size, aesthetic_score (stored SDXL micro-conditioning this "
+        "model does not take)"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
     assert "strength" not in stored
