@@ -313,7 +313,8 @@ def _open_single_file(path: Path, overridden: bool) -> Checkpoint:
         more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
         raise CheckpointError(f"{path}: unexpected tensors {', '.join(unexpected[:5])}{more}; "
                               f"not an {layout.name} checkpoint sdkit can map")
-    weights = {"unet": unet_weights, "vae": vae_weights, **{t.component: w for t, (_, w, _) in zip(layout.towers, texts)}}
+    weights = {"unet": unet_weights, "vae": vae_weights}
+    weights |= {t.component: w for t, (_, w, _) in zip(layout.towers, texts)}
     return Checkpoint(
         path=path, name=path.stem, family=family.name, text_encoders=tuple(config for config, _, _ in texts),
         tokenizers=tuple(t.tokenizer for t in layout.towers), unet=unet, vae=vae, scheduler=scheduler,

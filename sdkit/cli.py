@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--negative", dest="negative_prompt", metavar="NEGATIVE", help="what not to draw")
     p.add_argument("-W", "--width", type=_size, help="pixels, a multiple of 8 (default: the model's size)")
     p.add_argument("-H", "--height", type=_size, help="pixels, a multiple of 8 (default: the model's size)")
-    p.add_argument("--steps", type=_positive_int, help=f"denoising steps (default: the model's recommendation; {ORDINARY.steps} for "
-                                                          "ordinary models)")
+    p.add_argument("--steps", type=_positive_int,
+                   help=f"denoising steps (default: the model's recommendation; {ORDINARY.steps} for ordinary models)")
     p.add_argument("-g", "--guidance", dest="guidance_scale", type=_guidance, metavar="GUIDANCE",
                    help=f"classifier-free guidance scale (default: the model's recommendation; "
                         f"{ORDINARY.guidance_scale} for ordinary models)")

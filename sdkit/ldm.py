@@ -62,7 +62,8 @@ def read(path: Path, header: Header) -> SingleFile:
     stored = {re.sub(r"(^|\.)_orig_mod\.", r"\1", k.removeprefix("state_dict.")): k for k in header}
     if not any(k.startswith(UNET_PREFIX) for k in stored):
         ema = {k: v for k, v in stored.items() if k.startswith("model_ema.diffusion_model")}
-        stored = {k: v for k, v in stored.items() if k not in ema} | {_unflatten_ema(path, k): v for k, v in ema.items()}
+        stored = {k: v for k, v in stored.items() if k not in ema}
+        stored |= {_unflatten_ema(path, k): v for k, v in ema.items()}
     return SingleFile(path, {k: header[v] for k, v in stored.items()}, stored)
 
 

@@ -42,11 +42,12 @@ _KEYS = {
 }
 # SDXL micro-conditioning, which A1111, Forge and ComfyUI do not write: sdkit's own keys, sizes as "WxH" like Size,
 # the crop as "LEFTxTOP" (x, y), each written only when it differs from its default.
-_KEYS |= {"Aesthetic score": ("aesthetic_score", float), "Negative aesthetic score": ("negative_aesthetic_score", float)}
+_KEYS |= {"Aesthetic score": ("aesthetic_score", float),
+          "Negative aesthetic score": ("negative_aesthetic_score", float)}
 _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
-_OURS = {"prompt", "negative_prompt", "sampler", "width", "height"} | {k for k, _ in _KEYS.values()} | {*_PAIRS.values()}
+_OURS = {"prompt", "negative_prompt", "sampler", "width", "height", *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 
 # One `Key: value` pair of the last line; a value is a JSON-quoted string or runs to the next comma (A1111's re_param).
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

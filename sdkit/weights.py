@@ -82,7 +82,8 @@ def float8_table(dtype: str) -> np.ndarray:
         raise ValueError(f"{dtype!r} is not a float8 dtype; use one of {FLOAT8}")
     sign = np.where(b & 0x80, -1.0, 1.0)
     exponent, mantissa = (b >> 3) & 0xF, (b & 0x7).astype(np.float64)
-    value = np.where(exponent == 0, mantissa / 8 * 2.0**-6, (1 + mantissa / 8) * 2.0 ** (exponent.astype(np.float64) - 7))
+    normal = (1 + mantissa / 8) * 2.0 ** (exponent.astype(np.float64) - 7)
+    value = np.where(exponent == 0, mantissa / 8 * 2.0**-6, normal)  # exponent 0: subnormal
     value = np.where((b & 0x7F) == 0x7F, np.nan, value)
     return (sign * value).astype(np.float16)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fixtures import relayout, to_single_file
 from safetensors.torch import load_file, save_file
-from test_checkpoint import arrays, assert_one_line_error, assert_same_weights
+from test_checkpoint import assert_one_line_error, assert_same_weights
 
 from sdkit.checkpoint import open_checkpoint
 from sdkit.errors import CheckpointError
@@ -184,8 +184,17 @@ def float8_file(sd1_single_file, tmp_path_factory):
     def convert(key, x):
         if not x.is_floating_point() or x.ndim < 2:
             return x
-        return x.to(torch.float8_e4m3fn if key.startswith(UNET) else torch.float8_e5m2 if key.startswith(VAE) else x.dtype)
+        float8 = torch.float8_e4m3fn if key.startswith(UNET) else torch.float8_e5m2 if key.startswith(VAE) else None
+        return x.to(float8) if float8 else x
     return relayout(sd1_single_file, tmp_path_factory.mktemp("fp8") / "fp8.safetensors", convert=convert)
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("F8_E4M3", torch.float8_e4m3fn), ("F8_E5M2", torch.float8_e5m2)])
+def test_float8_table_is_torchs(dtype, torch_dtype):
+    from sdkit.weights import float8_table
+
+    every_byte = torch.arange(256, dtype=torch.uint8).view(torch_dtype).float().numpy()
+    np.testing.assert_array_equal(float8_table(dtype).astype(np.float32), every_byte)  # NaNs, infinities included
 
 
 def test_float8_read_as_numbers(float8_file):
@@ -226,7 +235,8 @@ def _tiny(tmp_path, keys, name="file.safetensors"):
 
 @pytest.mark.parametrize("keys, what", [
     (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
-      "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", "lora_unet_down_blocks_0_attentions_0_proj_in.alpha",
+      "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
+      "lora_unet_down_blocks_0_attentions_0_proj_in.alpha",
       "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"], "a LoRA"),
     (["unet.down_blocks.0.attentions.0.to_q.lora_A.weight", "unet.down_blocks.0.attentions.0.to_q.lora_B.weight"],
      "a LoRA"),  # PEFT / diffusers
@@ -264,8 +274,8 @@ def test_incomplete_and_inpainting_checkpoints(sd1_single_file, tmp_path):
     no_text = relayout(sd1_single_file, tmp_path / "no-text.safetensors",
                        keep=lambda k: not k.startswith("cond_stage_model."))
     assert_one_line_error("it has no text encoder$", open_checkpoint, no_text)
-    inpaint = relayout(sd1_single_file, tmp_path / "inpainting.safetensors",
-                       convert=lambda k, x: torch.cat([x] * 3, 1)[:, :9] if k == UNET + "input_blocks.0.0.weight" else x)
+    nine = lambda k, x: torch.cat([x] * 3, 1)[:, :9] if k == UNET + "input_blocks.0.0.weight" else x  # 9 channels in
+    inpaint = relayout(sd1_single_file, tmp_path / "inpainting.safetensors", convert=nine)
     assert "issue 15" in assert_one_line_error("an inpainting model .* 9 input channels", open_checkpoint, inpaint)
 
 

@@ -66,8 +66,8 @@ def refiner_reference(refiner_folder):
         seen = last_unet_input(theirs)
         default = theirs(PROMPT, image=init, strength=0.75, num_inference_steps=STEPS, guidance_scale=7.5).images
         default_latents = seen[-1]
-        custom = theirs(PROMPT, image=init, negative_prompt=NEGATIVE, strength=0.75, num_inference_steps=STEPS, guidance_scale=7.5,
-                        **REFINER).images
+        custom = theirs(PROMPT, image=init, negative_prompt=NEGATIVE, strength=0.75, num_inference_steps=STEPS,
+                        guidance_scale=7.5, **REFINER).images
     return init, (default, default_latents), (custom, seen[-1])
 
 
@@ -94,8 +94,8 @@ def micro_reference(sdxl_folder):
     theirs = diffusers_pipeline(sdxl_folder)
     shape = (4, 48 // 8, 64 // 8)
     seen = last_unet_input(theirs)
-    images = theirs(PROMPT, negative_prompt=NEGATIVE, width=64, height=48, num_inference_steps=STEPS, guidance_scale=7.5,
-                    latents=draw(seeded_noise(SEED, 1, shape), shape), **MICRO).images
+    images = theirs(PROMPT, negative_prompt=NEGATIVE, width=64, height=48, num_inference_steps=STEPS,
+                    guidance_scale=7.5, latents=draw(seeded_noise(SEED, 1, shape), shape), **MICRO).images
     return images, seen[-1]
 
 

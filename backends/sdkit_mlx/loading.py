@@ -43,7 +43,8 @@ def read(weights: Weights):
         by_file[ref.file].append((name, ref))
     for file, refs in by_file.items():
         float8 = any(dtype in FLOAT8 for dtype, _ in read_header(file).values())
-        stored = _NumpyReader(file, {ref.key for _, ref in refs}) if float8 else mx.load(str(file), format="safetensors")
+        keys = {ref.key for _, ref in refs}
+        stored = _NumpyReader(file, keys) if float8 else mx.load(str(file), format="safetensors")
         uses = Counter(ref.key for _, ref in refs)  # OpenCLIP's in_proj is q, k and v: three uses of one key
         for name, ref in refs:
             x = stored[ref.key]
