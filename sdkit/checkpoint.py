@@ -371,7 +371,7 @@ def _single_file_facts(file: ldm.SingleFile, metadata: dict[str, str], layout: L
 
     recipe = recipe_from_name(architecture, family.name) or recipe_from_name(file.path.stem, family.name) or ORDINARY
     side = 512 if says_512 else family.native_size(prediction)
-    side = recipe.size or (known and known[2]) or side
+    side = (known and known[2]) or side
     if m := re.fullmatch(r"(\d+)x(\1)", metadata.get("modelspec.resolution", "").strip()):
         side = int(m[1])
     return prediction, side, ZTSNR in file.header, recipe

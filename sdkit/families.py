@@ -140,17 +140,16 @@ class Recipe:
     steps: int
     guidance_scale: float
     schedule: str | None = None
-    size: int | None = None  # the side it was distilled at, where that differs from its family's
 
 
 ORDINARY = Recipe("", "dpmpp_2m_karras", 30, 7.5)
-# From each model's card: SD-Turbo / SDXL-Turbo (stabilityai, 512 px, 1 step, no guidance, Euler ancestral
-# on trailing timesteps), SDXL-Lightning (ByteDance: Euler, trailing, no guidance, as many steps as the
-# file's name says), Hyper-SD (ByteDance: DDIM, trailing, no guidance), LCM (LCMScheduler, 4 steps,
-# guidance off or up to 2).
+# From each model's card: SD-Turbo / SDXL-Turbo (stabilityai: 1 step, no guidance, Euler ancestral on trailing
+# timesteps, at 512 px: a name alone does not set the size, as community "turbo" merges of SDXL make 1024 px),
+# SDXL-Lightning (ByteDance: Euler, trailing, no guidance, as many steps as the file's name says), Hyper-SD
+# (ByteDance: DDIM, trailing, no guidance), LCM (LCMScheduler, 4 steps, guidance off or up to 2).
 RECIPES = {
-    "sd-turbo": Recipe("SD-Turbo", "euler_a", 1, 0.0, "trailing", size=512),
-    "sdxl-turbo": Recipe("SDXL-Turbo", "euler_a", 1, 0.0, "trailing", size=512),
+    "sd-turbo": Recipe("SD-Turbo", "euler_a", 1, 0.0, "trailing"),
+    "sdxl-turbo": Recipe("SDXL-Turbo", "euler_a", 1, 0.0, "trailing"),
     "lightning": Recipe("SDXL-Lightning", "euler", 4, 0.0, "trailing"),
     "hyper": Recipe("Hyper-SD", "ddim", 4, 0.0, "trailing"),
     "lcm": Recipe("LCM", "lcm", 4, 1.0),
