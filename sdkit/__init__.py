@@ -37,8 +37,8 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     backend: "auto" (mlx on Apple silicon when installed, else torch), "torch" or "mlx".
     device: "cuda", "cuda:1", "mps", "cpu" (torch) or "gpu", "cpu" (mlx); default: the fastest one present.
     dtype: "float32", "float16" or "bfloat16"; default float16 on GPUs, float32 on CPUs.
-    prediction: "epsilon" or "v" to override what the checkpoint's config (or sdkit's rule for single
-    SD2 files) says the UNet predicts.
+    prediction: "epsilon" or "v" to override what the checkpoint's config (or a single file's metadata,
+    markers or name: see sdkit.checkpoint) says the UNet predicts.
     compile: compile the UNet for the device, trading a one-off compilation at each new image size for faster
     steps (torch: torch.compile, with CUDA graphs on CUDA; mlx compiles on the GPU anyway, this adds the CPU).
     memory: VAE slicing / tiling and attention chunking, each None (the default) chosen per call to fit the

@@ -4,16 +4,20 @@ Only the safetensors headers are read here; every weight stays a lazy TensorRef 
 (diffusers) name, so a backend reads each tensor once, straight into its own arrays.
 
 Single files carry no configs: they are inferred from tensor shapes (see sdkit.ldm), with the family's
-published scheduler config and tokenizer bundled in sdkit/data. What the UNet predicts is not in the shapes,
-so sdkit uses this rule:
+published scheduler config and tokenizer bundled in sdkit/data (sdkit.families). What the UNet predicts is
+not in the shapes; sdkit takes it from, in this order:
 
-    SD1 and SDXL files predict epsilon at 512 / 1024 pixels.
-    SD2 files predict v at 768 pixels, unless the file name says 512 or base (v2-1_512-ema-pruned,
-    sd21-base...), which means epsilon at 512 pixels.
-    A file holding a `v_pred` key (the ComfyUI convention) predicts v, whatever its name.
-    `prediction="v"` or `"epsilon"` overrides all of this, for folders too.
+    `prediction="v"` or `"epsilon"`, which overrides everything below (for folders too);
+    the file's metadata: modelspec.prediction_type (or ComfyUI's modelspec.predict_key);
+    a `v_pred` marker tensor (ComfyUI's convention), with `ztsnr` for a zero-terminal-SNR schedule;
+    modelspec.architecture (stable-diffusion-v2-768-v, -v2-512, ...);
+    the file name: SD2 files predict v at 768 pixels unless the name says 512 or base (v2-1_512-ema-pruned,
+    sd21-base...), which means epsilon at 512 pixels; SD1 and SDXL files predict epsilon.
 
-Pickled checkpoints (.ckpt, .pt, .bin, .pth) are refused without being opened: unpickling can run code.
+A file that is not a checkpoint sdkit can load (a LoRA, an embedding, a lone VAE or UNet, ControlNet, Flux,
+SD3, an inpainting model, ...) is refused in one line naming what it is (sdkit.identify), as is a diffusers
+folder of another pipeline type. Pickled checkpoints (.ckpt, .pt, .bin, .pth) are refused without being
+opened: unpickling can run code.
 """
 
 from __future__ import annotations
@@ -25,20 +29,28 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ldm
+from . import identify, ldm
 from .config import SchedulerConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from .errors import CheckpointError
+from .families import (ARCHITECTURES, FAMILIES, ORDINARY, PREDICTION_NAMES, UNET_PREFIX, V_PRED, VAE_PREFIX, ZTSNR,
+                       Layout, Recipe, recipe_from_name, recipe_from_scheduler, time_ids)
 from .interfaces import TensorRef, Weights
 
 DATA = Path(__file__).parent / "data"
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+TEXT_COMPONENTS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}  # and their tokenizers
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model")  # diffusers' and transformers' file names
 PICKLES = (".ckpt", ".pt", ".pth", ".bin")
-SCHEDULERS = {"sd1": "sd15-scheduler_config.json", "sd2": "sd21-768v-scheduler_config.json",
-              "sdxl": "sdxl-base-scheduler_config.json"}
 PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction"}
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
             "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+# diffusers pipelines whose folders sdkit loads (image-to-image ones hold the same components), and what the
+# classes of others are, for the refusal
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionXLPipeline",
+             "StableDiffusionXLImg2ImgPipeline")
+OTHER_PIPELINES = {"Flux": "Flux", "StableDiffusion3": "Stable Diffusion 3", "ControlNet": "a ControlNet pipeline",
+                   "Inpaint": "an inpainting pipeline", "Cascade": "Stable Cascade", "PixArt": "PixArt",
+                   "Kolors": "Kolors", "AuraFlow": "AuraFlow", "Video": "a video pipeline", "Onnx": "an ONNX export"}
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
 
@@ -46,7 +58,7 @@ MAX_HEADER = 100 * 2**20  # safetensors' own limit
 class Checkpoint:
     path: Path
     name: str  # for display and image metadata: folder name, file stem or Hub repo id
-    family: str  # "sd1" | "sd2" | "sdxl"
+    family: str  # "sd1" | "sd2" | "sdxl" (sdkit.families)
     text_encoders: tuple[TextEncoderConfig, ...]
     tokenizers: tuple[Path | str, ...]  # a tokenizer folder, or a bundled tokenizer's name
     unet: UNetConfig
@@ -54,13 +66,21 @@ class Checkpoint:
     scheduler: SchedulerConfig
     # SDXL: with no negative prompt, the uncond context and pooled embedding are zeros (not the encoding of "")
     force_zeros_for_empty_prompt: bool
-    weights: dict[str, Weights]  # "text_encoder"["text_encoder_2"], "unet", "vae"
+    weights: dict[str, Weights]  # "unet", "vae" and the text encoders ("text_encoder", "text_encoder_2")
+    # SDXL micro-conditioning: the values the UNet's time ids hold (families.BASE_TIME_IDS or REFINER_TIME_IDS)
+    time_ids: tuple[str, ...] = ()
+    recommended: Recipe = ORDINARY  # generate()'s defaults: a few-step model's recipe, else today's
 
     @property
     def default_size(self) -> tuple[int, int]:
         """(height, width) the model was trained at."""
         side = self.unet.sample_size * self.vae.scale
         return side, side
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders' components, in the order of text_encoders (the refiner has text_encoder_2 only)."""
+        return tuple(c for c in TEXT_COMPONENTS if c in self.weights)
 
 
 def open_checkpoint(path: str | Path, *, prediction: str | None = None, prefer_fp16: bool = False,
@@ -81,7 +101,7 @@ def open_checkpoint(path: str | Path, *, prediction: str | None = None, prefer_f
     if path.is_dir():
         ckpt = _open_folder(path, prefer_fp16)
     elif path.suffix.lower() == ".safetensors":
-        ckpt = _open_single_file(path)
+        ckpt = _open_single_file(path, overridden=prediction is not None)
     else:
         raise CheckpointError(f"{path}: not a .safetensors file or a diffusers folder")
     _check_agreement(ckpt)
@@ -93,6 +113,15 @@ def open_checkpoint(path: str | Path, *, prediction: str | None = None, prefer_f
 
 def read_header(file: Path) -> ldm.Header:
     """{key: (dtype, shape)} of a safetensors file, validated against the file's size without reading data."""
+    return _parse_header(file)[0]
+
+
+def read_metadata(file: Path) -> dict[str, str]:
+    """A safetensors file's `__metadata__` (string keys and values; modelspec.* among them), {} if none."""
+    return _parse_header(file)[1]
+
+
+def _parse_header(file: Path) -> tuple[ldm.Header, dict[str, str]]:
     size = file.stat().st_size
     with open(file, "rb") as f:
         head = f.read(8)
@@ -108,11 +137,11 @@ def read_header(file: Path) -> ldm.Header:
             raise CheckpointError(f"{file}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: not a safetensors file (its header is not a JSON object)")
+    metadata = header.pop("__metadata__", None)
+    metadata = {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
     data = size - 8 - n
     out = {}
     for key, entry in header.items():
-        if key == "__metadata__":
-            continue
         try:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
             nbytes = math.prod(shape) * ITEMSIZE.get(dtype, 0)
@@ -123,7 +152,7 @@ def read_header(file: Path) -> ldm.Header:
             raise CheckpointError(f"{file}: tensor {key!r} has a broken header entry or lies past the end of "
                                   f"the file ({size} bytes); the file is truncated or corrupt")
         out[key] = (dtype, shape)
-    return out
+    return out, metadata
 
 
 def choose_weights(names, prefer_fp16: bool) -> str | None:
@@ -142,28 +171,62 @@ def choose_weights(names, prefer_fp16: bool) -> str | None:
 # ---- diffusers folders ----
 
 def _open_folder(path: Path, prefer_fp16: bool) -> Checkpoint:
-    xl = (path / "text_encoder_2").is_dir()
-    texts = ("text_encoder", "text_encoder_2") if xl else ("text_encoder",)
-    tokenizers = tuple(path / t for t in (("tokenizer", "tokenizer_2") if xl else ("tokenizer",)))
+    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    _check_pipeline(path, index)
+    # the text encoders the folder has: model_index lists them (the refiner's text_encoder is null), else
+    # whichever folders exist
+    listed = [c for c in TEXT_COMPONENTS if isinstance(index.get(c), list) and index[c][0] is not None]
+    texts = tuple(listed or [c for c in TEXT_COMPONENTS if (path / c).is_dir()] or ["text_encoder"])
+    tokenizers = tuple(path / TEXT_COMPONENTS[t] for t in texts)
     required = [*(f"{c}/config.json" for c in ("unet", "vae", *texts)), "scheduler/scheduler_config.json"]
     missing = [r for r in required if not (path / r).is_file()] + [t.name + "/" for t in tokenizers if not t.is_dir()]
     if missing:
         raise CheckpointError(f"{path}: not a complete diffusers folder; missing {', '.join(missing)}")
-    weights = {c: _component_weights(path / c, prefer_fp16) for c in ("unet", "vae", *texts)}
     configs = {c: _read_json(path / c / "config.json") for c in ("unet", "vae", *texts)}
+    _check_unet(path / "unet", configs["unet"])
+    weights = {c: _component_weights(path / c, prefer_fp16) for c in ("unet", "vae", *texts)}
     text_encoders = tuple(TextEncoderConfig.from_diffusers(configs[t], "text_projection.weight" in weights[t])
                           for t in texts)
+    unet = UNetConfig.from_diffusers(configs["unet"])
+    xl = unet.addition_embed_type == "text_time"
     family = "sdxl" if xl else "sd2" if text_encoders[0].hidden_act == "gelu" else "sd1"
-    index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    ids = _time_ids(path, unet.projection_class_embeddings_input_dim, text_encoders[-1].projection_dim,
+                    unet.addition_time_embed_dim)[0] if xl else ()
+    # diffusers' default: True for StableDiffusionXLPipeline, False for its Img2Img pipeline (the refiner's)
+    zeros = index.get("force_zeros_for_empty_prompt", "aesthetic_score" not in ids)
     return Checkpoint(
         path=path, name=path.name, family=family, text_encoders=text_encoders, tokenizers=tokenizers,
-        unet=UNetConfig.from_diffusers(configs["unet"]), vae=VAEConfig.from_diffusers(configs["vae"]),
-        scheduler=SchedulerConfig.from_diffusers(_read_json(path / "scheduler" / "scheduler_config.json")),
-        force_zeros_for_empty_prompt=xl and bool(index.get("force_zeros_for_empty_prompt", True)),  # diffusers' default
-        weights=weights)
+        unet=unet, vae=VAEConfig.from_diffusers(configs["vae"]), scheduler=SchedulerConfig.from_diffusers(scheduler),
+        force_zeros_for_empty_prompt=xl and bool(zeros), weights=weights, time_ids=ids,
+        recommended=recipe_from_scheduler(scheduler) or ORDINARY)
 
 
-OLD_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+def _check_pipeline(path: Path, index: dict) -> None:
+    """Refuse, in one line, a folder of a pipeline sdkit does not run, or a single component's folder."""
+    cls = index.get("_class_name")
+    if not index and (path / "config.json").is_file() and not (path / "unet").is_dir():
+        cls = _read_json(path / "config.json").get("_class_name", "unknown")
+        what = {"AutoencoderKL": "a VAE", "UNet2DConditionModel": "a UNet", "ControlNetModel": "a ControlNet",
+                "CLIPTextModel": "a text encoder", "CLIPTextModelWithProjection": "a text encoder"}.get(cls, cls)
+        raise CheckpointError(f"{path}: the folder of one component ({what}, {cls}), not a whole diffusers "
+                              "pipeline; pass the folder that holds model_index.json")
+    if cls is None or cls in PIPELINES:
+        return
+    what = next((name for part, name in OTHER_PIPELINES.items() if part in str(cls)), None)
+    raise CheckpointError(f"{path}: a {cls} folder{f' ({what})' if what else ''}; sdkit loads "
+                          f"{', '.join(PIPELINES)} folders" + (" (inpainting models once inpainting lands, "
+                                                                 "issue 15)" if "Inpaint" in str(cls) else ""))
+
+
+def _check_unet(folder: Path, config: dict) -> None:
+    """What sdkit's UNets cannot run, refused before reading weights."""
+    what = identify.UNET_INPUTS.get(config.get("in_channels", 4))
+    if what:
+        raise CheckpointError(f"{folder}: {what}")
+    if config.get("time_cond_proj_dim"):
+        raise CheckpointError(f"{folder}: the UNet takes the guidance scale as an input (time_cond_proj_dim, as "
+                              "LCM-distilled UNets do), which sdkit does not run yet; LCM-LoRA merges load")
 
 
 def _component_weights(folder: Path, prefer_fp16: bool) -> Weights:
@@ -201,11 +264,7 @@ def _canonical(component: str, key: str) -> str | None:
     if component.startswith("text_encoder"):
         key = key.removeprefix("text_model.")
         return None if key == "embeddings.position_ids" else key
-    if component == "vae":
-        m = re.fullmatch(r"(.+\.attentions\.0\.)(query|key|value|proj_attn)\.(weight|bias)", key)
-        if m:
-            return f"{m[1]}{OLD_VAE_ATTENTION[m[2]]}.{m[3]}"
-    return key
+    return ldm.diffusers_vae_name(key) if component == "vae" else key
 
 
 def _read_json(file: Path) -> dict:
@@ -217,47 +276,120 @@ def _read_json(file: Path) -> dict:
 
 # ---- original single files ----
 
-def _open_single_file(file: Path) -> Checkpoint:
-    header = read_header(file)
-    family = ldm.detect_family(header)
-    missing = [what for what, prefix in (("a UNet (model.diffusion_model.*)", ldm.UNET_PREFIX),
-                                         ("a VAE (first_stage_model.*)", ldm.VAE_PREFIX))
-               if not any(k.startswith(prefix) for k in header)]
-    if family is None:
-        missing.append("a text encoder (cond_stage_model.* or conditioner.embedders.*)")
-    if missing:
-        raise CheckpointError(f"{file}: not a complete Stable Diffusion checkpoint; "
-                              f"it has no {' and no '.join(missing)}")
-
-    v_768 = family == "sd2" and not re.search(r"512|base", file.stem, re.IGNORECASE)
-    v = v_768 or "v_pred" in header
-    sample_size = {"sd1": 64, "sd2": 96 if v_768 else 64, "sdxl": 128}[family]
-    scheduler = SchedulerConfig.from_diffusers(_read_json(DATA / "schedulers" / SCHEDULERS[family]))
-    scheduler = dataclasses.replace(scheduler, prediction_type="v_prediction" if v else "epsilon")
-
+def _open_single_file(path: Path, overridden: bool) -> Checkpoint:
+    """overridden: the caller gives the prediction type, so the file's own need not be understood."""
+    header, metadata = _parse_header(path)
+    file = ldm.read(path, header)
+    _refuse_what_is_not_a_checkpoint(file)
+    layout = ldm.layout(file)
+    if layout is None:
+        towers = sorted({".".join(k.split(".")[:3]) + "." for k in file.header if k.startswith(("cond_stage_model.",
+                                                                                                 "conditioner."))})
+        raise CheckpointError(f"{path}: its text encoders ({', '.join(towers[:3])}) fit no Stable Diffusion "
+                              "1.x, 2.x or XL layout sdkit knows")
+    family = FAMILIES[layout.family]
+    prediction, side, zsnr, recipe = _single_file_facts(file, metadata, layout, overridden)
+    config = SchedulerConfig.from_diffusers(_read_json(DATA / "schedulers" / family.scheduler))
+    scheduler = dataclasses.replace(config, prediction_type=prediction, rescale_betas_zero_snr=zsnr,
+                                    timestep_spacing=recipe.schedule or config.timestep_spacing)
+    sample_size = side // 8  # every SD VAE has 8 pixels per latent
     try:
-        unet, unet_weights, unexpected = ldm.unet(file, header, family, sample_size)
-        vae, vae_weights, unexpected_vae = ldm.vae(file, header, 0.13025 if family == "sdxl" else 0.18215,
-                                                   sample_size * 8)
-        texts = [ldm.clip(file, header, prefix) if layout == "clip" else
-                 ldm.openclip(file, header, prefix, penultimate=family == "sd2")
-                 for _, prefix, layout in ldm.TEXT_ENCODERS[family]]
-    except (KeyError, StopIteration) as e:
-        raise CheckpointError(f"{file}: cannot infer the {family} model's layout; tensor {e} is missing") from None
+        texts = [ldm.clip(file, t.prefix) if t.kind == "clip" else ldm.openclip(file, t.prefix, family)
+                 for t in layout.towers]
+        ids, width = (), None
+        if family.name == "sdxl":
+            ids, width = _time_ids(path, file.header[UNET_PREFIX + "label_emb.0.0.weight"][1][1],
+                                   texts[-1][0].projection_dim, None)
+        unet, unet_weights, unexpected = ldm.unet(file, family, sample_size, width)
+        vae, vae_weights, unexpected_vae = ldm.vae(file, family.scaling_factor, side)
+    except (KeyError, StopIteration, IndexError) as e:
+        missing = f"tensor {e} is missing" if isinstance(e, KeyError) else "its blocks are not where they should be"
+        raise CheckpointError(f"{path}: cannot read it as an {layout.name} checkpoint; {missing}") from None
 
-    covered = (ldm.UNET_PREFIX, ldm.VAE_PREFIX, *(prefix for _, prefix, _ in ldm.TEXT_ENCODERS[family]))
+    covered = (UNET_PREFIX, VAE_PREFIX, *(t.prefix for t in layout.towers))
     unexpected += unexpected_vae + [k for _, _, u in texts for k in u]
-    unexpected += [k for k in header if not k.startswith(covered) and not ldm.LEFTOVER.fullmatch(k)]
+    unexpected += [file.stored[k] for k in file.header if not k.startswith(covered) and not ldm.LEFTOVER.fullmatch(k)]
     if unexpected:
         more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
-        raise CheckpointError(f"{file}: unexpected tensors {', '.join(unexpected[:5])}{more}; "
-                              f"not a {family} checkpoint sdkit can map")
-    components = [component for component, _, _ in ldm.TEXT_ENCODERS[family]]
-    weights = {"unet": unet_weights, "vae": vae_weights, **{c: w for c, (_, w, _) in zip(components, texts)}}
+        raise CheckpointError(f"{path}: unexpected tensors {', '.join(unexpected[:5])}{more}; "
+                              f"not an {layout.name} checkpoint sdkit can map")
+    weights = {"unet": unet_weights, "vae": vae_weights}
+    weights |= {t.component: w for t, (_, w, _) in zip(layout.towers, texts)}
     return Checkpoint(
-        path=file, name=file.stem, family=family, text_encoders=tuple(config for config, _, _ in texts),
-        tokenizers={"sd1": ("clip-l",), "sd2": ("openclip",), "sdxl": ("clip-l", "openclip")}[family],
-        unet=unet, vae=vae, scheduler=scheduler, force_zeros_for_empty_prompt=family == "sdxl", weights=weights)
+        path=path, name=path.stem, family=family.name, text_encoders=tuple(config for config, _, _ in texts),
+        tokenizers=tuple(t.tokenizer for t in layout.towers), unet=unet, vae=vae, scheduler=scheduler,
+        force_zeros_for_empty_prompt=layout.force_zeros_for_empty_prompt, weights=weights,
+        time_ids=ids, recommended=recipe)
+
+
+def _refuse_what_is_not_a_checkpoint(file: ldm.SingleFile) -> None:
+    """One line naming what the file is, if it is anything but a complete SD 1.x / 2.x / XL checkpoint."""
+    path, keys = file.path, list(file.header)
+    kind = identify.foreign(keys)
+    if kind:
+        raise CheckpointError(f"{path}: this is {kind[0]}, not a Stable Diffusion checkpoint; {kind[1]}")
+    parts = file.has(UNET_PREFIX), file.has(VAE_PREFIX), ldm.has_text_encoder(file)
+    if not all(parts):
+        lone = identify.lone_component(keys)
+        if lone:
+            raise CheckpointError(f"{path}: this is {lone}, not a whole checkpoint; sdkit loads checkpoints "
+                                  "that hold the UNet, the VAE and the text encoder(s)")
+        if not any(parts):
+            raise CheckpointError(f"{path}: not a Stable Diffusion checkpoint; none of its {len(keys)} tensors "
+                                  f"({', '.join(file.stored[k] for k in keys[:3])}) is a UNet, VAE or text encoder")
+        raise CheckpointError(f"{path}: not a complete Stable Diffusion checkpoint; {identify.missing_parts(*parts)}")
+    conv_in = file.header.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    what = conv_in and identify.UNET_INPUTS.get(conv_in[1][1])
+    if what:
+        raise CheckpointError(f"{path}: this is {what}")
+
+
+def _single_file_facts(file: ldm.SingleFile, metadata: dict[str, str], layout: Layout,
+                       overridden: bool) -> tuple[str, int, bool, Recipe]:
+    """(prediction type, native side in pixels, zero terminal SNR, recipe) of a single file: from its metadata
+    and markers first, then its name (see the module docstring)."""
+    family = FAMILIES[layout.family]
+    architecture = metadata.get("modelspec.architecture", "").strip().lower()
+    if not architecture and layout.sgm_architecture and "denoiser.sigmas" in file.header:
+        architecture = layout.sgm_architecture
+    known = ARCHITECTURES.get(architecture.split("/")[0])
+    if known and known[0] != family.name:  # metadata written for another model (a merge's leftovers): ignored
+        known = None
+    says_512 = family.name == "sd2" and re.search(r"512|base", file.path.stem, re.IGNORECASE)
+
+    prediction = "v_prediction" if family.name == "sd2" and not says_512 else "epsilon"
+    if known and known[1]:
+        prediction = known[1]
+    if V_PRED in file.header:
+        prediction = "v_prediction"
+    declared = metadata.get("modelspec.prediction_type") or metadata.get("modelspec.predict_key")
+    if declared and not overridden:
+        if declared.strip().lower() not in PREDICTION_NAMES:
+            raise CheckpointError(f"{file.path}: its metadata says modelspec.prediction_type {declared!r}, which "
+                                  "sdkit does not know; pass prediction='epsilon' or 'v'")
+        prediction = PREDICTION_NAMES[declared.strip().lower()]
+
+    recipe = recipe_from_name(architecture, family.name) or recipe_from_name(file.path.stem, family.name) or ORDINARY
+    side = 512 if says_512 else family.native_size(prediction)
+    side = (known and known[2]) or side
+    if m := re.fullmatch(r"(\d+)x(\1)", metadata.get("modelspec.resolution", "").strip()):
+        side = int(m[1])
+    return prediction, side, ZTSNR in file.header, recipe
+
+
+def _time_ids(path: Path, width: int, pooled: int | None, dim: int | None) -> tuple[tuple[str, ...], int]:
+    """SDXL's micro-conditioning (families.time_ids) and each id's embedding width, from the width of the UNet's
+    add_embedding input (pooled text + time ids); dim: the width each id is embedded with, when a config says."""
+    if pooled is None:
+        raise CheckpointError(f"{path}: the UNet takes SDXL's pooled text, but its last text encoder has no "
+                              "text_projection to pool it with")
+    found = time_ids(width - pooled, dim)
+    if found is None:
+        each = f"addition_time_embed_dim {dim}" if dim else "an even width"
+        raise CheckpointError(f"{path}: the UNet's projection_class_embeddings_input_dim {width} is not the pooled "
+                              f"text width {pooled} + 6 (base) or 5 (refiner) time ids x {each} "
+                              "(text_encoder_2 vs unet)")
+    return found
 
 
 def _check_agreement(ckpt: Checkpoint) -> None:
@@ -266,15 +398,6 @@ def _check_agreement(ckpt: Checkpoint) -> None:
     if width != ckpt.unet.cross_attention_dim:
         raise CheckpointError(f"{ckpt.path}: text encoder width {width} does not match the UNet's "
                               f"cross_attention_dim {ckpt.unet.cross_attention_dim} (text_encoder vs unet)")
-    unet = ckpt.unet
-    if unet.addition_embed_type == "text_time":  # the UNet's add_embedding takes pooled text + 6 time ids
-        pooled = ckpt.text_encoders[-1].projection_dim
-        expected = None if pooled is None else pooled + 6 * unet.addition_time_embed_dim
-        if unet.projection_class_embeddings_input_dim != expected:
-            raise CheckpointError(f"{ckpt.path}: the UNet's projection_class_embeddings_input_dim "
-                                  f"{unet.projection_class_embeddings_input_dim} is not 6 x addition_time_embed_dim "
-                                  f"{unet.addition_time_embed_dim} + the pooled text width {pooled} "
-                                  "(text_encoder_2 projection_dim vs unet)")
     if ckpt.unet.in_channels != ckpt.vae.latent_channels:
         raise CheckpointError(f"{ckpt.path}: the UNet takes {ckpt.unet.in_channels} channels but the VAE "
                               f"makes {ckpt.vae.latent_channels} latent channels (unet vs vae)")

@@ -20,7 +20,8 @@ import traceback
 from pathlib import Path
 
 import sdkit
-from sdkit import backends, hub
+from sdkit import backends, hub, micro_conditioning
+from sdkit.families import ORDINARY
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SAMPLERS, HIRES_KEYS
 from sdkit.tokenizer import Tokenizer
@@ -30,7 +31,7 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed", "strength",
-            "model"}
+            "model", *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
@@ -53,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--negative", dest="negative_prompt", metavar="NEGATIVE", help="what not to draw")
     p.add_argument("-W", "--width", type=_size, help="pixels, a multiple of 8 (default: the model's size)")
     p.add_argument("-H", "--height", type=_size, help="pixels, a multiple of 8 (default: the model's size)")
-    p.add_argument("--steps", type=_positive_int, help=f"denoising steps (default {DEFAULTS['steps']})")
+    p.add_argument("--steps", type=_positive_int,
+                   help=f"denoising steps (default: the model's recommendation; {ORDINARY.steps} for ordinary models)")
     p.add_argument("-g", "--guidance", dest="guidance_scale", type=_guidance, metavar="GUIDANCE",
-                   help=f"classifier-free guidance scale (default {DEFAULTS['guidance_scale']})")
+                   help=f"classifier-free guidance scale (default: the model's recommendation; "
+                        f"{ORDINARY.guidance_scale} for ordinary models)")
     p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
     p.add_argument("--sampler", choices=sdkit.SAMPLERS, metavar="NAME",
-                   help=f"see --list-samplers (default {DEFAULTS['sampler']})")
+                   help=f"see --list-samplers (default: the model's recommendation; {ORDINARY.sampler} "
+                        "for ordinary models)")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
     p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.list_samplers:
         for name in sdkit.SAMPLERS:
             a1111 = " + Schedule type: ".join(filter(None, A1111_SAMPLERS[name]))
-            print(f"{name:<16} {a1111}{'  (default)' if name == DEFAULTS['sampler'] else ''}")
+            print(f"{name:<16} {a1111}{'  (default)' if name == ORDINARY.sampler else ''}")
         return 0
 
     # Everything that can be refused is checked before the (slow) model load.
@@ -123,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
               for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed")}
+    kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
     seeds = [kwargs["seed"] + i for i in range(args.num_images)]
@@ -151,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         b = pipe.backend
         print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
+    ignored = [k for k in micro_conditioning.ARGUMENTS
+               if k in kwargs and k.removeprefix("negative_") not in pipe.checkpoint.time_ids]
+    if ignored:
+        _warn(f"not applied: {', '.join(ignored)} (stored SDXL micro-conditioning this model does not take)")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
 
     progress = _Progress(disable=args.quiet)
     with progress:
@@ -253,7 +263,7 @@ def unhonoured(stored: dict, honoured: set[str], sampler: str | None = None) -> 
     notes = []
     if "Sampler" in rest:
         a1111 = ", ".join(f"{k}: {rest.pop(k)}" for k in ("Sampler", "Schedule type") if k in rest)
-        notes.append(f"{a1111} is not available in sdkit; using {sampler or DEFAULTS['sampler']}")
+        notes.append(f"{a1111} is not available in sdkit; using " + (sampler or "the model's recommended sampler"))
     if rest.get("Clip skip") == "1":  # the last layer: what sdkit does
         del rest["Clip skip"]
     elif "Clip skip" in rest:

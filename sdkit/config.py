@@ -120,6 +120,7 @@ class SchedulerConfig:
     steps_offset: int = 0
     set_alpha_to_one: bool | None = None
     skip_prk_steps: bool | None = None
+    rescale_betas_zero_snr: bool = False  # zero terminal SNR (Lin et al. 2023): the last ᾱ is rescaled to 0
 
     @classmethod
     def from_diffusers(cls, d: dict) -> SchedulerConfig:

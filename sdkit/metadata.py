@@ -44,7 +44,14 @@ _KEYS = {
     "Denoising strength": ("strength", float),
     "Model": ("model", str),
 }
-_OURS = {"prompt", "negative_prompt", "sampler", "width", "height"} | {k for k, _ in _KEYS.values()}
+# SDXL micro-conditioning, which A1111, Forge and ComfyUI do not write: sdkit's own keys, sizes as "WxH" like Size,
+# the crop as "LEFTxTOP" (x, y), each written only when it differs from its default.
+_KEYS |= {"Aesthetic score": ("aesthetic_score", float),
+          "Negative aesthetic score": ("negative_aesthetic_score", float)}
+_PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
+          "Negative original size": "negative_original_size",
+          "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
+_OURS = {"prompt", "negative_prompt", "sampler", "width", "height", *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
 HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
 
@@ -81,6 +88,12 @@ def format_parameters(params: dict) -> str:
         pairs["Model"] = params["model"]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
+    for key, name in _PAIRS.items():  # (height, width) / (top, left) -> "WxH" / "LEFTxTOP"
+        if params.get(name) is not None:
+            pairs[key] = f"{params[name][1]}x{params[name][0]}"
+    for key in ("Aesthetic score", "Negative aesthetic score"):
+        if params.get(_KEYS[key][0]) is not None:
+            pairs[key] = params[_KEYS[key][0]]
     pairs |= {k: v for k, v in params.items()
               if k not in _OURS and k not in pairs and k != "Version" and v is not None}  # A1111 skips None
     pairs["Version"] = f"sdkit {__version__}"
@@ -144,6 +157,8 @@ def to_keywords(info: Infotext) -> dict:
                 params[key] = value  # unreadable: kept as found, so a caller can name it
         elif key == "Size" and (m := _SIZE.match(value)):
             params["width"], params["height"] = int(m[1]), int(m[2])
+        elif key in _PAIRS and (m := _SIZE.match(value)):
+            params[_PAIRS[key]] = (int(m[2]), int(m[1]))
         elif key not in ("Sampler", "Schedule type"):
             params[key] = value
 

@@ -15,8 +15,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import images, metadata, samplers, tiling
+from . import images, metadata, micro_conditioning, samplers, tiling
 from .checkpoint import Checkpoint
+from .families import FAMILIES
 from .errors import Cancelled
 from .interfaces import Array, Backend
 from .memory import Memory, Workload, choose
@@ -24,9 +25,6 @@ from .tokenizer import Tokenizer
 
 Callback = Callable[[int, int, Array], "bool | None"]
 
-# Which hidden state each family conditions on (TextEncoder's layer / final_norm); SD1 and SD2 the defaults.
-# SDXL, as diffusers: both encoders' penultimate layer, without the final LayerNorm.
-_TEXT_LAYER = {"sdxl": dict(layer=-2, final_norm=False)}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -44,6 +42,8 @@ class Request:
     seed: int
     num_images: int
     strength: float | None  # None: text-to-image
+    micro: dict  # SDXL micro-conditioning: every value the UNet's time ids hold (sdkit.micro_conditioning)
+    micro_set: dict  # those that differ from their defaults (written into the image's metadata)
 
 
 class Pipeline:
@@ -55,7 +55,7 @@ class Pipeline:
         self.memory = memory  # what generate() may do to fit; each None is decided per call (sdkit.Memory)
         self.tokenizers = [_load_tokenizer(t) for t in checkpoint.tokenizers]
         self.text_encoders = [backend.text_encoder(cfg, checkpoint.weights[name])
-                              for cfg, name in zip(checkpoint.text_encoders, _text_encoder_names(checkpoint))]
+                              for cfg, name in zip(checkpoint.text_encoders, checkpoint.text_encoder_names)]
         self.unet = backend.unet(checkpoint.unet, checkpoint.weights["unet"])
         self.vae = backend.vae(checkpoint.vae, checkpoint.weights["vae"])
 
@@ -69,20 +69,34 @@ class Pipeline:
         return self.checkpoint.default_size
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
-                 height: int | None = None, steps: int = 30, guidance_scale: float = 7.5,
-                 sampler: str = "dpmpp_2m_karras", seed: int | None = None, num_images: int = 1,
+                 height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
+                 sampler: str | None = None, seed: int | None = None, num_images: int = 1,
                  init_image: Image.Image | str | Path | None = None, strength: float = 0.8,
-                 latents: np.ndarray | None = None, callback: Callback | None = None) -> list[Image.Image]:
+                 latents: np.ndarray | None = None, callback: Callback | None = None,
+                 original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
+                 target_size: tuple[int, int] | None = None, aesthetic_score: float | None = None,
+                 negative_original_size: tuple[int, int] | None = None,
+                 negative_crops_coords_top_left: tuple[int, int] | None = None,
+                 negative_target_size: tuple[int, int] | None = None,
+                 negative_aesthetic_score: float | None = None) -> list[Image.Image]:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
+        steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
+        few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras).
+        original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
         `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
         """
         init = images.open_image(init_image) if init_image is not None else None
         if init is not None and width is None and height is None:
             height, width = images.default_size(init)
+        micro = dict(original_size=original_size, crops_coords_top_left=crops_coords_top_left,
+                     target_size=target_size, aesthetic_score=aesthetic_score,
+                     negative_original_size=negative_original_size,
+                     negative_crops_coords_top_left=negative_crops_coords_top_left,
+                     negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                            num_images, strength if init is not None else None)
+                            num_images, strength if init is not None else None, micro)
         mem = self._fit(req, encode=init is not None)
         plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
         f = self.checkpoint.vae.scale
@@ -108,7 +122,7 @@ class Pipeline:
         return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i))) for i, p in enumerate(pixels)]
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                 num_images, strength) -> Request:
+                 num_images, strength, micro) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -117,12 +131,24 @@ class Pipeline:
             if value % 8:
                 lo = value - value % 8
                 raise ValueError(f"{name} {value} is not a multiple of 8; use {lo or 8} or {lo + 8}")
+        if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+        recipe = self.checkpoint.recommended
+        if steps is None:
+            steps = recipe.steps
+            if recipe.name and strength is not None:  # a few-step model runs its steps on the image, too
+                steps = _steps_running(recipe.steps, strength)
+        guidance_scale = recipe.guidance_scale if guidance_scale is None else guidance_scale
+        if sampler is None:
+            sampler = recipe.sampler
+            if samplers.ALIASES.get(sampler, sampler) not in samplers.NAMES:
+                raise ValueError(f"{self.checkpoint.name} is a {recipe.name} model, whose recipe samples with "
+                                 f"{sampler!r}, which this sdkit lacks; pass sampler= (one of "
+                                 f"{', '.join(samplers.NAMES)})")
         _check_int("steps", steps, minimum=1)
         _check_int("num_images", num_images, minimum=1)
         if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
-        if strength is not None and not (isinstance(strength, (int, float)) and 0 < strength <= 1):
-            raise ValueError(f"strength must be in (0, 1], got {strength!r}")
         if seed is None:
             seed = secrets.randbits(32)
         _check_int("seed", seed, minimum=0)
@@ -130,8 +156,11 @@ class Pipeline:
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        ids = self.checkpoint.time_ids
+        values = micro_conditioning.resolve(ids, height, width, micro)
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
-                       samplers.canonical_name(sampler), seed, num_images, strength)
+                       samplers.canonical_name(sampler), seed, num_images, strength, values,
+                       micro_conditioning.to_write(values, ids, height, width))
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
@@ -151,7 +180,7 @@ class Pipeline:
         texts = [req.prompt] * b
         if guided and not zero_uncond:
             texts = [req.negative_prompt or ""] * b + texts
-        layer = _TEXT_LAYER.get(self.checkpoint.family, {})
+        layer = FAMILIES[self.checkpoint.family].text_layer
         encoded = [enc(tok(texts), **layer) for tok, enc in zip(self.tokenizers, self.text_encoders)]
         if self.checkpoint.unet.addition_embed_type != "text_time":
             (context, _), = encoded  # SD1, SD2: one encoder; the context stays on the device
@@ -163,8 +192,10 @@ class Pipeline:
         if zero_uncond:
             context = np.concatenate([np.zeros_like(context), context])  # (2B, 77, C)
             pooled = np.concatenate([np.zeros_like(pooled), pooled])
-        # micro-conditioning: original size, crop top-left, target size, each (height, width) / (top, left)
-        time_ids = np.array([[req.height, req.width, 0, 0, req.height, req.width]] * len(context), np.float32)
+        # micro-conditioning (sizes, crop, aesthetic score): the uncond rows get the negative values
+        ids = self.checkpoint.time_ids
+        rows = [micro_conditioning.time_ids(req.micro, ids, negative=True)] * (b if guided else 0)
+        time_ids = np.stack(rows + [micro_conditioning.time_ids(req.micro, ids, negative=False)] * b)  # (k*B, 5|6)
         added = {"text_embeds": self.backend.asarray(pooled), "time_ids": self.backend.asarray(time_ids)}
         return self.backend.asarray(context), added
 
@@ -193,15 +224,19 @@ class Pipeline:
                       model=self.checkpoint.name)
         if req.strength is not None:
             params["strength"] = req.strength
-        return params
+        return params | req.micro_set
+
+
+def _steps_running(steps: int, strength: float) -> int:
+    """The fewest steps of which image-to-image at `strength` runs `steps` (it runs int(n * strength))."""
+    n = max(steps, math.ceil(steps / strength))
+    while int(n * strength) < steps:
+        n += 1
+    return n
 
 
 def _load_tokenizer(spec: Path | str) -> Tokenizer:
     return Tokenizer.bundled(spec) if isinstance(spec, str) else Tokenizer.from_dir(spec)
-
-
-def _text_encoder_names(ckpt: Checkpoint) -> list[str]:
-    return ["text_encoder", "text_encoder_2"][: len(ckpt.text_encoders)]
 
 
 def _draw_noise(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from safetensors import safe_open
 
 from .errors import CheckpointError
@@ -19,7 +22,9 @@ from .interfaces import Array, TensorRef, Weights
 # Views kept as they are (zero-copy loads) keep their own opening's mapping alive.
 OPEN_BYTES = 256 * 2**20
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+            "F8_E4M3": 1, "F8_E5M2": 1}
+FLOAT8 = ("F8_E4M3", "F8_E5M2")
 
 
 def read_tensors(weights: Weights, framework: str) -> Iterator[tuple[str, Array]]:
@@ -64,3 +69,33 @@ def check_shapes(expected: dict[str, tuple[int, ...]], weights: Weights, compone
         files = sorted({str(ref.file) for ref in weights.values()}) or ["no files"]
         raise CheckpointError(f"{component} weights in {', '.join(files)} do not match the model: "
                               + "; ".join(problems))
+
+
+def float8_table(dtype: str) -> np.ndarray:
+    """(256,) float16: the value of each byte of a float8 tensor. Every float8 number is a float16 one, so
+    decoding through this table is exact. F8_E4M3 is torch's float8_e4m3fn (no infinities, NaN at S.1111.111,
+    448 the largest); F8_E5M2 is float16 with its low byte cut off."""
+    b = np.arange(256, dtype=np.uint16)
+    if dtype == "F8_E5M2":
+        return (b << 8).view(np.float16)
+    if dtype != "F8_E4M3":
+        raise ValueError(f"{dtype!r} is not a float8 dtype; use one of {FLOAT8}")
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exponent, mantissa = (b >> 3) & 0xF, (b & 0x7).astype(np.float64)
+    normal = (1 + mantissa / 8) * 2.0 ** (exponent.astype(np.float64) - 7)
+    value = np.where(exponent == 0, mantissa / 8 * 2.0**-6, normal)  # exponent 0: subnormal
+    value = np.where((b & 0x7F) == 0x7F, np.nan, value)
+    return (sign * value).astype(np.float16)
+
+
+def read_raw(file: Path, keys) -> Iterator[tuple[str, str, tuple[int, ...], np.ndarray]]:
+    """(key, safetensors dtype, shape, bytes as a uint8 array) for each of `keys`, from a memory map: for
+    readers whose own safetensors loader lacks a dtype (MLX has no float8)."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    data = np.memmap(file, np.uint8, "r", offset=8 + n)
+    for key in keys:
+        entry = header[key]
+        begin, end = entry["data_offsets"]
+        yield key, entry["dtype"], tuple(entry["shape"]), data[begin:end]

@@ -48,3 +48,13 @@ def sdxl_single_file(models_dir, sdxl_folder):
 def sd1_fp16_folder(models_dir, sd1_folder):
     """sd1_folder's weights, plus their *.fp16.safetensors variants."""
     return add_fp16_variants(Path(shutil.copytree(sd1_folder, models_dir / "tiny-sd1-fp16")))
+
+
+@pytest.fixture(scope="session")
+def refiner_folder(models_dir):
+    return build_folder(models_dir / "tiny-sdxl-refiner", "sdxl_refiner")
+
+
+@pytest.fixture(scope="session")
+def refiner_single_file(models_dir, refiner_folder):
+    return to_single_file(refiner_folder, models_dir / "tiny-sdxl-refiner.safetensors", "sdxl_refiner")

@@ -2,13 +2,17 @@
 
 - `build_folder(path, family)`: a diffusers folder as published on the Hub (model_index.json, unet/, vae/,
   text_encoder/ with the legacy 'text_model.' key prefix, tokenizer/ as vocab.json + merges.txt + the two
-  special-token files, scheduler/ with the family's published config). family: "sd1", "sd2v" or "sdxl"
-  (SDXL adds text_encoder_2 with its projection and tokenizer_2, "!"-padded, as the Hub publishes them).
+  special-token files, scheduler/ with the family's published config). family: "sd1", "sd2v", "sdxl" or
+  "sdxl_refiner" (SDXL adds text_encoder_2 with its projection and tokenizer_2, "!"-padded, as the Hub
+  publishes them; the refiner has only those).
 - `to_single_file(folder, path, family)`: the same weights as an ORIGINAL (CompVis / Stability) single file,
   with the leftovers real files carry. The inverse mapping here is written from diffusers'
   scripts/convert_diffusers_to_original_stable_diffusion.py, independently of sdkit's forward mapping.
+- `relayout(src, dst, rename, ...)`: another layout of a single file (renamed, dropped or added keys,
+  converted tensors, metadata): the odd files found in the wild, built cheaply from the ones above.
 - `add_fp16_variants(folder)`: *.fp16.safetensors next to every weight file.
-- `diffusers_pipeline(folder)`: the oracle for parity tests (StableDiffusion[XL]Pipeline);
+- `diffusers_pipeline(folder)`: the oracle for parity tests (StableDiffusion[XL]Pipeline, the refiner's
+  StableDiffusionXLImg2ImgPipeline);
   `img2img_like_sdkit(...)`: its image-to-image made to encode and noise as sdkit does.
 
 Every weight that is constant at init (norm scales and shifts, biases, zero-initialised output layers) is
@@ -79,6 +83,19 @@ FAMILIES = {
         vae=dict(scaling_factor=0.13025, force_upcast=True),
         scheduler="sdxl-base-scheduler_config.json", tokenizer="clip-l", tokenizer_2="openclip", unet_sample_size=8,
     ),
+    # The SDXL refiner: the OpenCLIP-bigG-like tower alone (as text_encoder_2), a UNet conditioned on the pooled
+    # text + 5 time ids (sizes, crop, aesthetic score), each embedded 32 wide here (256 in the real one): the
+    # loader must read the width off the shapes.
+    "sdxl_refiner": dict(
+        text_2=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=2,
+                    hidden_act="gelu", projection_dim=64, bos_token_id=0, eos_token_id=2),
+        unet=dict(block_out_channels=(64, 128), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(1, 2),
+                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=32,
+                  projection_class_embeddings_input_dim=5 * 32 + 64),
+        vae=dict(scaling_factor=0.13025, force_upcast=True),
+        scheduler="sdxl-base-scheduler_config.json", tokenizer_2="openclip", unet_sample_size=8,
+    ),
 }
 
 MODEL_INDEX = {
@@ -90,6 +107,19 @@ MODEL_INDEX = {
     "scheduler": ["diffusers", "PNDMScheduler"],
     "text_encoder": ["transformers", "CLIPTextModel"],
     "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+MODEL_INDEX_REFINER = {  # stabilityai/stable-diffusion-xl-refiner-1.0's
+    "_class_name": "StableDiffusionXLImg2ImgPipeline",
+    "_diffusers_version": "0.19.0.dev0",
+    "force_zeros_for_empty_prompt": False,
+    "requires_aesthetics_score": True,
+    "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    "text_encoder": [None, None],
+    "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    "tokenizer": [None, None],
+    "tokenizer_2": ["transformers", "CLIPTokenizer"],
     "unet": ["diffusers", "UNet2DConditionModel"],
     "vae": ["diffusers", "AutoencoderKL"],
 }
@@ -117,26 +147,26 @@ def perturb(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def build_models(family: str, seed: int = 0):
-    """([text_encoder, (text_encoder_2)], unet, vae) with seeded random weights."""
+    """({"text_encoder": ..., "text_encoder_2": ...} as the family has them, unet, vae), seeded random weights."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     spec = FAMILIES[family]
     torch.manual_seed(seed)
-    texts = [spec["text"]] + ([spec["text_2"]] if "text_2" in spec else [])
-    text_encoders = [(CLIPTextModelWithProjection if "projection_dim" in t else CLIPTextModel)(
-        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **t)) for t in texts]
+    texts = {name: spec[key] for name, key in (("text_encoder", "text"), ("text_encoder_2", "text_2")) if key in spec}
+    text_encoders = {name: (CLIPTextModelWithProjection if "projection_dim" in t else CLIPTextModel)(
+        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, **t)) for name, t in texts.items()}
     unet = UNet2DConditionModel(**{
         "sample_size": spec["unet_sample_size"], "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
         "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-        "cross_attention_dim": sum(t["hidden_size"] for t in texts), "norm_num_groups": 32, **spec["unet"]})
+        "cross_attention_dim": sum(t["hidden_size"] for t in texts.values()), "norm_num_groups": 32, **spec["unet"]})
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64, 64), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         norm_num_groups=32, sample_size=spec["unet_sample_size"] * 8, **spec.get("vae", {}))
     generator = torch.Generator().manual_seed(seed + 1)
-    for model in (*text_encoders, unet, vae):
+    for model in (*text_encoders.values(), unet, vae):
         perturb(model, generator)
         model.eval()
     return text_encoders, unet, vae
@@ -153,13 +183,14 @@ def write_tokenizer(path: Path, name: str) -> None:
 
 
 def build_folder(path: Path, family: str, seed: int = 0) -> Path:
-    """A diffusers folder of a tiny random model, laid out as the Hub publishes SD 1.5 / SD 2.1 / SDXL base."""
+    """A diffusers folder of a tiny random model, laid out as the Hub publishes SD 1.5 / SD 2.1 / SDXL base and
+    refiner."""
     spec = FAMILIES[family]
     text_encoders, unet, vae = build_models(family, seed)
     path.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(path / "unet")
     vae.save_pretrained(path / "vae")
-    for name, text_encoder in zip(("text_encoder", "text_encoder_2"), text_encoders):
+    for name, text_encoder in text_encoders.items():
         text_encoder.save_pretrained(path / name)
         # transformers 5 saves CLIPTextModel without the 'text_model.' prefix that every published folder has
         te_file = path / name / "model.safetensors"
@@ -170,7 +201,8 @@ def build_folder(path: Path, family: str, seed: int = 0) -> Path:
             write_tokenizer(path / name, spec[name])
     (path / "scheduler").mkdir(exist_ok=True)
     shutil.copy(DATA / "schedulers" / spec["scheduler"], path / "scheduler" / "scheduler_config.json")
-    (path / "model_index.json").write_text(json.dumps(MODEL_INDEX_XL if family == "sdxl" else MODEL_INDEX, indent=2))
+    index = {"sdxl": MODEL_INDEX_XL, "sdxl_refiner": MODEL_INDEX_REFINER}.get(family, MODEL_INDEX)
+    (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
 
 
@@ -285,8 +317,9 @@ def openclip_to_ldm(sd: dict, prefix: str = "cond_stage_model.model.") -> dict:
     as OpenCLIP stores it, (width, P) for x @ P: the transpose of the Linear weight."""
     out = {prefix + "token_embedding.weight": sd["embeddings.token_embedding.weight"],
            prefix + "positional_embedding": sd["embeddings.position_embedding.weight"],
-           prefix + "text_projection": sd["text_projection.weight"].T,
            prefix + "logit_scale": torch.tensor(4.6052)}
+    if "text_projection.weight" in sd:
+        out[prefix + "text_projection"] = sd["text_projection.weight"].T
     for name, tensor in sd.items():
         if name.startswith(("embeddings.", "text_projection.")) or ".k_proj." in name or ".v_proj." in name:
             continue
@@ -323,11 +356,14 @@ def ldm_leftovers(generator: torch.Generator) -> dict:
 
 
 def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool = True,
-                   leftovers: bool = True, extra: dict | None = None) -> Path:
+                   leftovers: bool = True, openclip_tail: bool = True, extra: dict | None = None,
+                   metadata: dict | None = None) -> Path:
     """Write the folder's weights as an original single-file checkpoint (SD1: CLIP under
     cond_stage_model.transformer; SD2: OpenCLIP under cond_stage_model.model; SDXL: CLIP under
-    conditioner.embedders.0.transformer, OpenCLIP with its projection under conditioner.embedders.1.model).
-    `extra` adds raw tensors."""
+    conditioner.embedders.0.transformer, OpenCLIP with its projection under conditioner.embedders.1.model;
+    the refiner: that OpenCLIP alone under conditioner.embedders.0.model). openclip_tail=False writes SD2's
+    tower as diffusers' converter does (no unused last block, no text_projection). `extra` adds raw
+    tensors, `metadata` the file's __metadata__."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     generator = torch.Generator().manual_seed(7)
@@ -341,24 +377,41 @@ def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool
     if family == "sdxl":
         tensors |= clip_to_ldm(text, legacy_prefix, prefix="conditioner.embedders.0.transformer.")
         tensors |= openclip_to_ldm(text_2, prefix="conditioner.embedders.1.model.")
+    elif family == "sdxl_refiner":
+        tensors |= openclip_to_ldm(text_2, prefix="conditioner.embedders.0.model.")
     elif family.startswith("sd2"):
-        tensors |= openclip_to_ldm(sd2_unused(text, generator))
+        tensors |= openclip_to_ldm(sd2_unused(text, generator) if openclip_tail else text)
     else:
         tensors |= clip_to_ldm(text, legacy_prefix)
     if leftovers:
         tensors |= ldm_leftovers(generator)
     tensors |= extra or {}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=metadata)
     return path
 
 
-def diffusers_pipeline(folder: Path):
-    """diffusers' StableDiffusionPipeline, or StableDiffusionXLPipeline (no watermark), for a folder: the oracle
-    of parity tests."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def relayout(src: Path, dst: Path, rename=lambda key: key, *, keep=lambda key: True, extra: dict | None = None,
+             convert=None, metadata: dict | None = None) -> Path:
+    """Another layout of a single file, cheaply: each kept key renamed (rename may return None to drop it),
+    `convert(key, tensor)` applied to each tensor, `extra` tensors added, `metadata` as its __metadata__."""
+    tensors = {}
+    for key, x in load_file(src).items():
+        new = rename(key) if keep(key) else None
+        if new is not None:
+            tensors[new] = (convert(key, x) if convert else x).contiguous()
+    save_file({**tensors, **(extra or {})}, dst, metadata=metadata)
+    return dst
 
-    if (folder / "text_encoder_2").is_dir():
+
+def diffusers_pipeline(folder: Path):
+    """diffusers' StableDiffusionPipeline, StableDiffusionXLPipeline or, for the refiner,
+    StableDiffusionXLImg2ImgPipeline (both without watermark), for a folder: the oracle of parity tests."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    if not (folder / "text_encoder").is_dir():
+        pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder, add_watermarker=False)
+    elif (folder / "text_encoder_2").is_dir():
         pipe = StableDiffusionXLPipeline.from_pretrained(folder, add_watermarker=False)
     else:
         pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)

@@ -97,8 +97,8 @@ def test_sdxl_time_embedding_must_fit_the_pooled_text(sdxl_folder, tmp_path):
     copy = shutil.copytree(sdxl_folder, tmp_path / "xl")
     config = json.loads((copy / "unet" / "config.json").read_text())
     (copy / "unet" / "config.json").write_text(json.dumps({**config, "addition_time_embed_dim": 128}))
-    assert_one_line_error(r"projection_class_embeddings_input_dim 1600 is not 6 x addition_time_embed_dim 128 "
-                          r"\+ the pooled text width 64", open_checkpoint, copy)
+    assert_one_line_error(r"projection_class_embeddings_input_dim 1600 is not the pooled text width 64 \+ 6 \(base\) "
+                          r"or 5 \(refiner\) time ids x addition_time_embed_dim 128", open_checkpoint, copy)
 
 
 def test_families_sizes_and_tokenizers(sd1_folder, sd2v_folder, sd1_single_file, sd2v_single_file):

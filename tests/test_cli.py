@@ -98,7 +98,7 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
             "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.4, Clip skip: 2, "
             "ADetailer model: face_yolov8n.pt, ControlNet 0: \"Module: canny, Model: control_v11p_sd15_canny\", "
             "dynthres_enabled: True, dynthres_mimic_scale: 7, Hires upscale: 2, Hires upscaler: Latent, "
-            "Version: v1.10.1")
+            "Original size: 128x96, Aesthetic score: 7, Version: v1.10.1")
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (64, 64)).save(tmp_path / "a1111.png", pnginfo=info)
@@ -113,7 +113,7 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
     assert code == 0, err
     assert [line for line in err.splitlines() if "warning" in line] == [
         "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
-        "using dpmpp_2m_karras",
+        "using the model's recommended sampler",
         "sdkit-gen: warning: Clip skip 2 is not supported; using the last layer (Clip skip 1)",
         "sdkit-gen: warning: hires fix is not applied: only its first pass is generated, at 64x64 (the stored "
         "image is 128x128)",
@@ -126,7 +126,9 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: not applied: dynthres_mimic_scale: 7",
         "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
         "sdkit-gen: warning: the prompt's weighting syntax ((word), (word:1.2), [word], BREAK) is read as "
-        "plain text"]
+        "plain text",
+        "sdkit-gen: warning: not applied: original_size, aesthetic_score (stored SDXL micro-conditioning this "
+        "model does not take)"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
     # the hires pass's strength never becomes the image-to-image strength: -i runs at the default strength

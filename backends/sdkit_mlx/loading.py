@@ -7,10 +7,12 @@ from typing import Callable, TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten
 
+from sdkit.checkpoint import read_header
 from sdkit.interfaces import Weights
-from sdkit.weights import check_shapes
+from sdkit.weights import FLOAT8, check_shapes, float8_table, read_raw
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -34,12 +36,15 @@ def read(weights: Weights):
 
     mx.load rather than safetensors' "mlx" framework: that one goes through numpy, which has no bfloat16
     and copies each tensor once more; mx.load maps the file lazily, reading a tensor only when evaluated
-    (so a single-file checkpoint costs only the component asked for)."""
+    (so a single-file checkpoint costs only the component asked for). mx.load reads float8 as raw bytes, or
+    not at all (F8_E5M2), so files holding float8 tensors are read through numpy and decoded to float16."""
     by_file = defaultdict(list)
     for name, ref in weights.items():
         by_file[ref.file].append((name, ref))
     for file, refs in by_file.items():
-        stored = mx.load(str(file), format="safetensors")
+        float8 = any(dtype in FLOAT8 for dtype, _ in read_header(file).values())
+        keys = {ref.key for _, ref in refs}
+        stored = _NumpyReader(file, keys) if float8 else mx.load(str(file), format="safetensors")
         uses = Counter(ref.key for _, ref in refs)  # OpenCLIP's in_proj is q, k and v: three uses of one key
         for name, ref in refs:
             x = stored[ref.key]
@@ -47,6 +52,29 @@ def read(weights: Weights):
             if not uses[ref.key]:
                 del stored[ref.key]  # an evaluated array stays in memory while anything refers to it
             yield name, ref.transform(x) if ref.transform else x
+
+
+class _NumpyReader(dict):
+    """key -> mx.array, each read from the file's memory map when first asked for."""
+
+    def __init__(self, file, keys):
+        super().__init__()
+        self.raw = {key: (dtype, shape, data) for key, dtype, shape, data in read_raw(file, keys)}
+
+    def __missing__(self, key):
+        dtype, shape, data = self.raw.pop(key)
+        if dtype in FLOAT8:
+            x = mx.array(float8_table(dtype)[data].reshape(shape))
+        elif dtype == "BF16":
+            x = mx.array(data.view(np.uint16).reshape(shape)).view(mx.bfloat16)
+        else:
+            x = mx.array(data.view(_NUMPY[dtype]).reshape(shape))
+        self[key] = x
+        return x
+
+
+_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+          "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
 def to_mlx_layout(x: mx.array, like: mx.array) -> mx.array:

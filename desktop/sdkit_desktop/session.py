@@ -13,14 +13,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from sdkit.families import FAMILIES
+
 MAX_SEED = 2**32 - 1
 MAX_RECENT = 10
 BACKENDS = ("auto", "torch", "mlx")
 DEVICES = {"auto": (), "torch": ("cuda", "mps", "cpu"), "mlx": ("gpu", "cpu")}
 DTYPES = ("float32", "float16", "bfloat16")
 
-# SDXL was trained on buckets of ~1024x1024 pixels (its paper, appendix I); these are the common ones.
-_SDXL_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344), (1344, 768))
 
 
 @dataclass
@@ -129,11 +129,13 @@ class Session:
 
 
 def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
-    """(width, height) presets for a model: its native square, then portrait and landscape at 2:3 and 3:4
-    with the native side as the short side (SD1/SD2 habit); SDXL's equal-area training buckets."""
+    """(width, height) presets for a model: its family's training buckets (SDXL's equal-area ones) when it is
+    at its family's native size, else its native square, then portrait and landscape at 2:3 and 3:4 with the
+    native side as the short side (SD1/SD2 habit)."""
     h, w = native
-    if family == "sdxl" and (h, w) == (1024, 1024):
-        return list(_SDXL_BUCKETS)
+    buckets = FAMILIES[family].buckets if family in FAMILIES else ()
+    if buckets and buckets[0] == (w, h):
+        return list(buckets)
     side = min(h, w)
     out = [(w, h)]
     for long in (side * 3 // 2, side * 4 // 3):
