@@ -39,6 +39,7 @@ _KEYS = {
     "Seed": ("seed", int),
     "Denoising strength": ("strength", float),
     "Model": ("model", str),
+    "Clip skip": ("clip_skip", int),
 }
 _OURS = {"prompt", "negative_prompt", "sampler", "width", "height"} | {k for k, _ in _KEYS.values()}
 
@@ -75,6 +76,8 @@ def format_parameters(params: dict) -> str:
         pairs["Model"] = params["model"]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
+    if (params.get("clip_skip") or 1) > 1:  # A1111 writes it only when not the default
+        pairs["Clip skip"] = params["clip_skip"]
     pairs |= {k: v for k, v in params.items() if k not in _OURS and k not in pairs and k != "Version"}
     pairs["Version"] = f"sdkit {__version__}"
 
