@@ -17,19 +17,20 @@ import secrets
 import sys
 import time
 import traceback
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import sdkit
 from sdkit import backends, hub
+from sdkit.prompt import unsupported as unsupported_syntax
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SAMPLERS
-from sdkit.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # Stored keys that change nothing in the picture; any other key sdkit cannot use is named in a warning.
 HARMLESS = {"Version", "Model hash"}
-MAX_TOKENS = 75  # what one CLIP encoding holds between <|startoftext|> and <|endoftext|>
 SWITCH = {"auto": None, "on": True, "off": False}  # a memory option's flag value -> sdkit.Memory's
 
 
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"see --list-samplers (default {DEFAULTS['sampler']})")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
+    p.add_argument("--clip-skip", type=_positive_int, metavar="N",
+                   help="A1111's clip skip: 1 the text encoder's last layer (default), 2 the penultimate, ...; "
+                        "SD1/SD2 only, SDXL ignores it as A1111 does")
+    p.add_argument("--prompt-syntax", choices=["a1111", "plain"], default="a1111",
+                   help=r"a1111 (default): (word), (word:1.3), [word], \( escapes and BREAK; plain: none of it")
+    p.add_argument("--embedding-dir", dest="embedding_dirs", action="append", type=Path, metavar="DIR",
+                   help="a folder of textual-inversion embeddings (.safetensors), each used where its file "
+                        "name appears in a prompt; repeatable (default: $SDKIT_EMBEDDING_DIRS)")
     p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
                    help="auto: MLX on Apple silicon when installed, else torch")
     p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
@@ -112,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
-              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed")}
+              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
+                        "clip_skip")}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
     seeds = [kwargs["seed"] + i for i in range(args.num_images)]
@@ -127,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     elif init is None and "strength" in stored:
         _warn(f"the stored Denoising strength {stored['strength']} is not applied: it needs the init image "
               "(-i), which PNGs do not store")
-    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler")):
+    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler"),
+                             args.prompt_syntax):
         _warn(note)
 
     if args.quiet:
@@ -136,15 +147,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"loading {model}", file=sys.stderr)
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
-    pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
-                      memory=memory)
-    if not args.quiet:
-        b = pipe.backend
-        print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
+    with _warnings_as_lines():
+        pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
+                          memory=memory, embedding_dirs=args.embedding_dirs)
+        if not args.quiet:
+            b = pipe.backend
+            print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
 
-    progress = _Progress(disable=args.quiet)
-    with progress:
-        images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress, **kwargs)
+        progress = _Progress(disable=args.quiet)
+        with progress:
+            images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress,
+                                   prompt_syntax=args.prompt_syntax, **kwargs)
 
     for image, target, seed in zip(images, targets, seeds):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -218,30 +231,40 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
     raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
 
 
-def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None) -> list[str]:
+def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None, syntax: str) -> list[str]:
     """What the stored parameters or the prompts ask for that sdkit does not do yet, one note each."""
     notes = []
     if "Sampler" in stored:
         a1111 = ", ".join(f"{k}: {stored[k]}" for k in ("Sampler", "Schedule type") if k in stored)
         notes.append(f"{a1111} is not available in sdkit; using {sampler or DEFAULTS['sampler']}")
-    if stored.get("Clip skip", "1") != "1":
-        notes.append(f"Clip skip {stored['Clip skip']} is not supported; using the last layer (Clip skip 1)")
     rest = [f"{k}: {v}" for k, v in stored.items()
-            if k[0].isupper() and k not in HARMLESS | {"Sampler", "Schedule type", "Clip skip"}]
+            if k[0].isupper() and k not in HARMLESS | {"Sampler", "Schedule type"}]
     if rest:
         notes.append(f"not applied: {', '.join(rest)}")
 
-    tokenizer = None
     for name, text in (("prompt", prompt), ("negative prompt", negative)):
         if re.search(r"<(lora|lyco|hypernet):", text):
             notes.append(f"the {name}'s LoRA tags (<lora:...>) are not applied; they are read as text")
-        if re.search(r"[()\[\]]|\bBREAK\b", text):
-            notes.append(f"the {name}'s weighting syntax ((word), (word:1.2), [word], BREAK) is read as plain text")
-        if len(text) > MAX_TOKENS:  # a token is at least one character: shorter texts always fit
-            tokenizer = tokenizer or Tokenizer.bundled("clip-l")
-            if (n := tokenizer.count(text)) > MAX_TOKENS:
-                notes.append(f"the {name} has {n} tokens; only the first {MAX_TOKENS} are used")
+        if syntax == "a1111" and (found := unsupported_syntax(text)):
+            notes.append(f"the {name}'s {' and '.join(found)} is not supported; read as (weighted) text")
     return notes
+
+
+@contextmanager
+def _warnings_as_lines():
+    """sdkit's warnings (an embedding that does not fit the model, ...) as one `warning:` line each."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message).removeprefix("sdkit: ")
+        if text not in shown:
+            shown.add(text)
+            _warn(text)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield
 
 
 def _fail(error: Exception, code: int, debug: bool) -> int:
