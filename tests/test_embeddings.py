@@ -18,12 +18,20 @@ from test_parity_torch import assert_close, draw, seeded_noise
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 import sdkit
+from sdkit import conditioning
 from sdkit.adapters.embeddings import Embeddings, folders, read_embedding
+from sdkit.config import TextEncoderConfig
 from sdkit.errors import CheckpointError
+from sdkit.tokenizer import Tokenizer
 
 BACKENDS = ["torch", "mlx"]
 PROMPT, NEGATIVE = "a photo of myemb next to TokEmb, red", "ugly tokemb, myemb"
 THEIR_PROMPT, THEIR_NEGATIVE = "a photo of <myemb> next to <tokemb>, red", "ugly <tokemb>, <myemb>"
+
+
+def short_hashes(folder):
+    """name -> the first 12 hex digits of the file's sha256, as A1111's TI hashes."""
+    return {f.stem: hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in folder.glob("*.safetensors")}
 
 
 def vectors(n, width, seed):
@@ -61,11 +69,10 @@ def test_sd1_conditioning_as_diffusers(sd1_folder, sd1, backend):
     pipe = sdkit.load(sd1_folder, backend=backend, device="cpu", dtype="float32", embedding_dirs=[folder])
     enc = encode(pipe, [NEGATIVE, PROMPT], embeddings=pipe.embeddings)
     with torch.no_grad():
-        expected = [theirs.encode_prompt(text, "cpu", 1, False)[0][0].numpy() for text in (THEIR_NEGATIVE, THEIR_PROMPT)]
+        expected = [theirs.encode_prompt(t, "cpu", 1, False)[0][0].numpy() for t in (THEIR_NEGATIVE, THEIR_PROMPT)]
     for got, want in zip(enc.contexts, expected):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    digest = {n: hashlib.sha256((folder / f"{n}.safetensors").read_bytes()).hexdigest()[:12] for n in ("myemb", "tokemb")}
-    assert enc.embeddings == [digest, digest]
+    assert enc.embeddings == [short_hashes(folder), short_hashes(folder)]
 
 
 def test_sd1_picture_as_diffusers(sd1_folder, sd1):
@@ -74,11 +81,12 @@ def test_sd1_picture_as_diffusers(sd1_folder, sd1):
     width, height, steps, seed = 48, 32, 3, 5
     shape = (4, height // 8, width // 8)
     expected = theirs(THEIR_PROMPT, negative_prompt=THEIR_NEGATIVE, width=width, height=height,
-                      num_inference_steps=steps, guidance_scale=7.5, latents=draw(seeded_noise(seed, 1, shape), shape)).images
+                      num_inference_steps=steps, guidance_scale=7.5,
+                      latents=draw(seeded_noise(seed, 1, shape), shape)).images
     got = ours.generate(PROMPT, NEGATIVE, width=width, height=height, steps=steps, sampler="pndm", seed=seed)
     assert_close(got, expected)
     params = sdkit.read_parameters(got[0])
-    hashes = {n: hashlib.sha256((folder / f"{n}.safetensors").read_bytes()).hexdigest()[:12] for n in ("myemb", "tokemb")}
+    hashes = short_hashes(folder)
     assert params["TI hashes"] == f"myemb: {hashes['myemb']}, tokemb: {hashes['tokemb']}"  # the prompt's first
     assert '"myemb: ' in got[0].info["parameters"]  # quoted, as A1111 writes it
 
@@ -135,7 +143,7 @@ def test_file_formats(tmp_path):
     assert b.vectors[None].dtype == np.float32 and (b.vectors[None] == 1.5).all()
     with pytest.raises(CheckpointError, match="is 8 wide, this model's text encoder 768"):
         a.for_encoder(None, 768)
-    with pytest.raises(CheckpointError, match="holds one tensor; this model's text encoders take SDXL's"):
+    with pytest.raises(CheckpointError, match="holds one tensor; SDXL takes clip_l and clip_g"):
         a.for_encoder("clip_l", 8)
 
 
@@ -143,7 +151,8 @@ def test_file_formats(tmp_path):
     ({"a": np.ones((1, 8), np.float32), "b": np.ones((1, 8), np.float32)}, "holds 2 tensors"),
     ({"emb_params": np.ones((1, 2, 8), np.float32)}, "F32 \\[1, 2, 8\\]"),
     ({"emb_params": np.ones((1, 8), np.int64)}, "I64"),
-    ({"clip_l": np.ones((1, 8), np.float32), "clip_g": np.ones((2, 8), np.float32)}, "clip_l has 1 vectors but clip_g 2"),
+    ({"clip_l": np.ones((1, 8), np.float32), "clip_g": np.ones((2, 8), np.float32)},
+     "clip_l has 1 vectors but clip_g 2"),
 ])
 def test_files_that_are_no_embedding(tmp_path, tensors, message):
     save_numpy(tensors, tmp_path / "x.safetensors")
@@ -177,6 +186,20 @@ def test_folders_and_names(tmp_path, monkeypatch):
         sdkit.load(tmp_path, embedding_dirs=tmp_path / "gone")
 
 
+def test_files_changed_on_disk_are_seen(tmp_path):
+    tokenizer = Tokenizer.bundled("clip-l")
+    find = lambda: conditioning.matcher(conditioning.Tower(tokenizer, None, TextEncoderConfig(hidden_size=8)), library)
+    library = Embeddings([tmp_path])
+    assert conditioning.token_usage("a thing", tokenizer, find=find()) == (2, 75)
+    (tmp_path / "thing.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match="pickles"):
+        assert conditioning.token_usage("a thing", tokenizer, find=find()) == (2, 75)
+    save_numpy({"emb_params": np.ones((3, 8), np.float32)}, tmp_path / "thing.safetensors")
+    assert conditioning.token_usage("a thing", tokenizer, find=find()) == (4, 75)
+    save_numpy({"emb_params": np.ones((5, 8), np.float32)}, tmp_path / "thing.safetensors")
+    assert conditioning.token_usage("a thing", tokenizer, find=find()) == (6, 75)
+
+
 def test_unusable_embeddings_are_read_as_text_with_a_warning(sd1_folder, tmp_path):
     save_numpy({"clip_l": np.ones((1, 64), np.float32), "clip_g": np.ones((1, 128), np.float32)},
                tmp_path / "xlonly.safetensors")
@@ -184,7 +207,7 @@ def test_unusable_embeddings_are_read_as_text_with_a_warning(sd1_folder, tmp_pat
     (tmp_path / "pickled.pt").write_bytes(b"")
     pipe = load(sd1_folder, "torch")
     pipe.embeddings = Embeddings([tmp_path])
-    for name, message in (("xlonly", "holds SDXL's clip_l and clip_g; this model's text encoders take one tensor"),
+    for name, message in (("xlonly", r"is an SDXL one \(clip_l, clip_g\); this model has one text encoder"),
                           ("sdtwo", "is 1024 wide, this model's text encoder 64"), ("pickled", "pickles")):
         text = f"a {name} b"
         with pytest.warns(UserWarning, match=f"{message}.*'{name}' is read as text"):

@@ -47,9 +47,10 @@ class Embedding:
         """The (n, width) float32 vectors for the text encoder `key` names (None: a model with one text
         encoder); CheckpointError saying why they do not fit it."""
         if key not in self.vectors:
-            has = "SDXL's clip_l and clip_g" if None not in self.vectors else "one tensor"
-            wants = "SDXL's clip_l and clip_g" if key is not None else "one tensor"
-            raise CheckpointError(f"embedding {self.path.name} holds {has}; this model's text encoders take {wants}")
+            if key is None:
+                raise CheckpointError(f"embedding {self.path.name} is an SDXL one (clip_l, clip_g); this model "
+                                      "has one text encoder")
+            raise CheckpointError(f"embedding {self.path.name} holds one tensor; SDXL takes clip_l and clip_g")
         v = self.vectors[key]
         if v.shape[1] != width:
             raise CheckpointError(f"embedding {self.path.name} is {v.shape[1]} wide, this model's text encoder "
@@ -118,7 +119,7 @@ class Embeddings:
         self.dirs = tuple(Path(d) for d in dirs)
         self._read: dict[Path, tuple[tuple[int, int], Embedding | CheckpointError]] = {}
         self._hashes: dict[Path, tuple[tuple[int, int], str]] = {}
-        self._triggers: dict[Tokenizer, tuple[tuple[str, ...], dict]] = {}
+        self._triggers: dict[Tokenizer, tuple[tuple[tuple[str, Path], ...], dict]] = {}
 
     def __repr__(self) -> str:
         return f"Embeddings({[str(d) for d in self.dirs]})"
@@ -164,19 +165,18 @@ class Embeddings:
 
     def triggers(self, tokenizer: Tokenizer) -> dict[int, list[tuple[tuple[int, ...], Path]]]:
         """A1111's lookup: first token id -> [(token ids of a stem, its file)], longest first. Rebuilt only
-        when the folders' names change."""
-        files = self.files()
-        names = tuple(files)
+        when the folders' files change."""
+        files = tuple(self.files().items())
         cached = self._triggers.get(tokenizer)
-        if cached is not None and cached[0] == names:
+        if cached is not None and cached[0] == files:
             return cached[1]
         lookup: dict[int, list] = {}
-        for stem, ids in zip(names, tokenizer.encode_batch(list(names))):
+        for (stem, path), ids in zip(files, tokenizer.encode_batch([stem for stem, _ in files])):
             if ids and not any(known == tuple(ids) for known, _ in lookup.get(ids[0], [])):
-                lookup.setdefault(ids[0], []).append((tuple(ids), files[stem]))
+                lookup.setdefault(ids[0], []).append((tuple(ids), path))
         for candidates in lookup.values():
             candidates.sort(key=lambda c: -len(c[0]))
-        self._triggers[tokenizer] = (names, lookup)
+        self._triggers[tokenizer] = (files, lookup)
         return lookup
 
 
