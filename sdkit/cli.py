@@ -23,6 +23,7 @@ from pathlib import Path
 
 import sdkit
 from sdkit import backends, hub
+from sdkit.conditioning import CHUNK
 from sdkit.prompt import unsupported as unsupported_syntax
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SAMPLERS
@@ -153,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             b = pipe.backend
             print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
+            for name, text in (("prompt", prompt), ("negative prompt", kwargs.get("negative_prompt") or "")):
+                used, capacity = pipe.token_usage(text, args.prompt_syntax)
+                if capacity > CHUNK:  # A1111's counter, worth a line once the text takes several chunks
+                    print(f"{name}: {used}/{capacity} tokens, {capacity // CHUNK} chunks", file=sys.stderr)
 
         progress = _Progress(disable=args.quiet)
         with progress:

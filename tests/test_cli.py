@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
+from safetensors.numpy import save_file
 
 import sdkit
 from sdkit import cli
@@ -124,7 +125,7 @@ def test_img2img_with_a_long_prompt(sd1_folder, tmp_path, gen):
     code, out, err = gen(long_prompt, "-m", sd1_folder, "--steps", "4", "--backend", "torch", "-i", "in.png",
                          "--strength", "0.5", "-s", "1", "-o", "out.png")
     assert code == 0, err
-    assert "warning" not in err  # 80 tokens: two chunks, nothing cut
+    assert "warning" not in err and "prompt: 80/150 tokens, 2 chunks" in err  # nothing cut
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["strength"], stored["width"], stored["height"]) == (0.5, 64, 72)
     assert out.splitlines()[1].startswith("2 steps in ")  # strength 0.5 of 4 steps
@@ -242,7 +243,6 @@ def test_prompt_flags_reach_generate(sd1_folder, tmp_path, gen, monkeypatch):
     """--clip-skip, --prompt-syntax, --embedding-dir; an embedding that does not fit the model is a warning line,
     A1111 syntax sdkit lacks is named."""
     (tmp_path / "emb").mkdir()
-    from safetensors.numpy import save_file
     save_file({"emb_params": np.ones((1, 1024), np.float32)}, tmp_path / "emb" / "sdtwo.safetensors")
     loads, generate = [], sdkit.Pipeline.generate
     monkeypatch.setattr(sdkit.Pipeline, "generate", lambda self, *a, **kw: loads.append(kw) or generate(self, *a, **kw))
