@@ -54,10 +54,14 @@ class Conditioning:
     embeddings: list[dict[str, str]]  # per prompt: embedding used -> A1111's short hash of its file
 
 
-def pieces(text: str, prompt_syntax: str = "a1111") -> list[tuple[str, float]]:
-    """(text, weight) pieces, BREAK markers included: A1111's syntax, or the whole text at weight 1."""
+def check_syntax(prompt_syntax: str) -> None:
     if prompt_syntax not in SYNTAXES:
         raise ValueError(f"prompt_syntax must be one of {', '.join(map(repr, SYNTAXES))}, got {prompt_syntax!r}")
+
+
+def pieces(text: str, prompt_syntax: str = "a1111") -> list[tuple[str, float]]:
+    """(text, weight) pieces, BREAK markers included: A1111's syntax, or the whole text at weight 1."""
+    check_syntax(prompt_syntax)
     return syntax.parse(text) if prompt_syntax == "a1111" else [(text, 1.0)]
 
 
@@ -214,7 +218,8 @@ class _Vectors:
     def __init__(self, tower: Tower, embeddings: Embeddings | None):
         self.tower, self.embeddings = tower, embeddings
         self.lookup = embeddings.triggers(tower.tokenizer) if embeddings is not None else {}
-        self.first: dict = {}  # file -> (its first id, vectors)
+        self.first: dict = {}  # file -> (its first id, vector count, name, short hash)
+        self.unusable: set = set()  # files warned about
         self.vectors: list[np.ndarray] = []
         self.next_id = tower.config.vocab_size
         self.seen: dict[str, str] = {}
@@ -223,7 +228,7 @@ class _Vectors:
         for name_ids, path in self.lookup.get(tokens[i], ()):
             if tuple(tokens[i : i + len(name_ids)]) != name_ids:
                 continue
-            if path not in self.first and not self._add(path):
+            if path in self.unusable or path not in self.first and not self._add(path):
                 continue  # unusable (warned): a shorter name may still match, as in A1111
             start, n, name, short_hash = self.first[path]
             self.seen.setdefault(name, short_hash)
@@ -242,6 +247,7 @@ class _Vectors:
                                       "prompt chunk holds")
         except (CheckpointError, OSError) as e:
             warnings.warn(f"sdkit: {e}; '{path.stem}' is read as text", stacklevel=2)
+            self.unusable.add(path)
             return False
         self.first[path] = (self.next_id, len(v), embedding.name, self.embeddings.short_hash(path))
         self.vectors.append(v)

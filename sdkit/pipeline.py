@@ -157,9 +157,7 @@ class Pipeline:
         _check_int("clip_skip", clip_skip, minimum=1)
         if clip_skip > layers:
             raise ValueError(f"clip_skip {clip_skip} is more than this model's text encoder has layers ({layers})")
-        if prompt_syntax not in conditioning.SYNTAXES:
-            raise ValueError(f"prompt_syntax must be one of {', '.join(map(repr, conditioning.SYNTAXES))}, "
-                             f"got {prompt_syntax!r}")
+        conditioning.check_syntax(prompt_syntax)
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
                        samplers.canonical_name(sampler), seed, num_images, strength, int(clip_skip), prompt_syntax)
 

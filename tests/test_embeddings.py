@@ -172,7 +172,7 @@ def test_folders_and_names(tmp_path, monkeypatch):
     first.mkdir()
     for path in (first / "same.safetensors", second / "same.safetensors", second / "other.pt",
                  second / "other.safetensors", second / "pickled.bin", second / "nested" / "deep.safetensors",
-                 second / "notes.txt", second / "other.preview.png"):
+                 second / "notes.txt", second / "other.preview.png", second / "._same.safetensors"):
         path.write_bytes(b"")
     found = Embeddings([first, second]).files()
     assert found == {"same": first / "same.safetensors", "other": second / "other.safetensors",

@@ -132,8 +132,8 @@ class Embeddings:
             here: dict[str, Path] = {}
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                 suffix = os.path.splitext(entry.name)[1].lower()
-                if suffix not in (SUFFIX, *PICKLES) or not entry.is_file():
-                    continue
+                if suffix not in (SUFFIX, *PICKLES) or entry.name.startswith(".") or not entry.is_file():
+                    continue  # not an embedding, or a hidden file (macOS's ._name AppleDouble companions)
                 stem = entry.name[: -len(suffix)]
                 if stem not in here or suffix == SUFFIX:
                     here[stem] = Path(entry.path)
