@@ -24,9 +24,9 @@ from pathlib import Path
 import sdkit
 from sdkit import backends, hub
 from sdkit.conditioning import CHUNK
-from sdkit.prompt import unsupported as unsupported_syntax
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SAMPLERS
+from sdkit.prompt import unsupported as unsupported_syntax
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
@@ -257,17 +257,20 @@ def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None, 
 
 @contextmanager
 def _warnings_as_lines():
-    """sdkit's warnings (an embedding that does not fit the model, ...) as one `warning:` line each."""
-    shown = set()
+    """sdkit's warnings (an embedding that does not fit the model, ...) as one `warning:` line each, every
+    one of them once; other libraries' warnings as Python shows them."""
+    shown, python = set(), warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = str(message).removeprefix("sdkit: ")
+        text = str(message)
+        if not text.startswith("sdkit: "):
+            return python(message, category, filename, lineno, file, line)
         if text not in shown:
             shown.add(text)
-            _warn(text)
+            _warn(text.removeprefix("sdkit: "))
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always")
+        warnings.filterwarnings("always", message="sdkit: ")
         warnings.showwarning = show
         yield
 
