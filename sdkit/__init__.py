@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import backends, hub
+from .adapters.embeddings import Embeddings, folders as _embedding_folders
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
@@ -30,7 +31,8 @@ __all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save"
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
-         prediction: str | None = None, compile: bool = False, memory: Memory = Memory()) -> Pipeline:
+         prediction: str | None = None, compile: bool = False, memory: Memory = Memory(),
+         embedding_dirs: str | Path | list[str | Path] | None = None) -> Pipeline:
     """Load a model for generation.
 
     model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
@@ -43,11 +45,14 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     steps (torch: torch.compile, with CUDA graphs on CUDA; mlx compiles on the GPU anyway, this adds the CPU).
     memory: VAE slicing / tiling and attention chunking, each None (the default) chosen per call to fit the
     device's free memory; also `pipe.memory`, which can be changed between calls.
+    embedding_dirs: folders of textual-inversion embeddings (.safetensors), each triggered by its file's stem
+    in a prompt; default the os.pathsep-separated list in $SDKIT_EMBEDDING_DIRS.
     """
     if not isinstance(memory, Memory):
         raise ValueError(f"memory must be an sdkit.Memory, got {type(memory).__name__}")
+    library = Embeddings(_embedding_folders(embedding_dirs))
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
     path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
     name = str(model) if not Path(model).exists() else None
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name)
-    return Pipeline(ckpt, engine, memory)
+    return Pipeline(ckpt, engine, memory, library)

@@ -17,26 +17,28 @@ import secrets
 import sys
 import time
 import traceback
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import sdkit
 from sdkit import backends, hub, micro_conditioning
+from sdkit.conditioning import CHUNK
 from sdkit.families import ORDINARY
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SAMPLERS, HIRES_KEYS
-from sdkit.tokenizer import Tokenizer
+from sdkit.prompt import unsupported as unsupported_syntax
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed", "strength",
-            "model", *micro_conditioning.ARGUMENTS}
+            "model", "clip_skip", *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
 CORE = {"steps": "Steps", "guidance_scale": "CFG scale", "sampler": "Sampler", "seed": "Seed", "width": "Size"}
-MAX_TOKENS = 75  # what one CLIP encoding holds between <|startoftext|> and <|endoftext|>
 SWITCH = {"auto": None, "on": True, "off": False}  # a memory option's flag value -> sdkit.Memory's
 
 
@@ -65,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "for ordinary models)")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
+    p.add_argument("--clip-skip", type=_positive_int, metavar="N",
+                   help="A1111's clip skip: 1 the text encoder's last layer (default), 2 the penultimate, ...; "
+                        "SD1/SD2 only, SDXL ignores it as A1111 does")
+    p.add_argument("--prompt-syntax", choices=["a1111", "plain"], default="a1111",
+                   help=r"a1111 (default): (word), (word:1.3), [word], \( escapes and BREAK; plain: none of it")
+    p.add_argument("--embedding-dir", dest="embedding_dirs", action="append", type=Path, metavar="DIR",
+                   help="a folder of textual-inversion embeddings (.safetensors), each used where its file "
+                        "name appears in a prompt; repeatable (default: $SDKIT_EMBEDDING_DIRS)")
     p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
                    help="auto: MLX on Apple silicon when installed, else torch")
     p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
@@ -126,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
-              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed")}
+              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
+                        "clip_skip")}
     kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
@@ -142,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     elif init is None and "strength" in stored:
         _warn(f"the stored Denoising strength {stored['strength']} is not applied: it needs the init image "
               "(-i), which PNGs do not store")
-    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler")):
+    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler"),
+                             args.prompt_syntax):
         _warn(note)
 
     if args.quiet:
@@ -151,20 +163,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"loading {model}", file=sys.stderr)
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
-    pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
-                      memory=memory)
-    if not args.quiet:
-        b = pipe.backend
-        print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
-    ignored = [k for k in micro_conditioning.ARGUMENTS
-               if k in kwargs and k.removeprefix("negative_") not in pipe.checkpoint.time_ids]
-    if ignored:
-        _warn(f"not applied: {', '.join(ignored)} (stored SDXL micro-conditioning this model does not take)")
-        kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
+    with _warnings_as_lines():
+        pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
+                          memory=memory, embedding_dirs=args.embedding_dirs)
+        if not args.quiet:
+            b = pipe.backend
+            print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
+            for name, text in (("prompt", prompt), ("negative prompt", kwargs.get("negative_prompt") or "")):
+                used, capacity = pipe.token_usage(text, args.prompt_syntax)
+                if capacity > CHUNK:  # A1111's counter, worth a line once the text takes several chunks
+                    print(f"{name}: {used}/{capacity} tokens, {capacity // CHUNK} chunks", file=sys.stderr)
+        ignored = [k for k in micro_conditioning.ARGUMENTS
+                   if k in kwargs and k.removeprefix("negative_") not in pipe.checkpoint.time_ids]
+        if ignored:
+            _warn(f"not applied: {', '.join(ignored)} (stored SDXL micro-conditioning this model does not take)")
+            kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
 
-    progress = _Progress(disable=args.quiet)
-    with progress:
-        images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress, **kwargs)
+        progress = _Progress(disable=args.quiet)
+        with progress:
+            images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress,
+                                   prompt_syntax=args.prompt_syntax, **kwargs)
 
     for image, target, seed in zip(images, targets, seeds):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,10 +282,6 @@ def unhonoured(stored: dict, honoured: set[str], sampler: str | None = None) -> 
     if "Sampler" in rest:
         a1111 = ", ".join(f"{k}: {rest.pop(k)}" for k in ("Sampler", "Schedule type") if k in rest)
         notes.append(f"{a1111} is not available in sdkit; using " + (sampler or "the model's recommended sampler"))
-    if rest.get("Clip skip") == "1":  # the last layer: what sdkit does
-        del rest["Clip skip"]
-    elif "Clip skip" in rest:
-        notes.append(f"Clip skip {rest.pop('Clip skip')} is not supported; using the last layer (Clip skip 1)")
     if any(k in rest for k in HIRES_KEYS):
         notes.append(f"hires fix is not applied: only its first pass is generated{_hires_sizes(stored)}")
         for k in [k for k in rest if k.startswith("Hires ")]:
@@ -293,21 +307,36 @@ def _hires_sizes(stored: dict) -> str:
     return f", at {w}x{h}" + (f" (the stored image is {final})" if final else "")
 
 
-def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None) -> list[str]:
+def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None, syntax: str) -> list[str]:
     """What the stored parameters or the prompts ask for that sdkit does not do yet, one note each."""
     notes = unhonoured(stored, HONOURED | HARMLESS, sampler)
 
-    tokenizer = None
     for name, text in (("prompt", prompt), ("negative prompt", negative)):
         if re.search(r"<(lora|lyco|hypernet):", text):
             notes.append(f"the {name}'s LoRA tags (<lora:...>) are not applied; they are read as text")
-        if re.search(r"[()\[\]]|\bBREAK\b", text):
-            notes.append(f"the {name}'s weighting syntax ((word), (word:1.2), [word], BREAK) is read as plain text")
-        if len(text) > MAX_TOKENS:  # a token is at least one character: shorter texts always fit
-            tokenizer = tokenizer or Tokenizer.bundled("clip-l")
-            if (n := tokenizer.count(text)) > MAX_TOKENS:
-                notes.append(f"the {name} has {n} tokens; only the first {MAX_TOKENS} are used")
+        if syntax == "a1111" and (found := unsupported_syntax(text)):
+            notes.append(f"the {name}'s {' and '.join(found)} is not supported; read as (weighted) text")
     return notes
+
+
+@contextmanager
+def _warnings_as_lines():
+    """sdkit's warnings (an embedding that does not fit the model, ...) as one `warning:` line each, every
+    one of them once; other libraries' warnings as Python shows them."""
+    shown, python = set(), warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if not text.startswith("sdkit: "):
+            return python(message, category, filename, lineno, file, line)
+        if text not in shown:
+            shown.add(text)
+            _warn(text.removeprefix("sdkit: "))
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", message="sdkit: ")
+        warnings.showwarning = show
+        yield
 
 
 def _fail(error: Exception, code: int, debug: bool) -> int:

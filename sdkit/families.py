@@ -26,6 +26,9 @@ class Family:
     native: dict[str, int]  # pixels per side the base model was trained at, by prediction type
     # Which text encoder hidden state the UNet is conditioned on (TextEncoder's layer / final_norm).
     text_layer: dict
+    # Whether A1111's clip skip moves that layer. SDXL's stays put whatever clip_skip says, as in A1111 by default
+    # (its sdxl_clip_l_skip option off): SDXL is trained on the penultimate layer, which clip skip 2 names anyway.
+    clip_skip: bool
     # OpenCLIP resblocks the family uses, None: all. SD2 conditions on the penultimate of ViT-H's 24, so its
     # original files carry one block (and a text_projection) that diffusers' 23-layer text encoder lacks.
     text_layers: int | None
@@ -39,15 +42,15 @@ class Family:
 
 FAMILIES = {
     "sd1": Family("sd1", scheduler="sd15-scheduler_config.json", scaling_factor=0.18215, native={"epsilon": 512},
-                  text_layer={}, text_layers=None, unet_heads=8, upcast_attention=False),
+                  text_layer={}, clip_skip=True, text_layers=None, unet_heads=8, upcast_attention=False),
     "sd2": Family("sd2", scheduler="sd21-768v-scheduler_config.json", scaling_factor=0.18215,
-                  native={"epsilon": 512, "v_prediction": 768}, text_layer={}, text_layers=23, unet_heads=None,
-                  upcast_attention=True),
+                  native={"epsilon": 512, "v_prediction": 768}, text_layer={}, clip_skip=True, text_layers=23,
+                  unet_heads=None, upcast_attention=True),
     # SDXL, as diffusers: both encoders' penultimate layer without the final LayerNorm. It was trained on
     # buckets of ~1024x1024 pixels (its paper, appendix I); these are the common ones.
     "sdxl": Family("sdxl", scheduler="sdxl-base-scheduler_config.json", scaling_factor=0.13025,
-                   native={"epsilon": 1024}, text_layer=dict(layer=-2, final_norm=False), text_layers=None,
-                   unet_heads=None, upcast_attention=False,
+                   native={"epsilon": 1024}, text_layer=dict(layer=-2, final_norm=False), clip_skip=False,
+                   text_layers=None, unet_heads=None, upcast_attention=False,
                    buckets=((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832), (768, 1344),
                             (1344, 768))),
 }

@@ -38,8 +38,12 @@ Weights = dict[str, TensorRef]  # canonical (diffusers) name -> where to read it
 
 
 class TextEncoder(Protocol):
-    def __call__(self, ids: np.ndarray, layer: int = -1, final_norm: bool = True) -> tuple[Array, Array | None]:
+    def __call__(self, ids: np.ndarray, layer: int = -1, final_norm: bool = True,
+                 extra: np.ndarray | None = None) -> tuple[Array, Array | None]:
         """ids (B, 77) int64 -> context (B, 77, C) float32, pooled (B, P) float32 or None.
+
+        extra (E, C) float32: textual-inversion vectors; id vocab_size + e embeds as extra[e] (cast to the
+        encoder's dtype), in place of a row of the token embedding. None: ids are all in the vocabulary.
 
         context is the hidden state after encoder layer `layer` (-1 the last, -2 the penultimate), through the
         final LayerNorm when final_norm: SD1 and SD2 use the defaults, SDXL layer=-2, final_norm=False.

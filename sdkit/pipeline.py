@@ -7,6 +7,7 @@ backend; the backend's arrays are touched only through the sampler's + - * / and
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import images, metadata, micro_conditioning, samplers, tiling
+from . import conditioning, images, metadata, micro_conditioning, samplers, tiling
+from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
 from .families import FAMILIES
 from .errors import Cancelled
@@ -44,18 +46,27 @@ class Request:
     strength: float | None  # None: text-to-image
     micro: dict  # SDXL micro-conditioning: every value the UNet's time ids hold (sdkit.micro_conditioning)
     micro_set: dict  # those that differ from their defaults (written into the image's metadata)
+    clip_skip: int  # A1111's: 1 the last layer, 2 the penultimate, ...
+    prompt_syntax: str  # "a1111" | "plain"
 
 
 class Pipeline:
     """A loaded model on one backend. Build it with `sdkit.load`."""
 
-    def __init__(self, checkpoint: Checkpoint, backend: Backend, memory: Memory = Memory()):
+    def __init__(self, checkpoint: Checkpoint, backend: Backend, memory: Memory = Memory(),
+                 embeddings: Embeddings | None = None):
         self.checkpoint = checkpoint
         self.backend = backend
         self.memory = memory  # what generate() may do to fit; each None is decided per call (sdkit.Memory)
+        self.embeddings = embeddings or Embeddings()  # textual-inversion files, triggered by their names
         self.tokenizers = [_load_tokenizer(t) for t in checkpoint.tokenizers]
         self.text_encoders = [backend.text_encoder(cfg, checkpoint.weights[name])
                               for cfg, name in zip(checkpoint.text_encoders, checkpoint.text_encoder_names)]
+        # which of an SDXL embedding file's tensors each encoder takes (the refiner has the second encoder only)
+        keys = [dict(zip(("text_encoder", "text_encoder_2"), SDXL_KEYS))[name] if checkpoint.family == "sdxl"
+                else None for name in checkpoint.text_encoder_names]
+        self.towers = [conditioning.Tower(*t) for t in zip(self.tokenizers, self.text_encoders,
+                                                               checkpoint.text_encoders, keys)]
         self.unet = backend.unet(checkpoint.unet, checkpoint.weights["unet"])
         self.vae = backend.vae(checkpoint.vae, checkpoint.weights["vae"])
 
@@ -78,7 +89,8 @@ class Pipeline:
                  negative_original_size: tuple[int, int] | None = None,
                  negative_crops_coords_top_left: tuple[int, int] | None = None,
                  negative_target_size: tuple[int, int] | None = None,
-                 negative_aesthetic_score: float | None = None) -> list[Image.Image]:
+                 negative_aesthetic_score: float | None = None,
+                 clip_skip: int | None = None, prompt_syntax: str = "a1111") -> list[Image.Image]:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -86,6 +98,8 @@ class Pipeline:
         original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
         `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
+        `clip_skip`: A1111's (1 or None: the last text-encoder layer, 2: the penultimate, ...; no effect on
+        SDXL, as in A1111). `prompt_syntax`: "a1111" (weights, BREAK) or "plain".
         """
         init = images.open_image(init_image) if init_image is not None else None
         if init is not None and width is None and height is None:
@@ -96,7 +110,7 @@ class Pipeline:
                      negative_crops_coords_top_left=negative_crops_coords_top_left,
                      negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                            num_images, strength if init is not None else None, micro)
+                            num_images, strength if init is not None else None, micro, clip_skip, prompt_syntax)
         mem = self._fit(req, encode=init is not None)
         plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
         f = self.checkpoint.vae.scale
@@ -104,7 +118,7 @@ class Pipeline:
 
         rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
         noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
-        context, added = self._encode_prompts(req)
+        context, added, used = self._encode_prompts(req)
 
         if init is None:
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
@@ -119,10 +133,17 @@ class Pipeline:
         x = samplers.sample(plan, model, x, noise)
 
         pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
-        return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i))) for i, p in enumerate(pixels)]
+        return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used)))
+                for i, p in enumerate(pixels)]
+
+    def token_usage(self, text: str, prompt_syntax: str = "a1111") -> tuple[int, int]:
+        """A1111's token counter for `text` (without <lora:...> tags): (tokens used, tokens its chunks hold),
+        e.g. (80, 150); BREAK and this pipeline's embeddings (one token per vector) counted."""
+        find = conditioning.matcher(self.towers[0], self.embeddings)
+        return conditioning.token_usage(text, self.tokenizers[0], prompt_syntax, find)
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                 num_images, strength, micro) -> Request:
+                 num_images, strength, micro, clip_skip, prompt_syntax) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -156,11 +177,17 @@ class Pipeline:
             raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
         if negative_prompt is not None and not isinstance(negative_prompt, str):
             raise ValueError(f"negative_prompt must be a string or None, got {type(negative_prompt).__name__}")
+        clip_skip = 1 if clip_skip is None else clip_skip
+        layers = min(cfg.num_layers for cfg in self.checkpoint.text_encoders)
+        _check_int("clip_skip", clip_skip, minimum=1)
+        if clip_skip > layers:
+            raise ValueError(f"clip_skip {clip_skip} is more than this model's text encoder has layers ({layers})")
+        conditioning.check_syntax(prompt_syntax)
         ids = self.checkpoint.time_ids
         values = micro_conditioning.resolve(ids, height, width, micro)
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
                        samplers.canonical_name(sampler), seed, num_images, strength, values,
-                       micro_conditioning.to_write(values, ids, height, width))
+                       micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax)
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
@@ -172,32 +199,31 @@ class Pipeline:
                         _ITEMSIZE[self.backend.dtype], encode, self.backend.attention_holds_scores)
         return choose(self.memory, work, self.backend.memory_available())
 
-    def _encode_prompts(self, req: Request) -> tuple[Array, dict[str, Array] | None]:
-        """Token ids -> context (k*B, 77, C) and the UNet's `added` conditioning (SDXL; else None), rows
-        [uncond] * B + [cond] * B with guidance (k = 2), else [cond] * B."""
+    def _encode_prompts(self, req: Request) -> tuple[Array, dict[str, Array] | None, dict[str, str]]:
+        """Prompts -> context (k*B, 77*n, C), the UNet's `added` conditioning (SDXL; else None) and the
+        embeddings used (name -> short hash); rows [uncond] * B + [cond] * B with guidance (k = 2), else
+        [cond] * B. Text is encoded once per generate(), so the host round trip stays out of the loop."""
         b, guided = req.num_images, req.guidance_scale > 1
         zero_uncond = guided and req.negative_prompt is None and self.checkpoint.force_zeros_for_empty_prompt
-        texts = [req.prompt] * b
-        if guided and not zero_uncond:
-            texts = [req.negative_prompt or ""] * b + texts
-        layer = FAMILIES[self.checkpoint.family].text_layer
-        encoded = [enc(tok(texts), **layer) for tok, enc in zip(self.tokenizers, self.text_encoders)]
+        texts = [req.negative_prompt or "", req.prompt] if guided and not zero_uncond else [req.prompt]
+        enc = conditioning.encode(texts, self.towers, self.backend.numpy, prompt_syntax=req.prompt_syntax,
+                                  embeddings=self.embeddings, **_text_layer(self.checkpoint.family, req.clip_skip))
+        contexts, pooled = conditioning.common_length(enc.contexts), enc.pooled  # per text (77*n, C), (P,)
+        if zero_uncond:  # SDXL without a negative prompt: zeros, not the encoding of ""
+            contexts, pooled = [np.zeros_like(contexts[0]), *contexts], [np.zeros_like(pooled[0]), *pooled]
+        context = np.repeat(np.stack(contexts), b, axis=0)  # (k*B, 77*n, C)
+        used = {**enc.embeddings[-1], **enc.embeddings[0]}  # the prompt's first, then the negative's (as A1111)
         if self.checkpoint.unet.addition_embed_type != "text_time":
-            (context, _), = encoded  # SD1, SD2: one encoder; the context stays on the device
-            return context, None
+            return self.backend.asarray(context), None, used
 
-        # SDXL. Text is encoded once per generate(), so this host round trip stays out of the sampling loop.
-        context = np.concatenate([self.backend.numpy(c) for c, _ in encoded], axis=-1)  # (n, 77, 768 + 1280)
-        pooled = self.backend.numpy(encoded[-1][1])  # (n, P): the second encoder's projected EOS state
-        if zero_uncond:
-            context = np.concatenate([np.zeros_like(context), context])  # (2B, 77, C)
-            pooled = np.concatenate([np.zeros_like(pooled), pooled])
-        # micro-conditioning (sizes, crop, aesthetic score): the uncond rows get the negative values
+        # SDXL: the second encoder's projected EOS state, and micro-conditioning (sizes, crop, aesthetic score):
+        # the uncond rows get the negative values
         ids = self.checkpoint.time_ids
         rows = [micro_conditioning.time_ids(req.micro, ids, negative=True)] * (b if guided else 0)
         time_ids = np.stack(rows + [micro_conditioning.time_ids(req.micro, ids, negative=False)] * b)  # (k*B, 5|6)
-        added = {"text_embeds": self.backend.asarray(pooled), "time_ids": self.backend.asarray(time_ids)}
-        return self.backend.asarray(context), added
+        added = {"text_embeds": self.backend.asarray(np.repeat(np.stack(pooled), b, axis=0)),
+                 "time_ids": self.backend.asarray(time_ids)}
+        return self.backend.asarray(context), added, used
 
     def _guided_model(self, context: Array, added: dict[str, Array] | None, req: Request, total: int,
                       callback: Callback | None):
@@ -218,12 +244,16 @@ class Pipeline:
 
         return model
 
-    def _parameters(self, req: Request, i: int) -> dict:
+    def _parameters(self, req: Request, i: int, embeddings: dict[str, str]) -> dict:
         params = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
                       guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
                       model=self.checkpoint.name)
         if req.strength is not None:
             params["strength"] = req.strength
+        if req.clip_skip > 1:
+            params["clip_skip"] = req.clip_skip
+        if embeddings:  # as A1111 writes them: names without ':' or ','
+            params["TI hashes"] = ", ".join(f"{re.sub('[:,]', '', name)}: {h}" for name, h in embeddings.items())
         return params | req.micro_set
 
 
@@ -233,6 +263,14 @@ def _steps_running(steps: int, strength: float) -> int:
     while int(n * strength) < steps:
         n += 1
     return n
+
+
+def _text_layer(family: str, clip_skip: int) -> dict:
+    """TextEncoder's layer / final_norm for a family and A1111's clip_skip (1: the last layer, through the
+    final LayerNorm as A1111 applies it after skipping)."""
+    if not FAMILIES[family].clip_skip:
+        return FAMILIES[family].text_layer
+    return dict(layer=-clip_skip, final_norm=True)
 
 
 def _load_tokenizer(spec: Path | str) -> Tokenizer:

@@ -83,6 +83,8 @@ class Tokenizer:
         self._tok.add_tokens([*added, *(specials[k] for k in SPECIALS if specials[k].content not in listed)])
         self.bos_id, self.eos_id, self.pad_id = (self._tok.token_to_id(specials[k].content)
                                                  for k in ("bos_token", "eos_token", "pad_token"))
+        self.comma_id = self._tok.token_to_id(",</w>")  # where A1111 prefers to end a 75-token chunk
+        self.vocab_size = self._tok.get_vocab_size()  # ids from here on are not tokens (textual inversion's)
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -126,6 +128,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """The ids of `text` alone: no <|startoftext|>/<|endoftext|>, not truncated."""
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """encode() of each text."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def count(self, text: str) -> int:
         """How many tokens `text` takes (75 fit in one encoding)."""

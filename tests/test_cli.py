@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
+from safetensors.numpy import save_file
 
 import sdkit
 from sdkit import cli
@@ -114,7 +115,6 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
     assert [line for line in err.splitlines() if "warning" in line] == [
         "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
         "using the model's recommended sampler",
-        "sdkit-gen: warning: Clip skip 2 is not supported; using the last layer (Clip skip 1)",
         "sdkit-gen: warning: hires fix is not applied: only its first pass is generated, at 64x64 (the stored "
         "image is 128x128)",
         "sdkit-gen: warning: not applied (hires fix): Hires upscale: 2",
@@ -125,12 +125,11 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: not applied: dynthres_enabled: True",
         "sdkit-gen: warning: not applied: dynthres_mimic_scale: 7",
         "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
-        "sdkit-gen: warning: the prompt's weighting syntax ((word), (word:1.2), [word], BREAK) is read as "
-        "plain text",
         "sdkit-gen: warning: not applied: original_size, aesthetic_score (stored SDXL micro-conditioning this "
         "model does not take)"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
+    assert stored["clip_skip"] == 2  # applied, and written again
     # the hires pass's strength never becomes the image-to-image strength: -i runs at the default strength
     assert stored["strength"] == cli.DEFAULTS["strength"]
 
@@ -139,11 +138,8 @@ def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
     stored = sdkit.metadata.parse_parameters(
         "a fox\nSteps: 20, Seed: 1, Size: 512x512, Clip skip: 2, VAE: vae-ft-mse-840000, Model hash: 6ce0161689, "
         "Denoising strength: 0.5")
-    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == [
-        "Clip skip 2 is not supported; using the last layer (Clip skip 1)", "not applied: VAE: vae-ft-mse-840000"]
-    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Clip skip", "VAE"}) == []
-    assert cli.unhonoured(sdkit.metadata.parse_parameters("a\nSteps: 2, Seed: 1, Clip skip: 1"),
-                          cli.HONOURED | cli.HARMLESS) == []  # Clip skip 1 is the last layer, sdkit's
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == ["not applied: VAE: vae-ft-mse-840000"]
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"VAE"}) == []
     old_hires = sdkit.metadata.parse_parameters(
         "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
     assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [
@@ -171,13 +167,13 @@ def test_from_says_when_settings_are_missing(sd1_folder, tmp_path, gen, paramete
     assert [line for line in err.splitlines() if "warning" in line] == lines
 
 
-def test_img2img_and_long_prompt_warning(sd1_folder, tmp_path, gen):
+def test_img2img_with_a_long_prompt(sd1_folder, tmp_path, gen):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 64, 3), dtype=np.uint8)).save(tmp_path / "in.png")
     long_prompt = " ".join(["lighthouse"] * 80)
     code, out, err = gen(long_prompt, "-m", sd1_folder, "--steps", "4", "--backend", "torch", "-i", "in.png",
                          "--strength", "0.5", "-s", "1", "-o", "out.png")
     assert code == 0, err
-    assert "sdkit-gen: warning: the prompt has 80 tokens; only the first 75 are used" in err
+    assert "warning" not in err and "prompt: 80/150 tokens, 2 chunks" in err  # nothing cut
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["strength"], stored["width"], stored["height"]) == (0.5, 64, 72)
     assert out.splitlines()[1].startswith("2 steps in ")  # strength 0.5 of 4 steps
@@ -295,3 +291,24 @@ def test_free_names_and_default_names(tmp_path):
                                                                        Path("ein-fuchs-im-schnee-4.png")]
     assert cli._targets(str(tmp_path), "富士山", [1]) == [tmp_path / "富士山-1.png"]
     assert cli._targets(None, "!!!", [1]) == [Path("image-1.png")]
+
+
+def test_prompt_flags_reach_generate(sd1_folder, tmp_path, gen, monkeypatch):
+    """--clip-skip, --prompt-syntax, --embedding-dir; an embedding that does not fit the model is a warning line,
+    A1111 syntax sdkit lacks is named."""
+    (tmp_path / "emb").mkdir()
+    save_file({"emb_params": np.ones((1, 1024), np.float32)}, tmp_path / "emb" / "sdtwo.safetensors")
+    loads, generate = [], sdkit.Pipeline.generate
+    monkeypatch.setattr(sdkit.Pipeline, "generate", lambda self, *a, **kw: loads.append(kw) or generate(self, *a, **kw))
+    code, _, err = gen("a sdtwo [cat:dog:0.5]", "-m", sd1_folder, *FAST, "--clip-skip", "2", "--embedding-dir", "emb",
+                       "-o", "out.png")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "sdkit-gen: warning: the prompt's prompt editing [from:to:when] is not supported; read as (weighted) text",
+        "sdkit-gen: warning: embedding sdtwo.safetensors is 1024 wide, this model's text encoder 64: it was made for "
+        "another model family; 'sdtwo' is read as text"]
+    assert (loads[0]["clip_skip"], loads[0]["prompt_syntax"]) == (2, "a1111")
+    assert sdkit.read_parameters(tmp_path / "out.png")["clip_skip"] == 2
+    code, _, err = gen("a (cat)", "-m", sd1_folder, *FAST, "--prompt-syntax", "plain", "-o", "plain.png")
+    assert code == 0 and loads[1]["prompt_syntax"] == "plain" and "clip_skip" not in loads[1]
+    assert gen("a", "--embedding-dir", "missing", "-m", sd1_folder, *FAST)[:2] == (2, "")

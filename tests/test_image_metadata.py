@@ -124,7 +124,7 @@ def test_novelai_png_reads_as_a1111_converts_it(tmp_path):
     assert sdkit.read_parameters(path) == {
         "prompt": "1girl, silver hair, library, {{soft light}}", "negative_prompt": comment["uc"], "steps": 28,
         "sampler": "euler_a", "guidance_scale": 5.0, "seed": 3141592653, "width": 64, "height": 96,
-        "Clip skip": "2", "ENSD": "31337"}
+        "clip_skip": 2, "ENSD": "31337"}
     karras = png(tmp_path, "k.png", Description="x", Software="NovelAI",
                  Comment=json.dumps({**comment, "noise_schedule": "karras", "sampler": "k_dpmpp_2m"}))
     assert sdkit.read_parameters(karras)["sampler"] == "dpmpp_2m_karras"  # the schedule A1111 drops
@@ -191,7 +191,7 @@ def test_swarmui_png(tmp_path):
         "prompt": "a photo of a cat, <lora:pixel-art-xl:0.8>", "negative_prompt": "", "steps": 20,
         "sampler": "dpmpp_2m_karras", "guidance_scale": 7.0, "seed": 1,
         "model": "OfficialStableDiffusion/sd_xl_base_1.0",
-        "width": 1024, "height": 1024, "Clip skip": "2", "Version": "SwarmUI 0.9.3.1",
+        "width": 1024, "height": 1024, "clip_skip": 2, "Version": "SwarmUI 0.9.3.1",
         "refinercontrolpercentage": "0.2"}
 
 
@@ -243,7 +243,7 @@ def test_comfyui_loras_and_clip_skip(tmp_path):
     graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["12", 0]
     p = sdkit.read_parameters(comfy_png(tmp_path, graph))
     assert p["prompt"].endswith(", , purple galaxy bottle,, <lora:lcm-lora-sdv1-5:0:1>, <lora:add_detail:1:0.5>")
-    assert (p["sampler"], p["Clip skip"]) == ("dpmpp_2m_karras", "2")
+    assert (p["sampler"], p["clip_skip"]) == ("dpmpp_2m_karras", 2)
 
 
 @pytest.mark.parametrize("change,why", [
@@ -299,7 +299,7 @@ def test_invokeai_5_with_lora_img2img_and_clip_skip(tmp_path):
     p = sdkit.read_parameters(png(tmp_path, invokeai_metadata=json.dumps(meta)))
     assert p == {"prompt": "a watercolor fox, <lora:watercolor_xl:0.6>", "negative_prompt": "photo", "steps": 30,
                  "sampler": "euler_a", "guidance_scale": 7.5, "seed": 99, "model": "Juggernaut XL v9", "width": 1024,
-                 "height": 1024, "strength": 0.7, "Clip skip": "2", "Version": "InvokeAI 5.4.2",
+                 "height": 1024, "strength": 0.7, "clip_skip": 2, "Version": "InvokeAI 5.4.2",
                  "hrf_enabled": "true"}
 
 

@@ -56,7 +56,7 @@ def test_an_explicit_empty_negative_prompt_survives_a_round_trip(tmp_path):
 
 
 def test_keys_other_features_write_pass_through_as_a1111_writes_them():
-    extra = {"Clip skip": 2, "Schedule type": "Karras", "Model hash": "6ce0161689", "VAE": "vae-ft-mse-840000",
+    extra = {"Schedule type": "Karras", "Model hash": "6ce0161689", "VAE": "vae-ft-mse-840000",
              "VAE hash": "735e4c3a44", "Lora hashes": "add_detail: 7c6bad76eb54, more_art: 0123456789ab",
              "TI hashes": "easynegative: c74b4e810b03", "Hires upscale": 2, "Hires steps": 10,
              "Hires upscaler": "R-ESRGAN 4x+", "Hires resize": "1024x1536"}
@@ -81,12 +81,13 @@ def test_every_sampler_round_trips(sampler, a1111):
 
 def test_round_trip_keeps_every_value_and_type():
     params = {**PARAMS, "prompt": "line one, with: colon\nline two\n\"quoted\"", "negative_prompt": "bad\nworse",
-              "strength": 0.6, "model": 'C:\\models\\my "best", v2.safetensors', "Clip skip": "2",
+              "strength": 0.6, "model": 'C:\\models\\my "best", v2.safetensors', "clip_skip": 2,
               "Note": '"as is"'}
     back = metadata.parse_parameters(metadata.format_parameters(params))
     assert back.pop("Version") == f"sdkit {sdkit.__version__}"
     assert back == params
     assert type(back["steps"]) is int and type(back["guidance_scale"]) is float and type(back["seed"]) is int
+    assert type(back["clip_skip"]) is int
 
 
 def test_round_trip_of_non_latin1_text_through_a_png(tmp_path):
@@ -115,9 +116,10 @@ def test_parses_a1111_string_with_quoted_values_and_multiline_prompts():
     assert (p["width"], p["height"], p["model"]) == (512, 768, "v1-5-pruned-emaonly")
     assert p["Lora hashes"] == "add_detail: 7c6bad76eb54"
     assert p["TI hashes"] == "easynegative: c74b4e810b03, other: 0123"
-    assert {k: p[k] for k in ("Model hash", "Clip skip", "Hires upscale", "Hires steps", "Hires upscaler",
-                              "Version")} == {"Model hash": "6ce0161689", "Clip skip": "2", "Hires upscale": "2",
-                                              "Hires steps": "10", "Hires upscaler": "Latent", "Version": "v1.10.1"}
+    assert p["clip_skip"] == 2
+    assert {k: p[k] for k in ("Model hash", "Hires upscale", "Hires steps", "Hires upscaler", "Version")} == {
+        "Model hash": "6ce0161689", "Hires upscale": "2", "Hires steps": "10", "Hires upscaler": "Latent",
+        "Version": "v1.10.1"}
     # a hires-fix txt2img: its Denoising strength is the hires pass's, not an image-to-image strength
     assert p["Denoising strength"] == "0.45" and "strength" not in p
     assert not {"Sampler", "Schedule type", "Size", "Steps", "Seed", "CFG scale"} & p.keys()

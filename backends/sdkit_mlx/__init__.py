@@ -104,11 +104,13 @@ class TextEncoder:
         self.device = device
         self.model = build() if resident else None
 
-    def __call__(self, ids: np.ndarray, layer: int = -1,
-                 final_norm: bool = True) -> tuple[mx.array, mx.array | None]:
+    def __call__(self, ids: np.ndarray, layer: int = -1, final_norm: bool = True,
+                 extra: np.ndarray | None = None) -> tuple[mx.array, mx.array | None]:
         with mx.stream(self.device):
             model = self.model or self.build()
-            context, pooled = model(mx.array(ids, dtype=mx.int32), layer, final_norm)
+            if extra is not None:
+                extra = mx.array(np.asarray(extra, dtype=np.float32)).astype(model.final_layer_norm.weight.dtype)
+            context, pooled = model(mx.array(ids, dtype=mx.int32), layer, final_norm, extra)
             out = context.astype(mx.float32), None if pooled is None else pooled.astype(mx.float32)
             mx.eval(out)
         if self.model is None:

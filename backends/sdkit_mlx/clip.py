@@ -25,8 +25,15 @@ class Embeddings(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embedding = nn.Embedding(config.max_length, config.hidden_size)
 
-    def __call__(self, ids: mx.array) -> mx.array:
-        return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
+    def __call__(self, ids: mx.array, extra: mx.array | None = None) -> mx.array:
+        """ids (B, T) -> (B, T, C); ids past the vocabulary index the rows of `extra` (textual inversion)."""
+        if extra is None:
+            x = self.token_embedding(ids)
+        else:
+            vocab = self.token_embedding.weight.shape[0]
+            x = mx.where((ids < vocab)[..., None], self.token_embedding(mx.minimum(ids, vocab - 1)),
+                         extra[mx.maximum(ids - vocab, 0)])
+        return x + self.position_embedding.weight[: ids.shape[1]]
 
 
 class SelfAttention(nn.Module):
@@ -96,15 +103,17 @@ class CLIPTextModel(nn.Module):
         if config.projection_dim is not None:
             self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
 
-    def __call__(self, ids: mx.array, layer: int = -1, final_norm: bool = True) -> tuple[mx.array, mx.array | None]:
+    def __call__(self, ids: mx.array, layer: int = -1, final_norm: bool = True,
+                 extra: mx.array | None = None) -> tuple[mx.array, mx.array | None]:
         """ids (B, T) -> context (B, T, C): the output of encoder layer `layer`, through the final LayerNorm when
-        final_norm; pooled (B, P): the projected, final-normed last layer's output at the first EOS, or None."""
+        final_norm; pooled (B, P): the projected, final-normed last layer's output at the first EOS, or None.
+        extra (E, C): embedding rows for ids vocab_size .. vocab_size + E - 1."""
         n = len(self.encoder.layers)
         if not -n <= layer < n:
             raise ValueError(f"text encoder layer {layer} does not exist; use -1 .. -{n} (this encoder has {n})")
         keep = layer % n  # index of the layer whose output is the context
         projection = "text_projection" in self
-        x = self.embeddings(ids)
+        x = self.embeddings(ids, extra)
         # pooled needs the last layer; without a projection the layers after `keep` are skipped
         for i, block in enumerate(self.encoder.layers[: n if projection else keep + 1]):
             x = block(x)

@@ -115,10 +115,13 @@ class TextEncoder:
         return self.lazy.get()
 
     @torch.inference_mode()
-    def __call__(self, ids: np.ndarray, layer: int = -1,
-                 final_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(self, ids: np.ndarray, layer: int = -1, final_norm: bool = True,
+                 extra: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = self.model
         ids = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
-        context, pooled = self.model(ids, layer, final_norm)
+        if extra is not None:
+            extra = torch.as_tensor(extra, device=self.device).to(model.embeddings.token_embedding.weight.dtype)
+        context, pooled = model(ids, layer, final_norm, extra)
         return context.float(), None if pooled is None else pooled.float()
 
 

@@ -34,8 +34,15 @@ class Embeddings(nn.Module):
         self.position_embedding = nn.Embedding(config.max_length, config.hidden_size,
                                                _weight=torch.empty(config.max_length, config.hidden_size))
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
+    def forward(self, ids: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) -> (B, T, C); ids past the vocabulary index the rows of `extra` (textual inversion)."""
+        if extra is None:
+            x = self.token_embedding(ids)
+        else:
+            vocab = self.token_embedding.num_embeddings
+            x = torch.where((ids < vocab)[..., None], self.token_embedding(ids.clamp(max=vocab - 1)),
+                            extra[(ids - vocab).clamp(min=0)])
+        return x + self.position_embedding.weight[: ids.shape[1]]
 
 
 class SelfAttention(nn.Module):
@@ -97,16 +104,17 @@ class CLIPTextModel(nn.Module):
         if config.projection_dim is not None:
             self.text_projection = Linear(config.hidden_size, config.projection_dim, bias=False)
 
-    def forward(self, ids: torch.Tensor, layer: int = -1,
-                final_norm: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, ids: torch.Tensor, layer: int = -1, final_norm: bool = True,
+                extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ids (B, T) -> context (B, T, C): the output of encoder layer `layer`, through the final LayerNorm when
-        final_norm; pooled (B, P): the projected, final-normed last layer's output at the first EOS, or None."""
+        final_norm; pooled (B, P): the projected, final-normed last layer's output at the first EOS, or None.
+        extra (E, C): embedding rows for ids vocab_size .. vocab_size + E - 1."""
         n = len(self.encoder.layers)
         if not -n <= layer < n:
             raise ValueError(f"text encoder layer {layer} does not exist; use -1 .. -{n} (this encoder has {n})")
         keep = layer % n  # index of the layer whose output is the context
         projection = getattr(self, "text_projection", None)
-        x = self.embeddings(ids)
+        x = self.embeddings(ids, extra)
         for i, block in enumerate(self.encoder.layers[: n if projection is not None else keep + 1]):
             x = block(x)
             if i == keep:
