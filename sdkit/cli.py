@@ -34,7 +34,7 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed", "strength",
-            "model", "clip_skip", *micro_conditioning.ARGUMENTS}
+            "model", "clip_skip", "TI hashes", *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
@@ -178,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         if ignored:
             _warn(f"not applied: {', '.join(ignored)} (stored SDXL micro-conditioning this model does not take)")
             kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
+        for note in _missing_embeddings(stored.get("TI hashes", ""), pipe.embeddings):
+            _warn(note)
 
         progress = _Progress(disable=args.quiet)
         with progress:
@@ -244,6 +246,25 @@ def _free(path: Path) -> Path:
         n += 1
         free = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return free
+
+
+def _missing_embeddings(ti_hashes: str, embeddings) -> list[str]:
+    """A stored `TI hashes: "name: hash, ..."` entry checked against the embedding folders: an embedding is
+    used again when its name is in the prompt, so only one that is missing, or another file of that name,
+    needs saying."""
+    files = {stem.lower(): path for stem, path in embeddings.files().items()}
+    notes = []
+    for entry in filter(None, (e.strip() for e in ti_hashes.split(","))):
+        name, _, stored_hash = entry.rpartition(":")
+        name, stored_hash = name.strip() or stored_hash.strip(), stored_hash.strip() if name.strip() else ""
+        path = files.get(name.lower())
+        if path is None:
+            notes.append(f"embedding {name!r} (TI hashes) is not in the embedding folders (--embedding-dir, "
+                         "$SDKIT_EMBEDDING_DIRS); its word is read as text")
+        elif stored_hash and embeddings.short_hash(path) != stored_hash:
+            notes.append(f"embedding {name!r}: {path} has hash {embeddings.short_hash(path)}, the image was made "
+                         f"with {stored_hash}")
+    return notes
 
 
 def _stored_model(stored: dict, image: Path | None) -> str | None:

@@ -312,3 +312,28 @@ def test_prompt_flags_reach_generate(sd1_folder, tmp_path, gen, monkeypatch):
     code, _, err = gen("a (cat)", "-m", sd1_folder, *FAST, "--prompt-syntax", "plain", "-o", "plain.png")
     assert code == 0 and loads[1]["prompt_syntax"] == "plain" and "clip_skip" not in loads[1]
     assert gen("a", "--embedding-dir", "missing", "-m", sd1_folder, *FAST)[:2] == (2, "")
+
+
+def test_from_checks_the_stored_embeddings(sd1_folder, tmp_path, gen):
+    from safetensors.numpy import save_file
+
+    from sdkit.adapters.embeddings import short_hash
+
+    (tmp_path / "emb").mkdir()
+    for name in ("easyneg", "style"):
+        save_file({"emb_params": np.full((1, 64), 0.1, np.float32)}, str(tmp_path / "emb" / f"{name}.safetensors"))
+    ok = short_hash(tmp_path / "emb" / "easyneg.safetensors")
+    text = (f"a fox, style\nNegative prompt: easyneg\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, "
+            f'TI hashes: "easyneg: {ok}, style: 0123456789ab, gone: 111111111111"')
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "p.png", pnginfo=info)
+    code, _, err = gen("--from", "p.png", "-m", sd1_folder, *FAST, "-o", "out.png", "--embedding-dir", "emb")
+    assert code == 0, err
+    style = tmp_path / "emb" / "style.safetensors"
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"sdkit-gen: warning: embedding 'style': emb/style.safetensors has hash {short_hash(style)}, the image was made with "
+        "0123456789ab",
+        "sdkit-gen: warning: embedding 'gone' (TI hashes) is not in the embedding folders (--embedding-dir, "
+        "$SDKIT_EMBEDDING_DIRS); its word is read as text"]
+    assert sdkit.read_parameters(tmp_path / "out.png")["TI hashes"] == f"style: {short_hash(style)}, easyneg: {ok}"
