@@ -123,3 +123,80 @@ def test_vae_decoder_upsampling_learns(sd1_folder):
     theirs.decode(z / theirs.config.scaling_factor).sample.square().mean().backward()
     decoder = lambda g: {k: v for k, v in g.items() if k.startswith(("decoder.", "post_quant"))}
     assert_grads_close(decoder(grads(ours)), decoder(grads(theirs)))
+
+
+# --- MLX: mx.value_and_grad against torch autograd on the same weights -------------------------------------
+
+def mlx_grads_as_torch(grads_tree, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MLX gradients (NHWC conv layouts, 1x1 convs as linears) -> torch tensors shaped as the torch parameters
+    (those torch gave a gradient)."""
+    from mlx.utils import tree_flatten
+    out = {}
+    for name, g in tree_flatten(grads_tree):
+        if like[name] is None:
+            continue
+        g = torch.from_numpy(np.array(g))
+        out[name] = g.permute(0, 3, 1, 2) if g.ndim == 4 else g.reshape(like[name].shape)
+    return out
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_mlx_unet_gradients_match_torch(family, request):
+    mx = pytest.importorskip("mlx.core")
+    import mlx.nn as mnn
+    from sdkit_mlx.loading import load as mlx_load
+    from sdkit_mlx.unet import UNet2DConditionModel as MLXUNet
+
+    ckpt = open_checkpoint(request.getfixturevalue(f"{family}_folder"))
+    theirs = load(lambda: TorchUNet(ckpt.unet), ckpt.weights["unet"], "unet", torch.device("cpu"), torch.float32)
+    x, t, context, added, w = unet_inputs(ckpt.unet, size=(8, 8))
+    theirs.requires_grad_(True)
+    (theirs(x, t, context, added) * w).sum().backward()
+    with mx.stream(mx.cpu):
+        ours = mlx_load(lambda: MLXUNet(ckpt.unet), ckpt.weights["unet"], "unet", mx.float32).train()
+        nhwc = lambda a: mx.array(a.permute(0, 2, 3, 1).numpy())
+        am = added and {k: mx.array(v.numpy()) for k, v in added.items()}
+        loss = lambda model: (model(nhwc(x), mx.array(t.numpy()), mx.array(context.numpy()), am) * nhwc(w)).sum()
+        _, g = mnn.value_and_grad(ours, loss)(ours)
+        mx.eval(g)
+    assert_grads_close(mlx_grads_as_torch(g, grads(theirs)), grads(theirs))
+
+
+def test_mlx_text_encoder_and_vae_encoder_gradients_match_torch(sdxl_folder):
+    mx = pytest.importorskip("mlx.core")
+    import mlx.nn as mnn
+    from sdkit_mlx.clip import CLIPTextModel as MLXCLIP
+    from sdkit_mlx.loading import load as mlx_load
+    from sdkit_mlx.vae import AutoencoderKL as MLXVAE
+
+    ckpt = open_checkpoint(sdxl_folder)
+    config, weights = ckpt.text_encoders[1], ckpt.weights["text_encoder_2"]  # with the pooled projection
+    ids = np.array([[49406, 320, 1125, 539, 2368, 49407] + [0] * 71])
+    g = torch.Generator().manual_seed(0)
+    theirs = load(lambda: TorchCLIP(config), weights, "text encoder", torch.device("cpu"), torch.float32)
+    theirs.requires_grad_(True)
+    context, pooled = theirs(torch.from_numpy(ids))
+    wc, wp = torch.randn(context.shape, generator=g), torch.randn(pooled.shape, generator=g)
+    ((context * wc).sum() + (pooled * wp).sum()).backward()
+
+    vae_theirs = load(lambda: TorchVAE(ckpt.vae), ckpt.weights["vae"], "vae", torch.device("cpu"), torch.float32)
+    vae_theirs.requires_grad_(True)
+    image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+    wz = torch.randn(1, 4, 8, 8, generator=g)
+    (vae_theirs.encode(image) * wz).sum().backward()
+
+    with mx.stream(mx.cpu):
+        ours = mlx_load(lambda: MLXCLIP(config), weights, "text encoder", mx.float32).train()
+
+        def text_loss(model):
+            c, p = model(mx.array(ids, dtype=mx.int32))
+            return (c * mx.array(wc.numpy())).sum() + (p * mx.array(wp.numpy())).sum()
+        _, g_text = mnn.value_and_grad(ours, text_loss)(ours)
+        vae = mlx_load(lambda: MLXVAE(ckpt.vae), ckpt.weights["vae"], "vae", mx.float32).train()
+        vae_loss = lambda m: (m.encode(mx.array(image.permute(0, 2, 3, 1).numpy()))
+                              * mx.array(wz.permute(0, 2, 3, 1).numpy())).sum()
+        _, g_vae = mnn.value_and_grad(vae, vae_loss)(vae)
+        mx.eval(g_text, g_vae)
+    assert_grads_close(mlx_grads_as_torch(g_text, grads(theirs)), grads(theirs))
+    encoder = lambda gs: {k: v for k, v in gs.items() if not k.startswith(("decoder.", "post_quant"))}
+    assert_grads_close(encoder(mlx_grads_as_torch(g_vae, grads(vae_theirs))), encoder(grads(vae_theirs)))
