@@ -8,9 +8,9 @@ The C file is compiled with the system's C compiler at first use (about a second
 loaded with ctypes: no build step at install, no Python headers. It is built with OpenMP, and the libgomp it asks
 for by soname is the one torch has already loaded, so the kernel runs on torch's own warm thread pool.
 
-Where there is no compiler or no AVX-512, with SDKIT_CPU_ATTENTION=0, under torch.compile, or for tiny problems,
-or when gradients are recorded, `applies()` is False and callers use SDPA. bfloat16 also goes to SDPA on CPUs with AMX, whose tile unit torch's
-kernel uses (2-3x faster than this one on a 16-core Xeon).
+Where there is no compiler or no AVX-512, with SDKIT_CPU_ATTENTION=0, under torch.compile, for tiny problems, or
+when gradients are recorded, `applies()` is False and callers use SDPA. bfloat16 also goes to SDPA on CPUs with
+AMX, whose tile unit torch's kernel uses (2-3x faster than this one on a 16-core Xeon).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 Measured on a 2-core AVX-512 CPU, the UNet's projections at 512x512: float32 1.1-1.35x faster (MKL's sgemm
 reaches ~140 GFLOP/s there, oneDNN ~200), bfloat16 1.05-1.1x, and a GELU rides along as a post-op instead of a
-pass over memory of its own (the feed-forward gate: float32 64 -> 46 ms). Elsewhere, and under torch.compile
-(inductor picks its own CPU kernels), and
-when gradients are recorded (the oneDNN op has no backward for the weights), this is F.linear.
+pass over memory of its own (the feed-forward gate: float32 64 -> 46 ms). Elsewhere, under torch.compile (inductor
+picks its own CPU kernels) and when gradients are recorded (the oneDNN op has no backward for the weights), this is
+F.linear.
 """
 
 from __future__ import annotations
