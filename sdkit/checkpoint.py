@@ -353,8 +353,8 @@ def _refuse_what_is_not_a_checkpoint(file: ldm.SingleFile, vae_given: bool = Fal
         raise CheckpointError(f"{path}: this is {kind[0]}, not a Stable Diffusion checkpoint; {kind[1]}")
     parts = file.has(UNET_PREFIX), file.has(VAE_PREFIX) or vae_given, ldm.has_text_encoder(file)
     if parts == (True, False, True):
-        raise CheckpointError(f"{path}: this checkpoint has no VAE (a \"noVAE\" file); pass one, e.g. "
-                              "sdkit.load(model, vae='vae-ft-mse-840000-ema-pruned.safetensors') or sdkit-gen --vae FILE")
+        raise CheckpointError(f"{path}: this checkpoint has no VAE (a \"noVAE\" file); pass one, e.g. sdkit.load("
+                              "model, vae='vae-ft-mse-840000-ema-pruned.safetensors') or sdkit-gen --vae FILE")
     if not all(parts):
         lone = identify.lone_component(keys)
         if lone:

@@ -55,8 +55,8 @@ def vaes(tmp_path_factory, sd1_folder):
     shutil.rmtree(oracle / "vae")
     shutil.copytree(folder, oracle / "vae")
     return SimpleNamespace(folder=folder, ldm=root / "vae-ft-mse-840000-ema-pruned.safetensors",
-                           prefixed=root / "prefixed-vae.safetensors", diffusers=root / "diffusers-named-vae.safetensors",
-                           oracle=oracle)
+                           prefixed=root / "prefixed-vae.safetensors", oracle=oracle,
+                           diffusers=root / "diffusers-named-vae.safetensors")
 
 
 @pytest.mark.parametrize("layout", ["ldm", "prefixed", "diffusers", "folder", "oracle"])
@@ -166,3 +166,48 @@ def test_pictures_with_a_vae_file_are_the_oracles(backend, vaes, sd1_single_file
     init = Image.fromarray(init)
     assert np.abs(_generate(pipe, init_image=init, strength=0.5)
                   - _generate(oracle, init_image=init, strength=0.5)).max() <= 1
+
+
+def test_autov2_hashes_are_computed_once_per_file(tmp_path, monkeypatch):
+    """A1111's AutoV2: 10 hex digits of the whole file's sha256, kept in the JSON cache while the file's size and
+    mtime are unchanged."""
+    import hashlib
+    import os
+
+    from sdkit import hashes
+
+    monkeypatch.setenv("SDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hashes, "_known", {})
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(os.urandom(3 << 20))
+    real = hashlib.sha256(file.read_bytes()).hexdigest()
+    assert hashes.autov2(file) == real[:10]
+    cache = json.loads((tmp_path / "cache" / "hashes.json").read_text())
+    assert cache[str(file.resolve())]["sha256"] == real
+    # from the cache, in a new process (no memory of it) too: a stored digest is not recomputed
+    cache[str(file.resolve())]["sha256"] = "f" * 64
+    (tmp_path / "cache" / "hashes.json").write_text(json.dumps(cache))
+    monkeypatch.setattr(hashes, "_known", {})
+    assert hashes.autov2(file) == "f" * 10
+    stat = file.stat()
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # changed: hashed again
+    assert hashes.autov2(file) == real[:10]
+    assert json.loads((tmp_path / "cache" / "hashes.json").read_text())[str(file.resolve())]["sha256"] == real
+
+
+def test_model_and_vae_hashes_in_the_metadata(vaes, sd1_single_file, tmp_path):
+    """`Model hash`, `VAE hash` and `VAE` (the file's name) as A1111 writes them, in its order; read back under
+    those names. Without vae= there is no VAE entry; a folder has no hash."""
+    from sdkit import hashes
+
+    pipe = sdkit.load(sd1_single_file, backend="torch", device="cpu", vae=vaes.ldm)
+    image, = pipe.generate("a red house", steps=1, seed=3, width=64, height=64)
+    text = image.info["parameters"]
+    model_hash, vae_hash = hashes.autov2(sd1_single_file), hashes.autov2(vaes.ldm)
+    assert (f"Model hash: {model_hash}, Model: tiny-sd1, VAE hash: {vae_hash}, "
+            "VAE: vae-ft-mse-840000-ema-pruned.safetensors, ") in text
+    stored = sdkit.read_parameters(sdkit.save(image, tmp_path / "a.png"))
+    assert stored["Model hash"] == model_hash and stored["VAE hash"] == vae_hash
+    assert stored["VAE"] == "vae-ft-mse-840000-ema-pruned.safetensors"
+    plain = sdkit.load(vaes.oracle, backend="torch", device="cpu").generate("a", steps=1, width=64, height=64)[0]
+    assert "hash" not in plain.info["parameters"] and "VAE" not in plain.info["parameters"]
