@@ -32,7 +32,7 @@ __all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save"
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
          prediction: str | None = None, compile: bool = False, memory: Memory = Memory(),
-         embedding_dirs: str | Path | list[str | Path] | None = None) -> Pipeline:
+         embedding_dirs: str | Path | list[str | Path] | None = None, vae: str | Path | None = None) -> Pipeline:
     """Load a model for generation.
 
     model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
@@ -47,6 +47,9 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     device's free memory; also `pipe.memory`, which can be changed between calls.
     embedding_dirs: folders of textual-inversion embeddings (.safetensors), each triggered by its file's stem
     in a prompt; default the os.pathsep-separated list in $SDKIT_EMBEDDING_DIRS.
+    vae: a VAE replacing the checkpoint's: a .safetensors file (LDM names as vae-ft-mse-840000-ema-pruned and
+    sdxl_vae ship, or diffusers'), a diffusers folder (an AutoencoderKL's or a pipeline's vae/) or a Hub repo id.
+    Checkpoints published without a VAE ("noVAE") need one. The checkpoint's latent scaling factor stays.
     """
     if not isinstance(memory, Memory):
         raise ValueError(f"memory must be an sdkit.Memory, got {type(memory).__name__}")
@@ -54,5 +57,8 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
     path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
     name = str(model) if not Path(model).exists() else None
-    ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name)
+    vae_path = hub.resolve_vae(str(vae), prefer_fp16=engine.dtype == "float16") if vae is not None else None
+    vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
+    ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
+                           vae=vae_path, vae_name=vae_name)
     return Pipeline(ckpt, engine, memory, library)

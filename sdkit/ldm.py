@@ -230,14 +230,16 @@ def _up(m: re.Match, n: int, what: str) -> str:
     return f"decoder.up_blocks.{n - 1 - int(m[1])}.{what}"
 
 
-def vae(file: SingleFile, scaling_factor: float, sample_size: int) -> tuple[VAEConfig, Weights, list[str]]:
-    c = Converter(file, VAE_PREFIX)
+def vae(file: SingleFile, scaling_factor: float, sample_size: int,
+        prefix: str = VAE_PREFIX) -> tuple[VAEConfig, Weights, list[str]]:
+    """prefix: where the VAE's tensors are; "" for a VAE file on its own (vae-ft-mse-840000, sdxl_vae)."""
+    c = Converter(file, prefix)
     keys = c.keys
     if any(k.startswith("encoder.down_blocks.") for k in keys):  # already in diffusers' names
         return _diffusers_vae(c, scaling_factor, sample_size)
     n = 1 + max((int(k.split(".")[2]) for k in keys if k.startswith("encoder.down.")), default=-1)
     if n == 0:
-        raise CheckpointError(f"{file.path}: its VAE ({VAE_PREFIX}*) has no encoder.down.* blocks")
+        raise CheckpointError(f"{file.path}: its VAE ({prefix}*) has no encoder.down.* blocks")
     rules = [  # (pattern on the file key's prefix, canonical prefix), every key must match one
         (r"(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
         (r"(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
@@ -283,7 +285,8 @@ def diffusers_vae_name(key: str) -> str:
 
 
 def _diffusers_vae(c: Converter, scaling_factor: float, sample_size: int) -> tuple[VAEConfig, Weights, list[str]]:
-    """A VAE stored in diffusers' names under first_stage_model. (some merging tools write it so)."""
+    """A VAE stored in diffusers' names: under first_stage_model. (some merging tools write it so), or on its own
+    (a diffusers VAE's weights file, renamed)."""
     for key in c.keys:
         _add_vae(c, diffusers_vae_name(key), key)
     n = len({k.split(".")[2] for k in c.keys if k.startswith("encoder.down_blocks.")})  # >= 1: how it was told

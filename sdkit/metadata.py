@@ -85,8 +85,13 @@ def format_parameters(params: dict) -> str:
         pairs["Seed"] = params["seed"]
     if "width" in params and "height" in params:
         pairs["Size"] = f"{params['width']}x{params['height']}"
+    if params.get("Model hash"):  # A1111's order: Model hash, Model, VAE hash, VAE
+        pairs["Model hash"] = params["Model hash"]
     if params.get("model"):
         pairs["Model"] = params["model"]
+    for key in ("VAE hash", "VAE"):
+        if params.get(key):
+            pairs[key] = params[key]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
     for key, name in _PAIRS.items():  # (height, width) / (top, left) -> "WxH" / "LEFTxTOP"

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import conditioning, images, metadata, micro_conditioning, samplers, tiling
+from . import conditioning, hashes, images, metadata, micro_conditioning, samplers, tiling
 from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
 from .families import FAMILIES
@@ -254,7 +254,7 @@ class Pipeline:
             params["clip_skip"] = req.clip_skip
         if embeddings:  # as A1111 writes them: names without ':' or ','
             params["TI hashes"] = ", ".join(f"{re.sub('[:,]', '', name)}: {h}" for name, h in embeddings.items())
-        return params | req.micro_set
+        return params | hashes.parameters(self.checkpoint) | req.micro_set
 
 
 def _steps_running(steps: int, strength: float) -> int:
