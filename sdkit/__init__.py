@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import backends, hub
 from .adapters.embeddings import Embeddings, folders as _embedding_folders
+from .adapters.lora import Library as _LoRAs, lora_folders as _lora_folders
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
@@ -32,7 +33,8 @@ __all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save"
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
          prediction: str | None = None, compile: bool = False, memory: Memory = Memory(),
-         embedding_dirs: str | Path | list[str | Path] | None = None, vae: str | Path | None = None) -> Pipeline:
+         embedding_dirs: str | Path | list[str | Path] | None = None,
+         lora_dirs: str | Path | list[str | Path] | None = None, vae: str | Path | None = None) -> Pipeline:
     """Load a model for generation.
 
     model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
@@ -47,6 +49,8 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     device's free memory; also `pipe.memory`, which can be changed between calls.
     embedding_dirs: folders of textual-inversion embeddings (.safetensors), each triggered by its file's stem
     in a prompt; default the os.pathsep-separated list in $SDKIT_EMBEDDING_DIRS.
+    lora_dirs: folders of LoRA files (.safetensors), named by stem in generate(loras=) and `<lora:NAME:W>` tags;
+    default the os.pathsep-separated list in $SDKIT_LORA_DIRS.
     vae: a VAE replacing the checkpoint's: a .safetensors file (LDM names as vae-ft-mse-840000-ema-pruned and
     sdxl_vae ship, or diffusers'), a diffusers folder (an AutoencoderKL's or a pipeline's vae/) or a Hub repo id.
     Checkpoints published without a VAE ("noVAE") need one. The checkpoint's latent scaling factor stays.
@@ -54,6 +58,7 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     if not isinstance(memory, Memory):
         raise ValueError(f"memory must be an sdkit.Memory, got {type(memory).__name__}")
     library = Embeddings(_embedding_folders(embedding_dirs))
+    loras = _LoRAs(_lora_folders(lora_dirs))
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
     path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
     name = str(model) if not Path(model).exists() else None
@@ -61,4 +66,4 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
                            vae=vae_path, vae_name=vae_name)
-    return Pipeline(ckpt, engine, memory, library)
+    return Pipeline(ckpt, engine, memory, library, loras)
