@@ -23,7 +23,18 @@ from sdkit.batch import RowsError, rows
 from sdkit.batch.cli import main as batch_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = dict(width=64, height=64, steps=3, sampler="euler_a")  # euler_a: its per-step noise is seeded too
+ARGS = dict(width=32, height=32, steps=2, sampler="euler_a")  # euler_a: its per-step noise is seeded too
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread here, as in the workers (Ray's 1-CPU actors, the CLI run with OMP_NUM_THREADS=1): the
+    same BLAS blocking, so the same pixels; and no thread contention on a shared machine."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +111,7 @@ def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
 
 
 def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folder):
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "red.png")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     lines = [{"prompt": "a cat", "seed": 3},
              {"prompt": "a dog"},  # seedless: drawn, recorded, kept on rerun
@@ -121,7 +132,7 @@ def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folde
     assert all(e["seconds"] > 0 and e["worker"] for e in done)
 
     # rerun: done units stay, failed ones are tried again (the broken file mended now)
-    Image.new("RGB", (64, 64), (0, 0, 200)).save(tmp_path / "broken.png")
+    Image.new("RGB", (32, 32), (0, 0, 200)).save(tmp_path / "broken.png")
     again = sdkit.batch(tmp_path / "rows.jsonl", out, sd1_folder, params=ARGS, repeat=2, progress=False)
     assert (again.done, again.skipped, [s for s, _ in again.failed]) == (2, 6, ["rows.jsonl:4"] * 2)
     entries = check_exactly_once(out, 10, pipe)
@@ -134,7 +145,7 @@ def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folde
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop")))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop")))
     return subprocess.Popen([sys.executable, "-c", "import sys; from sdkit.batch.cli import main; "
                             "sys.exit(main(sys.argv[1:]))", *args], env=env, stderr=subprocess.PIPE, text=True)
 
@@ -153,7 +164,7 @@ def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_fol
     (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(6)))
     out = tmp_path / "out"
     args = [str(tmp_path / "p.txt"), "-o", str(out), "-m", str(sd1_folder), "-q", "--backend", "torch",
-            *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 12}).items())]
+            *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 8}).items())]
     first = _run_cli(args)
     _wait_for_lines(out, 2, first)
     first.send_signal(signal.SIGINT)

@@ -9,6 +9,7 @@ recorded as failed.
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 from .rows import Unit
@@ -26,10 +27,12 @@ def import_ray():
     return ray
 
 
-def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], *, address: str = "auto",
+def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], stop: threading.Event, *,
+        address: str = "auto",
         backend: str = "auto", dtype: str | None = None, cpus_per_worker: int | None = None) -> None:
     """address: "auto" (the cluster this machine belongs to, else a new local one) or HOST:PORT. A Ray
-    session already open in this process is used as it is."""
+    session already open in this process is used as it is. When `stop` is set, the actors are killed (the
+    units they were making are not recorded, so a rerun makes them)."""
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
@@ -37,7 +40,7 @@ def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], *,
     actors = []
     try:
         actors = _actors(ray, out, backend, dtype, cpus_per_worker)
-        _schedule(ray, actors, sorted(units, key=lambda u: u.group), on_result)
+        _schedule(ray, actors, sorted(units, key=lambda u: u.group), on_result, stop)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -76,7 +79,7 @@ def _actors(ray, out: str, backend: str, dtype: str | None, cpus_per_worker: int
     return actors
 
 
-def _schedule(ray, actors: list, todo: list[Unit], on_result) -> None:
+def _schedule(ray, actors: list, todo: list[Unit], on_result, stop: threading.Event) -> None:
     from ray.exceptions import RayActorError
 
     flying: dict = {}  # ObjectRef -> (actor index, unit)
@@ -92,11 +95,13 @@ def _schedule(ray, actors: list, todo: list[Unit], on_result) -> None:
         for i in range(len(actors)):
             if todo:
                 submit(i)
-    while flying:
-        (ref,), _ = ray.wait(list(flying), num_returns=1)
-        i, unit = flying.pop(ref)
+    while flying and not stop.is_set():
+        ready, _ = ray.wait(list(flying), num_returns=1, timeout=0.2)
+        if not ready:
+            continue
+        i, unit = flying.pop(ready[0])
         try:
-            result = ray.get(ref)
+            result = ray.get(ready[0])
         except RayActorError as e:  # the unit's worker died on every retry
             result = {"error": f"its worker died {RETRIES + 1} times making it ({type(e).__name__})"}
         on_result(unit, result)

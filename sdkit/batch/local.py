@@ -7,25 +7,31 @@ import queue
 import threading
 from typing import Callable, Iterable
 
+from ..errors import Cancelled
 from .rows import Unit
 from .worker import Worker
 
 
-def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], *, devices: Iterable[str | None],
-        backend: str = "auto", dtype: str | None = None) -> None:
+def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], stop: threading.Event, *,
+        devices: Iterable[str | None], backend: str = "auto", dtype: str | None = None) -> None:
+    """Until every unit is done or `stop` is set (then the images being made are cancelled within a step)."""
     devices = list(devices) or [None]
     todo = sorted(units, key=lambda u: u.group)  # a group reuses its loaded pipeline
     if len(devices) == 1:
         worker = Worker(out, backend, devices[0], dtype)
         for unit in todo:
-            on_result(unit, worker.run(unit))
+            if stop.is_set():
+                return
+            try:
+                on_result(unit, worker.run(unit, stop))
+            except Cancelled:
+                return
         return
 
     work: queue.Queue[Unit] = queue.Queue()
     for unit in todo:
         work.put(unit)
     results: queue.Queue = queue.Queue()
-    stop = threading.Event()
 
     def loop(device: str | None) -> None:
         try:
@@ -35,7 +41,9 @@ def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], *,
                     unit = work.get_nowait()
                 except queue.Empty:
                     break
-                results.put((unit, worker.run(unit)))
+                results.put((unit, worker.run(unit, stop)))
+        except Cancelled:
+            pass
         finally:
             results.put(None)  # this thread is finished
 
@@ -43,12 +51,9 @@ def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], *,
     for t in threads:
         t.start()
     running = len(threads)
-    try:
-        while running:
-            item = results.get()
-            if item is None:
-                running -= 1
-            else:
-                on_result(*item)
-    finally:  # Ctrl-C: the threads finish the image they are making (written, not recorded: redone on resume)
-        stop.set()
+    while running:
+        item = results.get()
+        if item is None:
+            running -= 1
+        else:
+            on_result(*item)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,18 +77,42 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
         bar.update(1)
 
     try:
-        if todo and ray is not None:
-            from . import cluster
-            cluster.run(todo, str(out), on_result, address=ray, backend=backend, dtype=dtype,
-                        cpus_per_worker=cpus_per_worker)
-        elif todo:
-            from . import local
-            local.run(todo, str(out), on_result, devices=devices or [None], backend=backend, dtype=dtype)
+        with _interruptible() as stop:
+            if todo and ray is not None:
+                from . import cluster
+                cluster.run(todo, str(out), on_result, stop, address=ray, backend=backend, dtype=dtype,
+                            cpus_per_worker=cpus_per_worker)
+            elif todo:
+                from . import local
+                local.run(todo, str(out), on_result, stop, devices=devices or [None], backend=backend, dtype=dtype)
     finally:
         summary.seconds = time.perf_counter() - start
         bar.close()
         manifest.close()
+    if stop.is_set():
+        raise KeyboardInterrupt
     return summary
+
+
+@contextmanager
+def _interruptible():
+    """An Event set by Ctrl-C (SIGINT), which the runners check between steps: an interrupt then never lands
+    inside torch or Ray, where it could pass for a row's failure. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _bar(summary: Summary, enabled: bool):

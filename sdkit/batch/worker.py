@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
+from ..errors import Cancelled
 from .manifest import image_name, write_png
 from .rows import Unit
 
@@ -24,16 +26,20 @@ class Worker:
         self.pipe = None  # the pipeline of self.model
         self.failed: dict[str, str] = {}  # model -> why it cannot be loaded (each is tried once)
 
-    def run(self, unit: Unit) -> dict:
-        """Make and write one image; the manifest fields (file, sha256, seconds, worker) or its error."""
+    def run(self, unit: Unit, stop: threading.Event | None = None) -> dict:
+        """Make and write one image; the manifest fields (file, sha256, seconds, worker) or its error.
+        `stop` set: sdkit.Cancelled within a step (the unit is not done, nor failed)."""
         start = time.perf_counter()
         params = dict(unit.params)
         model = params.pop("model")
+        go_on = None if stop is None else lambda step, total, latents: not stop.is_set()
         try:
             pipe = self._pipeline(model)
-            image, = pipe.generate(**params)
+            image, = pipe.generate(**params, callback=go_on)
             name = image_name(unit)
             sha = write_png(self.out, name, image)
+        except Cancelled:
+            raise
         except Exception as e:  # noqa: BLE001 - one row's failure is recorded; the batch goes on
             return {"error": _message(e), "worker": self.name, "seconds": round(time.perf_counter() - start, 3)}
         return {"file": name, "sha256": sha, "seconds": round(time.perf_counter() - start, 3), "worker": self.name}
