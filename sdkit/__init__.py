@@ -21,13 +21,14 @@ from .image_metadata import read_parameters
 from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
+from .batch import batch  # after .pipeline; the name is the function, its modules are sdkit.batch.*
 
 try:
     __version__ = version("sdkit-diffusion")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
+__all__ = ["load", "batch", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
            "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
