@@ -17,6 +17,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
 from .image_metadata import read_parameters
+from .inpaint import outpaint
 from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
@@ -26,7 +27,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
+__all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "outpaint", "SAMPLERS", "SdkitError",
            "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
