@@ -18,6 +18,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
 from .image_metadata import read_parameters
+from .inpaint import outpaint
 from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
@@ -28,8 +29,8 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "batch", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
-           "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
+__all__ = ["load", "batch", "outpaint", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS",
+           "SdkitError", "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
