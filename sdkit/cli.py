@@ -26,14 +26,16 @@ from sdkit import backends, hub, micro_conditioning
 from sdkit.conditioning import CHUNK
 from sdkit.families import ORDINARY
 from sdkit.images import open_image
-from sdkit.metadata import A1111_SAMPLERS, HIRES_KEYS
+from sdkit.metadata import A1111_SCHEDULES, HIRES_KEYS
+from sdkit.samplers import ALIASES, SAMPLERS
 from sdkit.prompt import unsupported as unsupported_syntax
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
-HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed", "strength",
+HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
+            "strength",
             "model", "clip_skip", "TI hashes", *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
@@ -62,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"classifier-free guidance scale (default: the model's recommendation; "
                         f"{ORDINARY.guidance_scale} for ordinary models)")
     p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
-    p.add_argument("--sampler", choices=sdkit.SAMPLERS, metavar="NAME",
+    p.add_argument("--sampler", choices=[*sdkit.SAMPLERS, *ALIASES], metavar="NAME",
                    help=f"see --list-samplers (default: the model's recommendation; {ORDINARY.sampler} "
                         "for ordinary models)")
+    p.add_argument("--schedule", choices=[s for s in A1111_SCHEDULES if s], metavar="SCHEDULE",
+                   help="the noise levels the sampler steps through: trailing, karras, exponential or beta "
+                        "(default: the model's own timestep spacing; which samplers take which: --list-samplers)")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
     p.add_argument("--clip-skip", type=_positive_int, metavar="N",
@@ -101,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regenerate from the parameters stored in an image (PNG, JPEG, WEBP from sdkit, A1111, "
                         "Forge, Fooocus, SwarmUI, InvokeAI, NovelAI, basic ComfyUI graphs); other flags override "
                         "them")
-    p.add_argument("--list-samplers", action="store_true", help="list the sampler names and exit")
+    p.add_argument("--list-samplers", action="store_true",
+                   help="list the samplers (sdkit and AUTOMATIC1111 names, schedules) and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the paths of the images")
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
     p.add_argument("--version", action="version", version=f"sdkit {sdkit.__version__}")
@@ -123,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_samplers:
-        for name in sdkit.SAMPLERS:
-            a1111 = " + Schedule type: ".join(filter(None, A1111_SAMPLERS[name]))
-            print(f"{name:<16} {a1111}{'  (default)' if name == ORDINARY.sampler else ''}")
+        for s in SAMPLERS.values():
+            schedules = ", ".join(x or "default" for x in s.schedules)
+            print(f"{s.name:<10} {s.a1111:<14} {'stochastic' if s.stochastic else '':<10}  schedules: {schedules}")
+        for alias, (name, schedule) in ALIASES.items():
+            recipe = "  (default)" if alias == ORDINARY.sampler else ""
+            print(f"{alias:<16} = {name}" + (f" --schedule {schedule}" if schedule else "") + recipe)
         return 0
 
     # Everything that can be refused is checked before the (slow) model load.
@@ -138,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
               for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
                         "clip_skip")}
+    if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
+        kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
     kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it

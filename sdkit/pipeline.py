@@ -41,7 +41,8 @@ class Request:
     height: int
     steps: int
     guidance_scale: float
-    sampler: str
+    sampler: str  # canonical name
+    schedule: str | None  # None: the checkpoint's own timestep spacing
     seed: int
     num_images: int
     strength: float | None  # None: text-to-image
@@ -86,7 +87,7 @@ class Pipeline:
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
                  height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, seed: int | None = None, num_images: int = 1,
+                 sampler: str | None = None, schedule: str | None = None, seed: int | None = None, num_images: int = 1,
                  init_image: Image.Image | str | Path | None = None, strength: float = 0.8,
                  latents: np.ndarray | None = None, callback: Callback | None = None,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
@@ -100,7 +101,9 @@ class Pipeline:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
-        few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras).
+        few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras = dpmpp_2m with schedule "karras").
+        schedule: None (the checkpoint's own timestep spacing), "trailing", "karras", "exponential" or "beta";
+        which ones a sampler takes: sdkit.samplers.SAMPLERS[name].schedules.
         original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
         `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
@@ -118,11 +121,11 @@ class Pipeline:
                      negative_original_size=negative_original_size,
                      negative_crops_coords_top_left=negative_crops_coords_top_left,
                      negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
-        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
+        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
                             num_images, strength if init is not None else None, micro, clip_skip, prompt_syntax,
                             loras)
         mem = self._fit(req, encode=init is not None)
-        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule)
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.unet.in_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
@@ -153,7 +156,7 @@ class Pipeline:
         find = conditioning.matcher(self.towers[0], self.embeddings)
         return conditioning.token_usage(text, self.tokenizers[0], prompt_syntax, find)
 
-    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
+    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
                  num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
@@ -173,7 +176,7 @@ class Pipeline:
         guidance_scale = recipe.guidance_scale if guidance_scale is None else guidance_scale
         if sampler is None:
             sampler = recipe.sampler
-            if samplers.ALIASES.get(sampler, sampler) not in samplers.NAMES:
+            if samplers.ALIASES.get(sampler, (sampler,))[0] not in samplers.NAMES:
                 raise ValueError(f"{self.checkpoint.name} is a {recipe.name} model, whose recipe samples with "
                                  f"{sampler!r}, which this sdkit lacks; pass sampler= (one of "
                                  f"{', '.join(samplers.NAMES)})")
@@ -201,8 +204,11 @@ class Pipeline:
         found = tuple((lora.name_of(key), self.loras.resolve(key), w_te, w_unet) for key, w_te, w_unet in wanted)
         ids = self.checkpoint.time_ids
         values = micro_conditioning.resolve(ids, height, width, micro)
+        sampler, schedule = samplers.resolve(sampler, schedule)
+        if schedule is None and self.checkpoint.scheduler.timestep_spacing == "trailing":
+            schedule = "trailing"  # the same timesteps, named so in the image's metadata
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
-                       samplers.canonical_name(sampler), seed, num_images, strength, values,
+                       sampler.name, schedule, seed, num_images, strength, values,
                        micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax,
                        found)
 
@@ -281,7 +287,7 @@ class Pipeline:
 
     def _parameters(self, req: Request, i: int, embeddings: dict[str, str]) -> dict:
         params = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
-                      guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
+                      schedule=req.schedule, guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
                       model=self.checkpoint.name)
         if req.strength is not None:
             params["strength"] = req.strength

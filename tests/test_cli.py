@@ -128,7 +128,8 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: not applied: original_size, aesthetic_score (stored SDXL micro-conditioning this "
         "model does not take)"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
-    assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
+    assert (stored["seed"], stored["guidance_scale"], stored["sampler"], stored["schedule"]) == (77, 5.0, "dpmpp_2m",
+                                                                                               "karras")
     assert stored["clip_skip"] == 2  # applied, and written again
     # the hires pass's strength never becomes the image-to-image strength: -i runs at the default strength
     assert stored["strength"] == cli.DEFAULTS["strength"]
@@ -278,8 +279,10 @@ def test_list_samplers(tmp_path, env):
     r = sdkit_gen("--list-samplers", cwd=tmp_path, env=env, command=(sys.executable, "-m", "sdkit"))
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == list(sdkit.SAMPLERS)
-    assert "dpmpp_2m_karras  DPM++ 2M + Schedule type: Karras  (default)" in r.stdout
+    assert names == [*sdkit.SAMPLERS, "plms", "dpmpp_2m_karras"]
+    assert "dpmpp_2m   DPM++ 2M                   schedules: default, trailing, karras, exponential, beta" in r.stdout
+    assert "euler_a    Euler a        stochastic  schedules: default, trailing\n" in r.stdout
+    assert "dpmpp_2m_karras  = dpmpp_2m --schedule karras  (default)" in r.stdout
 
 
 def test_free_names_and_default_names(tmp_path):
