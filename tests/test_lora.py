@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 from diffusers import DDIMScheduler
 from fixtures import diffusers_pipeline, unet_to_ldm
@@ -311,3 +312,48 @@ def test_metadata_and_hash(sd1_folder, sd1_loras, monkeypatch):
     assert params["Lora hashes"] == f"locon: {lora.short_hash(folder / 'locon.safetensors')}, style: {style}"
     assert '"locon: ' in image.info["parameters"]
     assert json.dumps(params)  # plain strings
+
+
+def test_cli_lora_flags_and_from(sd1_folder, sd1_loras, tmp_path, monkeypatch, capsys):
+    """--lora / --lora-dir; --from finds a stored LoRA by name, else by its Lora hashes entry, else names it."""
+    from sdkit import cli
+
+    folder, _ = sd1_loras
+    monkeypatch.chdir(tmp_path)
+    run = lambda *args: (cli.main([str(a) for a in args]), *capsys.readouterr())
+    fast = ["-m", sd1_folder, "--steps", "2", "-W", "48", "-H", "32", "--backend", "torch", "--device", "cpu"]
+    code, _, err = run("a fox", *fast, "-s", "3", "-o", "a.png", "--lora-dir", folder, "--lora", "style:0.5")
+    assert code == 0, err
+    stored = sdkit.read_parameters(tmp_path / "a.png")
+    assert stored["prompt"] == "a fox<lora:style:0.5>"
+    assert stored["Lora hashes"] == f"style: {lora.short_hash(folder / 'style.safetensors')}"
+
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "renamed" / "other.safetensors").write_bytes((folder / "style.safetensors").read_bytes())
+    code, _, err = run("--from", "a.png", *fast, "-o", "b.png", "--lora-dir", "renamed")
+    assert code == 0, err
+    assert "sdkit-gen: warning: LoRA 'style' is not in the LoRA folders by name; its hash " in err
+    assert Image.open(tmp_path / "b.png").tobytes() == Image.open(tmp_path / "a.png").tobytes()
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = run("--from", "a.png", *fast, "-o", "c.png", "--lora-dir", "empty")
+    assert code == 0, err
+    assert "sdkit-gen: warning: LoRA 'style' (hash " in err and "not applied" in err
+    assert sdkit.read_parameters(tmp_path / "c.png")["prompt"] == "a fox"
+
+
+def test_patching_in_place_keeps_storage(sd1_folder, sd1_loras):
+    """A CUDA graph replays kernels on the addresses it captured: patching must not move a weight."""
+    folder, _ = sd1_loras
+    pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
+    ckpt = pipe.checkpoint
+    style = pipe.loras.get(folder / "style.safetensors", lora.Targets.of(ckpt.family, ckpt.weights, ckpt.unet))
+    model = pipe.unet.model
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    pipe.unet.patch(lora.patches([(style, 1.0, 1.0)])["unet"])
+    after = model.state_dict()
+    assert {k: v.data_ptr() for k, v in after.items()} == {k: p for k, (p, _) in before.items()}
+    changed = [k for k, (_, v) in before.items() if not torch.equal(v, after[k])]
+    assert len(changed) == len({layer.name for layer in style.layers if layer.component == "unet"})
+    pipe.unet.patch({})
+    assert all(torch.equal(v, model.state_dict()[k]) for k, (_, v) in before.items())
