@@ -23,6 +23,7 @@ from pathlib import Path
 
 import sdkit
 from sdkit import backends, hub, micro_conditioning
+from sdkit.adapters import lora
 from sdkit.conditioning import CHUNK
 from sdkit.families import ORDINARY
 from sdkit.images import open_image
@@ -35,8 +36,7 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
-            "strength",
-            "model", "clip_skip", "TI hashes", *micro_conditioning.ARGUMENTS}
+            "strength", "model", "clip_skip", "TI hashes", "Lora hashes", *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-dir", dest="embedding_dirs", action="append", type=Path, metavar="DIR",
                    help="a folder of textual-inversion embeddings (.safetensors), each used where its file "
                         "name appears in a prompt; repeatable (default: $SDKIT_EMBEDDING_DIRS)")
+    p.add_argument("--lora", dest="loras", action="append", type=_lora, metavar="NAME[:W]",
+                   help="apply a LoRA (a name in the LoRA folders or a .safetensors file) at weight W (default 1), "
+                        "as <lora:NAME:W> in the prompt does; repeatable")
+    p.add_argument("--lora-dir", dest="lora_dirs", action="append", type=Path, metavar="DIR",
+                   help="a folder of LoRA files (.safetensors), found by name; repeatable "
+                        "(default: $SDKIT_LORA_DIRS)")
     p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
                    help="auto: MLX on Apple silicon when installed, else torch")
     p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
@@ -176,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
-                          memory=memory, embedding_dirs=args.embedding_dirs)
+                          memory=memory, embedding_dirs=args.embedding_dirs, lora_dirs=args.lora_dirs)
         if not args.quiet:
             b = pipe.backend
             print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
@@ -191,6 +197,12 @@ def run(args: argparse.Namespace) -> int:
             kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
         for note in _missing_embeddings(stored.get("TI hashes", ""), pipe.embeddings):
             _warn(note)
+        if args.from_image and args.prompt is None:
+            prompt, notes = _find_loras(prompt, stored.get("Lora hashes", ""), pipe.loras)
+            for note in notes:
+                _warn(note)
+        if args.loras:
+            kwargs["loras"] = dict(args.loras)
 
         progress = _Progress(disable=args.quiet)
         with progress:
@@ -257,6 +269,32 @@ def _free(path: Path) -> Path:
         n += 1
         free = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return free
+
+
+def _find_loras(prompt: str, lora_hashes: str, library) -> tuple[str, list[str]]:
+    """A stored prompt's <lora:NAME:...> tags checked against the LoRA folders: a name that is not there is
+    looked for by its stored `Lora hashes` entry (the tag then names the file found); one found neither way
+    is named and its tag removed."""
+    hashes = {}
+    for entry in filter(None, (e.strip() for e in lora_hashes.split(","))):
+        name, _, short = entry.rpartition(":")
+        hashes[name.strip()] = short.strip()
+    files, notes = library.files(), []
+
+    def find(m: re.Match) -> str:
+        name = m[1].split(":")[0].strip()
+        if name in files:
+            return m[0]
+        found = library.by_hash(hashes[name]) if hashes.get(name) else None
+        if found is not None:
+            notes.append(f"LoRA {name!r} is not in the LoRA folders by name; its hash {hashes[name]} is {found.name}")
+            return m[0].replace(name, found.stem, 1)
+        hash_note = f" (hash {hashes[name]})" if hashes.get(name) else ""
+        notes.append(f"LoRA {name!r}{hash_note} is not in the LoRA folders (--lora-dir, $SDKIT_LORA_DIRS): "
+                     "not applied")
+        return ""
+
+    return lora.TAG.sub(find, prompt), notes
 
 
 def _missing_embeddings(ti_hashes: str, embeddings) -> list[str]:
@@ -344,8 +382,10 @@ def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None, 
     notes = unhonoured(stored, HONOURED | HARMLESS, sampler)
 
     for name, text in (("prompt", prompt), ("negative prompt", negative)):
-        if re.search(r"<(lora|lyco|hypernet):", text):
-            notes.append(f"the {name}'s LoRA tags (<lora:...>) are not applied; they are read as text")
+        if re.search(r"<hypernet:", text):
+            notes.append(f"the {name}'s hypernetwork tags (<hypernet:...>) are not applied; they are read as text")
+        if name == "negative prompt" and re.search(r"<(lora|lyco):", text):
+            notes.append("the negative prompt's LoRA tags are not applied (as in A1111); they are read as text")
         if syntax == "a1111" and (found := unsupported_syntax(text)):
             notes.append(f"the {name}'s {' and '.join(found)} is not supported; read as (weighted) text")
     return notes
@@ -380,6 +420,15 @@ def _fail(error: Exception, code: int, debug: bool) -> int:
 
 def _warn(message: str) -> None:
     print(f"sdkit-gen: warning: {message}", file=sys.stderr)
+
+
+def _lora(text: str) -> tuple[str, float]:
+    """--lora NAME[:W] -> (NAME, W)."""
+    name, sep, weight = text.rpartition(":")
+    try:
+        return (name, float(weight)) if sep else (text, 1.0)
+    except ValueError:
+        return text, 1.0  # a name with a ':' and no weight
 
 
 def _positive_int(text: str) -> int:

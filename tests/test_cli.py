@@ -124,9 +124,10 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: not applied: ControlNet 0: Module: canny, Model: control_v11p_sd15_canny",
         "sdkit-gen: warning: not applied: dynthres_enabled: True",
         "sdkit-gen: warning: not applied: dynthres_mimic_scale: 7",
-        "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
         "sdkit-gen: warning: not applied: original_size, aesthetic_score (stored SDXL micro-conditioning this "
-        "model does not take)"]
+        "model does not take)",
+        "sdkit-gen: warning: LoRA 'add_detail' is not in the LoRA folders (--lora-dir, $SDKIT_LORA_DIRS): "
+        "not applied"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
     assert (stored["seed"], stored["guidance_scale"], stored["sampler"], stored["schedule"]) == (77, 5.0, "dpmpp_2m",
                                                                                                "karras")

@@ -8,7 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
+from diffusers import DDIMScheduler
 from fixtures import diffusers_pipeline, unet_to_ldm
 from safetensors.torch import load_file, save_file
 from test_parity_torch import assert_close, draw, seeded_noise
@@ -68,6 +70,7 @@ def sd1_loras(sd1_folder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("loras")
     theirs = diffusers_pipeline(sd1_folder)
     unet, te = modules(theirs.unet), modules(theirs.text_encoder)
+    theirs.lora_modules = {"unet.": unet, "text_encoder.": te}  # before adapters wrap them
     kohya_file(folder / "style.safetensors", [("lora_unet_", unet), ("lora_te_", te)], seed=1)
     kohya_file(folder / "locon.safetensors", [("lora_unet_", modules(theirs.unet, conv=True))], seed=2, rank=2,
                alpha=1.0)
@@ -94,7 +97,7 @@ def run_ours(pipe, sampler, **kw):
     """sdkit's images and the latents each UNet evaluation saw (the first: the initial noise)."""
     seen = []
     images = pipe.generate(kw.pop("prompt", PROMPT), NEGATIVE, width=WIDTH, height=HEIGHT, steps=STEPS,
-                           sampler=sampler, seed=SEED, callback=lambda i, n, x: seen.append(np.array(x[0])), **kw)
+                           sampler=sampler, seed=SEED, callback=lambda i, n, x: seen.append(pipe.backend.numpy(x)[0]), **kw)
     return images, seen
 
 
@@ -133,7 +136,7 @@ def test_text_encoder_and_unet_weights_apart(sd1_folder, sd1_loras):
     folder, theirs = sd1_loras
     theirs.load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
     pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
-    ours = run_ours(pipe, "pndm", prompt=PROMPT + ", <lora:style:0.3:1.2>")
+    ours = run_ours(pipe, "pndm", prompt=PROMPT + " <lora:style:0.3:1.2>")
     expected = run_theirs(theirs, ["style"], [{"text_encoder": 0.3, "unet": 1.2}])
     assert_same_run(ours, expected)
     theirs.delete_adapters(["style"])
@@ -142,13 +145,14 @@ def test_text_encoder_and_unet_weights_apart(sd1_folder, sd1_loras):
 def test_kohya_sdxl_as_diffusers(sdxl_folder, tmp_path):
     """kohya's SDXL LoRAs: LDM UNet names (input_blocks_4_1_...), lora_te1_ and lora_te2_."""
     theirs = diffusers_pipeline(sdxl_folder)
+    theirs.scheduler = DDIMScheduler.from_config(theirs.scheduler.config)  # its model input is the latents
     unet = ldm_modules(modules(theirs.unet), theirs.unet.config)
     assert any(k.startswith("input_blocks.") for k in unet)
     kohya_file(tmp_path / "xl.safetensors", [("lora_unet_", unet), ("lora_te1_", modules(theirs.text_encoder)),
                                              ("lora_te2_", modules(theirs.text_encoder_2))], seed=3)
     theirs.load_lora_weights(tmp_path, weight_name="xl.safetensors", adapter_name="xl")
     pipe = sdkit.load(sdxl_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=tmp_path)
-    ours = run_ours(pipe, "euler", loras={"xl": 0.9})
+    ours = run_ours(pipe, "ddim", loras={"xl": 0.9})
     assert_same_run(ours, run_theirs(theirs, ["xl"], [0.9]))
 
 
@@ -158,8 +162,8 @@ def test_diffusers_formats(sd1_folder, sd1_loras, tmp_path):
     _, theirs = sd1_loras
     g = torch.Generator().manual_seed(4)
     peft, old = {}, {}
-    for prefix, model in (("unet.", theirs.unet), ("text_encoder.", theirs.text_encoder)):
-        for name, shape in modules(model).items():
+    for prefix, mods in theirs.lora_modules.items():
+        for name, shape in mods.items():
             down, up = factors(shape, 4, g)
             peft |= {f"{prefix}{name}.lora_A.weight": down, f"{prefix}{name}.lora_B.weight": up}
             if prefix == "unet." and ".attn1.to_" in name:  # attention processors: to_out.0 -> to_out_lora
@@ -308,3 +312,48 @@ def test_metadata_and_hash(sd1_folder, sd1_loras, monkeypatch):
     assert params["Lora hashes"] == f"locon: {lora.short_hash(folder / 'locon.safetensors')}, style: {style}"
     assert '"locon: ' in image.info["parameters"]
     assert json.dumps(params)  # plain strings
+
+
+def test_cli_lora_flags_and_from(sd1_folder, sd1_loras, tmp_path, monkeypatch, capsys):
+    """--lora / --lora-dir; --from finds a stored LoRA by name, else by its Lora hashes entry, else names it."""
+    from sdkit import cli
+
+    folder, _ = sd1_loras
+    monkeypatch.chdir(tmp_path)
+    run = lambda *args: (cli.main([str(a) for a in args]), *capsys.readouterr())
+    fast = ["-m", sd1_folder, "--steps", "2", "-W", "48", "-H", "32", "--backend", "torch", "--device", "cpu"]
+    code, _, err = run("a fox", *fast, "-s", "3", "-o", "a.png", "--lora-dir", folder, "--lora", "style:0.5")
+    assert code == 0, err
+    stored = sdkit.read_parameters(tmp_path / "a.png")
+    assert stored["prompt"] == "a fox<lora:style:0.5>"
+    assert stored["Lora hashes"] == f"style: {lora.short_hash(folder / 'style.safetensors')}"
+
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "renamed" / "other.safetensors").write_bytes((folder / "style.safetensors").read_bytes())
+    code, _, err = run("--from", "a.png", *fast, "-o", "b.png", "--lora-dir", "renamed")
+    assert code == 0, err
+    assert "sdkit-gen: warning: LoRA 'style' is not in the LoRA folders by name; its hash " in err
+    assert Image.open(tmp_path / "b.png").tobytes() == Image.open(tmp_path / "a.png").tobytes()
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = run("--from", "a.png", *fast, "-o", "c.png", "--lora-dir", "empty")
+    assert code == 0, err
+    assert "sdkit-gen: warning: LoRA 'style' (hash " in err and "not applied" in err
+    assert sdkit.read_parameters(tmp_path / "c.png")["prompt"] == "a fox"
+
+
+def test_patching_in_place_keeps_storage(sd1_folder, sd1_loras):
+    """A CUDA graph replays kernels on the addresses it captured: patching must not move a weight."""
+    folder, _ = sd1_loras
+    pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
+    ckpt = pipe.checkpoint
+    style = pipe.loras.get(folder / "style.safetensors", lora.Targets.of(ckpt.family, ckpt.weights, ckpt.unet))
+    model = pipe.unet.model
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
+    pipe.unet.patch(lora.patches([(style, 1.0, 1.0)])["unet"])
+    after = model.state_dict()
+    assert {k: v.data_ptr() for k, v in after.items()} == {k: p for k, (p, _) in before.items()}
+    changed = [k for k, (_, v) in before.items() if not torch.equal(v, after[k])]
+    assert len(changed) == len({layer.name for layer in style.layers if layer.component == "unet"})
+    pipe.unet.patch({})
+    assert all(torch.equal(v, model.state_dict()[k]) for k, (_, v) in before.items())
