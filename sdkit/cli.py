@@ -4,6 +4,9 @@
     sdkit-gen "the same scene in winter" -m model.safetensors -i photo.png --strength 0.6
     sdkit-gen --from lighthouse-1.png -s 7        # an image's stored parameters (sdkit's, A1111's, ...), a new seed
 
+--from restores the VAE an image names (A1111 writes its file name): a path or Hub repo id as stored, else a
+.safetensors file of that name (or stem) next to the model or in a folder of $SDKIT_VAE_DIRS; --vae overrides it.
+
 Exit status: 0 done, 1 runtime error (download, backend, disk), 2 usage error, 130 interrupted (Ctrl-C).
 """
 
@@ -22,8 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sdkit
-from sdkit import backends, hub, micro_conditioning
+from sdkit import backends, hashes, hub, micro_conditioning
 from sdkit.adapters import lora
+from sdkit.adapters.embeddings import folders
+from sdkit.checkpoint import PICKLES
 from sdkit.conditioning import CHUNK
 from sdkit.families import ORDINARY
 from sdkit.images import open_image
@@ -36,12 +41,14 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
-            "strength", "model", "clip_skip", "TI hashes", "Lora hashes", *micro_conditioning.ARGUMENTS}
+            "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
+            *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
 CORE = {"steps": "Steps", "guidance_scale": "CFG scale", "sampler": "Sampler", "seed": "Seed", "width": "Size"}
 SWITCH = {"auto": None, "on": True, "off": False}  # a memory option's flag value -> sdkit.Memory's
+VAE_DIRS = "SDKIT_VAE_DIRS"  # folders --from looks for a stored VAE in (os.pathsep-separated)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dir", dest="lora_dirs", action="append", type=Path, metavar="DIR",
                    help="a folder of LoRA files (.safetensors), found by name; repeatable "
                         "(default: $SDKIT_LORA_DIRS)")
+    p.add_argument("--vae", metavar="PATH|ID",
+                   help="a VAE replacing the model's: a .safetensors file, a diffusers folder or a Hub repo id "
+                        "(default: the model's own; with --from, the image's VAE when found next to the model or "
+                        f"in ${VAE_DIRS})")
     p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
                    help="auto: MLX on Apple silicon when installed, else torch")
     p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
@@ -164,14 +175,16 @@ def run(args: argparse.Namespace) -> int:
         kwargs["strength"] = stored.get("strength", DEFAULTS["strength"]) if args.strength is None else args.strength
     targets = _targets(args.output, prompt, seeds)
     model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
+    vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else _stored_vae(stored, model)
+    notes += _other_model(stored, model)
 
     if init is None and args.strength is not None:
         _warn("--strength has no effect without -i INIT_IMAGE")
     elif init is None and "strength" in stored:
         _warn(f"the stored Denoising strength {stored['strength']} is not applied: it needs the init image "
               "(-i), which PNGs do not store")
-    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler"),
-                             args.prompt_syntax):
+    for note in notes + _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler"),
+                                     args.prompt_syntax):
         _warn(note)
 
     if args.quiet:
@@ -182,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
-                          memory=memory, embedding_dirs=args.embedding_dirs, lora_dirs=args.lora_dirs)
+                          memory=memory, embedding_dirs=args.embedding_dirs, lora_dirs=args.lora_dirs, vae=vae)
         if not args.quiet:
             b = pipe.backend
             print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
@@ -324,6 +337,35 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
     if Path(model).expanduser().exists() or hub.REPO_ID.fullmatch(model):
         return model
     raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
+
+
+def _stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
+    """(the VAE to load, notes) for the VAE an image names: a path or Hub repo id as is, else a .safetensors file
+    of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
+    note) when it is not found: the model's own VAE is used."""
+    name, stored_hash = stored["VAE"], stored.get("VAE hash")
+    if Path(name).expanduser().exists() or (hub.REPO_ID.fullmatch(name) and not Path(name).suffix):
+        found = Path(name).expanduser()
+    else:
+        near = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None
+        wanted = [n for n in dict.fromkeys([name, Path(name).stem + ".safetensors"]) if not n.endswith(PICKLES)]
+        places = [d / n for d in [*filter(None, [near]), *folders(None, VAE_DIRS, VAE_DIRS)] for n in wanted]
+        found = next((p for p in places if p.exists()), None)
+        if found is None:
+            return None, [f"VAE {name!r} is not next to the model nor in ${VAE_DIRS}: the model's own VAE is used "
+                          "(pass --vae FILE)"]
+    if stored_hash and found.is_file() and hashes.autov2(found) != stored_hash:
+        return str(found), [f"VAE {name!r}: {found} has hash {hashes.autov2(found)}, the image was made with "
+                            f"{stored_hash}"]
+    return str(found) if found.exists() else name, []
+
+
+def _other_model(stored: dict, model: str) -> list[str]:
+    """A note if the model file's hash is not the stored `Model hash` (A1111's AutoV2)."""
+    path = Path(model).expanduser()
+    if not stored.get("Model hash") or not path.is_file() or hashes.autov2(path) == stored["Model hash"]:
+        return []
+    return [f"{path} has Model hash {hashes.autov2(path)}, the image was made with {stored['Model hash']}"]
 
 
 def _check_usable(stored: dict, args: argparse.Namespace) -> None:

@@ -139,9 +139,9 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
 def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
     stored = sdkit.metadata.parse_parameters(
         "a fox\nSteps: 20, Seed: 1, Size: 512x512, Clip skip: 2, VAE: vae-ft-mse-840000, Model hash: 6ce0161689, "
-        "Denoising strength: 0.5")
-    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == ["not applied: VAE: vae-ft-mse-840000"]
-    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"VAE"}) == []
+        "Hypernet: anime, Denoising strength: 0.5")
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == ["not applied: Hypernet: anime"]
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Hypernet"}) == []
     old_hires = sdkit.metadata.parse_parameters(
         "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
     assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [

@@ -16,6 +16,7 @@ import torch
 from fixtures import FAMILIES, perturb, relayout, vae_to_ldm
 from safetensors.torch import load_file, save_file
 from test_checkpoint import assert_one_line_error, assert_same_weights
+from test_cli import FAST, gen  # noqa: F401 (a fixture)
 
 import sdkit
 from sdkit import hub
@@ -211,3 +212,44 @@ def test_model_and_vae_hashes_in_the_metadata(vaes, sd1_single_file, tmp_path):
     assert stored["VAE"] == "vae-ft-mse-840000-ema-pruned.safetensors"
     plain = sdkit.load(vaes.oracle, backend="torch", device="cpu").generate("a", steps=1, width=64, height=64)[0]
     assert "hash" not in plain.info["parameters"] and "VAE" not in plain.info["parameters"]
+
+
+def test_cli_vae_and_from_restores_it(vaes, sd1_single_file, tmp_path, gen, monkeypatch):
+    """--vae reaches load; --from finds the stored VAE by name in $SDKIT_VAE_DIRS (or next to the model), checks
+    its hash, and names it when it cannot find it; a model file of another hash is named too."""
+    from PIL import Image, PngImagePlugin
+
+    from sdkit import hashes
+
+    code, _, err = gen("a red house", "-m", sd1_single_file, *FAST, "-s", "4", "--vae", vaes.ldm, "-o", "v.png")
+    assert code == 0, err
+    made = sdkit.read_parameters(tmp_path / "v.png")
+    assert made["VAE"] == vaes.ldm.name
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(vaes.ldm.parent))
+    code, _, err = gen("--from", "v.png", "-m", sd1_single_file, *FAST, "-o", "again.png")
+    assert code == 0 and "warning" not in err, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(tmp_path / "v.png")))
+    assert sdkit.read_parameters(tmp_path / "again.png")["VAE hash"] == made["VAE hash"]
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(vaes.diffusers, other / vaes.ldm.name)  # the same name, another file
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(other))
+    text = Image.open(tmp_path / "v.png").info["parameters"]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text.replace(made["Model hash"], "0123456789"))
+    Image.new("RGB", (64, 64)).save(tmp_path / "other.png", pnginfo=info)
+    code, _, err = gen("--from", "other.png", "-m", sd1_single_file, *FAST, "-o", "other-out.png")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"sdkit-gen: warning: VAE {vaes.ldm.name!r}: {other / vaes.ldm.name} has hash "
+        f"{hashes.autov2(vaes.diffusers)}, the image was made with {made['VAE hash']}",
+        f"sdkit-gen: warning: {sd1_single_file} has Model hash {made['Model hash']}, the image was made with "
+        "0123456789"]
+    monkeypatch.delenv("SDKIT_VAE_DIRS")
+    code, _, err = gen("--from", "v.png", "-m", sd1_single_file, *FAST, "-o", "lost.png")
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"sdkit-gen: warning: VAE {vaes.ldm.name!r} is not next to the model nor in $SDKIT_VAE_DIRS: the model's "
+        "own VAE is used (pass --vae FILE)"]
+    assert "VAE" not in sdkit.read_parameters(tmp_path / "lost.png")
