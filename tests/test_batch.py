@@ -150,12 +150,13 @@ def _run_cli(args: list[str]) -> subprocess.Popen:
                             "sys.exit(main(sys.argv[1:]))", *args], env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_lines(out: Path, n: int, process=None, timeout: float = 60) -> list[dict]:
+def _wait_for_lines(out: Path, n: int, process=None, thread=None, timeout: float = 60) -> list[dict]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if (out / "manifest.jsonl").exists() and len(entries := manifest(out)) >= n:
             return entries
         assert process is None or process.poll() is None, process.stderr.read()
+        assert thread is None or thread.is_alive()
         time.sleep(0.05)
     raise AssertionError(f"no {n} manifest lines in {timeout} s")
 
@@ -188,7 +189,7 @@ def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
             rows_, out, sd1_folder, params=ARGS | {"steps": 6}, ray="auto", cpus_per_worker=1, backend="torch",
             progress=False)))
         run.start()
-        first = _wait_for_lines(out, 1, timeout=120)[0]
+        first = _wait_for_lines(out, 1, thread=run, timeout=120)[0]
         os.kill(int(first["worker"].split(":")[1]), signal.SIGKILL)
         run.join(240)
         assert not run.is_alive()
