@@ -105,8 +105,9 @@ def _schedule(ray, actors: list, todo: list[Unit], on_result, stop: threading.Ev
         i, unit = flying.pop(ready[0])
         try:
             result = ray.get(ready[0])
-        except RayActorError as e:  # the unit's worker died on every retry
-            result = {"error": f"its worker died {RETRIES + 1} times making it ({type(e).__name__})"}
+        except RayActorError as e:  # the unit's worker died on every retry, or cannot start
+            why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            result = {"error": f"its worker died making it ({RETRIES + 1} tries): {why}"}
         on_result(unit, result)
         if todo:
             submit(i)
