@@ -21,6 +21,7 @@ from PIL import Image
 import sdkit
 from sdkit.batch import RowsError, rows
 from sdkit.batch.cli import main as batch_cli
+from sdkit.batch.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(width=32, height=32, steps=2, sampler="euler_a")  # euler_a: its per-step noise is seeded too
@@ -131,17 +132,26 @@ def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folde
     assert all(e["file"] == f"{e['row']:05d}-{e['parameters']['seed']}.png" for e in done)
     assert all(e["seconds"] > 0 and e["worker"] for e in done)
 
-    # rerun: done units stay, failed ones are tried again (the broken file mended now)
+    # rerun after a crash mid-write (a torn last line, a temporary file): done units stay, failed ones are
+    # tried again (the broken file mended now)
     Image.new("RGB", (32, 32), (0, 0, 200)).save(tmp_path / "broken.png")
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write('{"row": 1, "copy": 0, "sour')
+    (out / ".00001-3-x.tmp").write_bytes(b"half a png")
     again = sdkit.batch(tmp_path / "rows.jsonl", out, sd1_folder, params=ARGS, repeat=2, progress=False)
     assert (again.done, again.skipped, [s for s, _ in again.failed]) == (2, 6, ["rows.jsonl:4"] * 2)
     entries = check_exactly_once(out, 10, pipe)
     assert [e["row"] for e in entries if e["error"]] == [4, 4]
     assert {e["file"] for e in entries if e["row"] == 2} == {e["file"] for e in done if e["row"] == 2}
 
-    # another input into the same folder is refused before any work
+    # another input into the same folder is refused before any work, as is a second driver
     with pytest.raises(ValueError, match="records another batch"):
         sdkit.batch([{"prompt": "other"}], out, sd1_folder, params=ARGS, progress=False)
+    held = Manifest(out)
+    with pytest.raises(ValueError, match="another sdkit-batch is writing there"):
+        sdkit.batch(tmp_path / "rows.jsonl", out, sd1_folder, params=ARGS, repeat=2, progress=False)
+    held.close()
+    assert manifest(out) == entries and not list(out.glob(".*.tmp"))
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
@@ -150,12 +160,13 @@ def _run_cli(args: list[str]) -> subprocess.Popen:
                             "sys.exit(main(sys.argv[1:]))", *args], env=env, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_lines(out: Path, n: int, process=None, timeout: float = 60) -> list[dict]:
+def _wait_for_lines(out: Path, n: int, process=None, thread=None, timeout: float = 60) -> list[dict]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if (out / "manifest.jsonl").exists() and len(entries := manifest(out)) >= n:
             return entries
         assert process is None or process.poll() is None, process.stderr.read()
+        assert thread is None or thread.is_alive()
         time.sleep(0.05)
     raise AssertionError(f"no {n} manifest lines in {timeout} s")
 
@@ -188,7 +199,7 @@ def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
             rows_, out, sd1_folder, params=ARGS | {"steps": 6}, ray="auto", cpus_per_worker=1, backend="torch",
             progress=False)))
         run.start()
-        first = _wait_for_lines(out, 1, timeout=120)[0]
+        first = _wait_for_lines(out, 1, thread=run, timeout=120)[0]
         os.kill(int(first["worker"].split(":")[1]), signal.SIGKILL)
         run.join(240)
         assert not run.is_alive()

@@ -62,10 +62,12 @@ def _connect(ray, address: str) -> None:
 def _actors(ray, out: str, backend: str, dtype: str | None, cpus_per_worker: int | None) -> list:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    actor = ray.remote(Worker).options(max_restarts=-1, max_task_retries=RETRIES)
+    actor = ray.remote(Worker)
+    restarts = dict(max_restarts=-1, max_task_retries=RETRIES)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus:  # Ray gives each actor its GPU as CUDA_VISIBLE_DEVICES, so the default device is it
-        return [actor.options(num_gpus=1, num_cpus=1).remote(out, backend, None, dtype) for _ in range(gpus)]
+        return [actor.options(num_gpus=1, num_cpus=1, **restarts).remote(out, backend, None, dtype)
+                for _ in range(gpus)]
     actors = []
     for node in ray.nodes():
         cpus = int(node["Resources"].get("CPU", 0)) if node["Alive"] else 0
@@ -73,7 +75,8 @@ def _actors(ray, out: str, backend: str, dtype: str | None, cpus_per_worker: int
         # soft: when the node is lost, the restarted actor may go elsewhere
         place = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
         for _ in range(cpus // per if per else 0):
-            actors.append(actor.options(num_cpus=per, scheduling_strategy=place).remote(out, backend, "cpu", dtype))
+            options = dict(num_cpus=per, scheduling_strategy=place, **restarts)
+            actors.append(actor.options(**options).remote(out, backend, "cpu", dtype))
     if not actors:
         raise ValueError(f"the Ray cluster has no node with {cpus_per_worker or 1} free CPUs for a worker")
     return actors
@@ -102,8 +105,9 @@ def _schedule(ray, actors: list, todo: list[Unit], on_result, stop: threading.Ev
         i, unit = flying.pop(ready[0])
         try:
             result = ray.get(ready[0])
-        except RayActorError as e:  # the unit's worker died on every retry
-            result = {"error": f"its worker died {RETRIES + 1} times making it ({type(e).__name__})"}
+        except RayActorError as e:  # the unit's worker died on every retry, or cannot start
+            why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            result = {"error": f"its worker died making it ({RETRIES + 1} tries): {why}"}
         on_result(unit, result)
         if todo:
             submit(i)

@@ -8,6 +8,7 @@ line with `error`; a rerun drops those lines and tries them again, so each unit 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -21,6 +22,7 @@ from PIL import Image, PngImagePlugin
 from .rows import Unit
 
 MANIFEST = "manifest.jsonl"
+LOCK = ".lock"
 STATE = "batch.json"  # the salt seedless rows draw their seeds from, so a resumed batch draws the same ones
 
 
@@ -47,11 +49,18 @@ class Manifest:
         self.folder = Path(folder)
         self.path = self.folder / MANIFEST
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.folder / LOCK, "a")
+        try:  # one driver per folder: two would both make the rows neither has recorded yet
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise ValueError(f"{self.folder}: another sdkit-batch is writing there; wait for it or use another "
+                             "output folder") from None
         for stale in self.folder.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
         self.salt = self._salt()
         self.done: dict[tuple[int, int], dict] = {}
-        kept = []
+        self._kept: list[str] = []  # the done lines, as read
         if self.path.exists():
             for text in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -60,21 +69,20 @@ class Manifest:
                     continue
                 if not entry.get("error"):
                     self.done[(entry["row"], entry["copy"])] = entry
-                    kept.append(text)
-            # failed lines go: their units are tried again and get a new line
-            _write_atomic(self.path, "".join(t + "\n" for t in kept).encode())
+                    self._kept.append(text)
         self._file = None
 
-    def check(self, units: list[Unit]) -> None:
-        """ValueError when the done lines are not this batch's: a row of another input, or other arguments."""
+    def start(self, units: list[Unit]) -> list[Unit]:
+        """The units still to make. ValueError, before anything changes, when the done lines are not this
+        batch's (a row of another input, or other arguments)."""
         ours = {u.key: u for u in units}
         for key, entry in self.done.items():
             unit = ours.get(key)
             if unit is None or entry["parameters"] != _jsonable(unit.params):
                 raise ValueError(f"{self.path} records another batch (its row {key[0]} differs from "
                                  f"{unit.source if unit else 'any row of this input'}); use another output folder")
-
-    def todo(self, units: list[Unit]) -> list[Unit]:
+        # failed and torn lines go: their units are made again and get a new line
+        _write_atomic(self.path, "".join(t + "\n" for t in self._kept).encode())
         return [u for u in units if u.key not in self.done]
 
     def append(self, unit: Unit, result: dict) -> dict:
@@ -95,6 +103,7 @@ class Manifest:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._lock.close()  # releases the lock
 
     def _salt(self) -> int:
         state = self.folder / STATE

@@ -61,8 +61,11 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
     out = Path(out).absolute()
     manifest = Manifest(out)
     units = rows_.units(table, repeat, manifest.salt)
-    manifest.check(units)
-    todo = manifest.todo(units)
+    try:
+        todo = manifest.start(units)
+    except ValueError:
+        manifest.close()
+        raise
     summary = Summary(total=len(units), skipped=len(units) - len(todo))
     bar = _bar(summary, progress)
     start = time.perf_counter()
