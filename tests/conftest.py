@@ -58,3 +58,18 @@ def refiner_folder(models_dir):
 @pytest.fixture(scope="session")
 def refiner_single_file(models_dir, refiner_folder):
     return to_single_file(refiner_folder, models_dir / "tiny-sdxl-refiner.safetensors", "sdxl_refiner")
+
+
+@pytest.fixture(scope="session")
+def sd1_inpaint_folder(models_dir):
+    return build_folder(models_dir / "tiny-sd1-inpainting", "sd1_inpaint")
+
+
+@pytest.fixture(scope="session")
+def sd1_inpaint_single_file(models_dir, sd1_inpaint_folder):
+    return to_single_file(sd1_inpaint_folder, models_dir / "tiny-sd1-inpainting.safetensors", "sd1_inpaint")
+
+
+@pytest.fixture(scope="session")
+def sdxl_inpaint_folder(models_dir):
+    return build_folder(models_dir / "tiny-sdxl-inpainting", "sdxl_inpaint")
