@@ -53,10 +53,10 @@ ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 
             "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 # diffusers pipelines whose folders sdkit loads (image-to-image ones hold the same components), and what the
 # classes of others are, for the refusal
-PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionXLPipeline",
-             "StableDiffusionXLImg2ImgPipeline")
+PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+             "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
 OTHER_PIPELINES = {"Flux": "Flux", "StableDiffusion3": "Stable Diffusion 3", "ControlNet": "a ControlNet pipeline",
-                   "Inpaint": "an inpainting pipeline", "Cascade": "Stable Cascade", "PixArt": "PixArt",
+                   "Cascade": "Stable Cascade", "PixArt": "PixArt",
                    "Kolors": "Kolors", "AuraFlow": "AuraFlow", "Video": "a video pipeline", "Onnx": "an ONNX export"}
 MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
@@ -233,8 +233,7 @@ def _check_pipeline(path: Path, index: dict) -> None:
         return
     what = next((name for part, name in OTHER_PIPELINES.items() if part in str(cls)), None)
     raise CheckpointError(f"{path}: a {cls} folder{f' ({what})' if what else ''}; sdkit loads "
-                          f"{', '.join(PIPELINES)} folders" + (" (inpainting models once inpainting lands, "
-                                                                 "issue 15)" if "Inpaint" in str(cls) else ""))
+                          f"{', '.join(PIPELINES)} folders")
 
 
 def _check_unet(folder: Path, config: dict) -> None:
@@ -479,6 +478,8 @@ def _check_agreement(ckpt: Checkpoint) -> None:
     if width != ckpt.unet.cross_attention_dim:
         raise CheckpointError(f"{ckpt.path}: text encoder width {width} does not match the UNet's "
                               f"cross_attention_dim {ckpt.unet.cross_attention_dim} (text_encoder vs unet)")
-    if ckpt.unet.in_channels != ckpt.vae.latent_channels:
+    latent = ckpt.vae.latent_channels
+    if ckpt.unet.in_channels not in (latent, 2 * latent + 1):  # inpainting: + mask + masked-image latents
         raise CheckpointError(f"{ckpt.path}: the UNet takes {ckpt.unet.in_channels} channels but the VAE "
-                              f"makes {ckpt.vae.latent_channels} latent channels (unet vs vae)")
+                              f"makes {latent} latent channels (unet vs vae; an inpainting UNet takes "
+                              f"{2 * latent + 1})")

@@ -33,9 +33,8 @@ KINDS = (
 # clip_g), and single-vector files named after their token.
 EMBEDDING = re.compile(r"emb_params|clip_[lg]|string_to_(param|token)\..+|<[^>]+>|\*")
 # Input channels of a UNet other than 4 -> what it is
-UNET_INPUTS = {9: "an inpainting model (its UNet takes 9 input channels); sdkit loads inpainting models once "
-                  "inpainting lands (issue 15)",
-               8: "an InstructPix2Pix model (its UNet takes 8 input channels), which sdkit does not run",
+# (9: inpainting models, which sdkit runs: latents + mask + masked-image latents)
+UNET_INPUTS = {8: "an InstructPix2Pix model (its UNet takes 8 input channels), which sdkit does not run",
                7: "an upscaling model (its UNet takes 7 input channels), which sdkit does not run",
                5: "a depth-to-image model (its UNet takes 5 input channels), which sdkit does not run"}
 # Components on their own: LDM and diffusers names, with and without the checkpoint's prefixes

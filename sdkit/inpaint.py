@@ -70,7 +70,7 @@ def binarize(mask: Image.Image) -> np.ndarray:
     return (np.asarray(mask, dtype=np.float32)[None] / 255.0 >= 0.5).astype(np.float32)
 
 
-def blur(mask: Image.Image, sigma: float) -> Image.Image:
+def blur(mask: Image.Image, sigma: int) -> Image.Image:
     """A1111's mask blur: a separable Gaussian of standard deviation `sigma` pixels, kernel 2 * int(2.5 sigma +
     0.5) + 1 wide, edges reflected (cv2's default border), rounded back to uint8. sigma 0: the mask itself."""
     if sigma <= 0:
@@ -88,6 +88,11 @@ def blur(mask: Image.Image, sigma: float) -> Image.Image:
         p = np.pad(m, pad, mode="reflect" if m.shape[axis] > radius else "symmetric")
         m = sum(w * np.take(p, np.arange(i, i + m.shape[axis]), axis=axis) for i, w in enumerate(kernel))
     return Image.fromarray(np.clip(np.rint(m), 0, 255).astype(np.uint8))
+
+
+def check_blur(mask_blur) -> None:
+    if isinstance(mask_blur, bool) or not isinstance(mask_blur, (int, np.integer)) or not 0 <= mask_blur <= 256:
+        raise ValueError(f"mask_blur must be an integer number of pixels in [0, 256], got {mask_blur!r}")
 
 
 def crop_region(mask: np.ndarray, padding: int) -> tuple[int, int, int, int] | None:
@@ -123,7 +128,7 @@ def expand_to_ratio(box: tuple[int, int, int, int], width: int, height: int,
     return x1, y1, x2, y2
 
 
-def prepare(image: Image.Image, mask_image: Image.Image | str | Path, width: int, height: int, mask_blur: float,
+def prepare(image: Image.Image, mask_image: Image.Image | str | Path, width: int, height: int, mask_blur: int,
             inpaint_area: str, padding: int) -> Job:
     """The generation's inputs for inpainting `image` (RGB) where `mask_image` is white, at width x height.
 
@@ -132,8 +137,7 @@ def prepare(image: Image.Image, mask_image: Image.Image | str | Path, width: int
     scaled to width x height; `finish` scales the result back into the box."""
     if inpaint_area not in AREAS:
         raise ValueError(f"inpaint_area must be one of {', '.join(map(repr, AREAS))}, got {inpaint_area!r}")
-    if isinstance(mask_blur, bool) or not isinstance(mask_blur, (int, float)) or not 0 <= mask_blur <= 256:
-        raise ValueError(f"mask_blur must be a number of pixels in [0, 256], got {mask_blur!r}")
+    check_blur(mask_blur)
     if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
         raise ValueError(f"inpaint_padding must be an integer >= 0, got {padding!r}")
     mask = open_mask(mask_image, image.size)
@@ -171,12 +175,13 @@ PREFILL_NOISE = 24.0  # standard deviation, in 0..255 levels, of the noise over 
 
 
 def outpaint_canvas(image: Image.Image, left: int, top: int, right: int, bottom: int,
-                    mask_blur: float) -> tuple[Image.Image, Image.Image]:
+                    mask_blur: int) -> tuple[Image.Image, Image.Image]:
     """(canvas, mask) for outpainting: the image at (left, top) of a canvas grown by the given pixels
     (multiples of 8), the new area pre-filled with the image's edge pixels stretched outwards plus noise (so the
     model starts from the colours it must continue, not black), and a mask that is white over the new area and
     over a band of the old image `mask_blur` pixels wide along each grown edge, so the seam itself is repainted.
     The noise is drawn from a fixed generator: one canvas for one image."""
+    check_blur(mask_blur)
     grow = dict(zip(SIDES, (left, top, right, bottom)))
     for side, n in grow.items():
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -195,7 +200,7 @@ def outpaint_canvas(image: Image.Image, left: int, top: int, right: int, bottom:
     canvas = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     canvas[~new] = rgb.reshape(-1, 3)  # the original's bytes, untouched by the rounding above
 
-    band = int(round(mask_blur))
+    band = mask_blur
     keep = [top + (band if top else 0), left + (band if left else 0),
             top + h - (band if bottom else 0), left + w - (band if right else 0)]  # y1, x1, y2, x2
     mask = np.full(canvas.shape[:2], 255, dtype=np.uint8)

@@ -61,11 +61,13 @@ class UNet(Protocol):
     """Query rows per step of self attention; 0: all at once. Any value gives the same output up to float
     rounding; a chunk holds a (chunk, T) score matrix instead of (T, T) where the attention materialises one."""
 
-    def __call__(self, x: Array, t: float, context: Array, added: dict[str, Array] | None = None) -> Array:
+    def __call__(self, x: Array, t: float, context: Array, added: dict[str, Array] | None = None,
+                 concat: Array | None = None) -> Array:
         """x (B, C, h, w) float32, t a timestep, context (k*B, 77, D) -> model output (k*B, C, h, w) float32.
 
         When context holds k*B rows (classifier-free guidance: [uncond, cond]), x is repeated k times
-        inside, so the k conditionings are one batched UNet call."""
+        inside, so the k conditionings are one batched UNet call. concat (B, C', h, w) float32: more input
+        channels, joined after x's and repeated like x (an inpainting UNet's mask and masked-image latents)."""
 
     def patch(self, patches: dict[str, Callable[[np.ndarray | None], np.ndarray]]) -> None:
         """Make `patches` (canonical weight name -> sdkit.adapters.lora.Patch: base weight or None -> float32

@@ -38,7 +38,11 @@ _KEYS = {
     "Denoising strength": ("strength", float),
     "Model": ("model", str),
     "Clip skip": ("clip_skip", int),
+    "Mask blur": ("mask_blur", int),
+    "Only masked padding, pixels": ("inpaint_padding", int),
 }
+# inpaint_area -> A1111's "Inpaint area" (which A1111 writes for "Only masked" only)
+INPAINT_AREAS = {"whole": "Whole picture", "masked": "Only masked"}
 # SDXL micro-conditioning, which A1111, Forge and ComfyUI do not write: sdkit's own keys, sizes as "WxH" like Size,
 # the crop as "LEFTxTOP" (x, y), each written only when it differs from its default.
 _KEYS |= {"Aesthetic score": ("aesthetic_score", float),
@@ -46,7 +50,8 @@ _KEYS |= {"Aesthetic score": ("aesthetic_score", float),
 _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
-_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
+_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", "inpaint_area",
+         *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
 HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
 
@@ -84,6 +89,11 @@ def format_parameters(params: dict) -> str:
             pairs[key] = params[key]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
+    if params.get("mask_blur") is not None:
+        pairs["Mask blur"] = params["mask_blur"]
+    if params.get("inpaint_area") == "masked":
+        pairs["Inpaint area"] = INPAINT_AREAS["masked"]
+        pairs["Only masked padding, pixels"] = params.get("inpaint_padding", 32)
     for key, name in _PAIRS.items():  # (height, width) / (top, left) -> "WxH" / "LEFTxTOP"
         if params.get(name) is not None:
             pairs[key] = f"{params[name][1]}x{params[name][0]}"
@@ -155,6 +165,8 @@ def to_keywords(info: Infotext) -> dict:
                 params[key] = value  # unreadable: kept as found, so a caller can name it
         elif key == "Size" and (m := _SIZE.match(value)):
             params["width"], params["height"] = int(m[1]), int(m[2])
+        elif key == "Inpaint area" and value in INPAINT_AREAS.values():
+            params["inpaint_area"] = next(k for k, v in INPAINT_AREAS.items() if v == value)
         elif key in _PAIRS and (m := _SIZE.match(value)):
             params[_PAIRS[key]] = (int(m[2]), int(m[1]))
         elif key not in ("Sampler", "Schedule type"):

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import conditioning, hashes, images, metadata, micro_conditioning, samplers, tiling
+from . import conditioning, hashes, images, inpaint, metadata, micro_conditioning, samplers, tiling
 from .adapters import lora
 from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
@@ -88,7 +88,7 @@ class Pipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
                  height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
                  sampler: str | None = None, schedule: str | None = None, seed: int | None = None, num_images: int = 1,
-                 init_image: Image.Image | str | Path | None = None, strength: float = 0.8,
+                 init_image: Image.Image | str | Path | None = None, strength: float | None = None,
                  latents: np.ndarray | None = None, callback: Callback | None = None,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
                  target_size: tuple[int, int] | None = None, aesthetic_score: float | None = None,
@@ -97,7 +97,8 @@ class Pipeline:
                  negative_target_size: tuple[int, int] | None = None,
                  negative_aesthetic_score: float | None = None,
                  clip_skip: int | None = None, prompt_syntax: str = "a1111",
-                 loras: dict | None = None) -> list[Image.Image]:
+                 loras: dict | None = None, mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4,
+                 inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True) -> list[Image.Image]:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -112,8 +113,18 @@ class Pipeline:
         `loras`: {file or name in pipe.loras' folders: weight, or (text-encoder weight, UNet weight)}, for this
         call only; `<lora:NAME:W>` / `<lora:NAME:W_TE:W_UNET>` tags in the prompt do the same and are removed
         from the text before it is encoded (they stay in the image's metadata, as A1111 writes them).
+        `strength`: with init_image, how much to change it (default 0.8; 1.0 with a mask: the masked region
+        starts from pure noise).
+        `mask_image` (with init_image): inpaint where it is white (sdkit.inpaint); `mask_blur` pixels of blur on
+        the compositing mask; `inpaint_area` "whole" or "masked" (A1111's "only masked": the mask's box plus
+        `inpaint_padding` pixels generated at width x height and pasted back); `composite`: paste the result over
+        the input through the blurred mask, so pixels outside it keep the input's bytes (False: the raw decode).
         """
         init = images.open_image(init_image) if init_image is not None else None
+        if mask_image is not None and init is None:
+            raise ValueError("mask_image needs init_image: the picture whose white-masked part is repainted")
+        if strength is None:
+            strength = 1.0 if mask_image is not None else 0.8
         if init is not None and width is None and height is None:
             height, width = images.default_size(init)
         micro = dict(original_size=original_size, crops_coords_top_left=crops_coords_top_left,
@@ -124,31 +135,51 @@ class Pipeline:
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
                             num_images, strength if init is not None else None, micro, clip_skip, prompt_syntax,
                             loras)
+        job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
+                                                              inpaint_area, inpaint_padding)
+        if job is not None and not self.inpainting:
+            raise NotImplementedError(f"{self.checkpoint.name}: inpainting with an ordinary (4-channel) checkpoint "
+                                      "needs the sampler's per-step hook, not yet in this sdkit; use an "
+                                      "inpainting checkpoint")
         mem = self._fit(req, encode=init is not None)
         plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule)
         f = self.checkpoint.vae.scale
-        shape = (self.checkpoint.unet.in_channels, req.height // f, req.width // f)  # per image (C, h, w)
+        shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
         rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
         noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
         self._patch(req.loras)
         context, added, used = self._encode_prompts(req)
 
-        if init is None:
+        encode = lambda pixels: tiling.encode(self.vae, self.backend, self.checkpoint.vae, pixels[None],
+                                              mem.vae_tiling)  # (3, H, W) -> (1, C, h, w)
+        concat = None
+        if job is not None and self.inpainting:  # the UNet's extra inputs: the mask and the masked image's latents
+            masked = self.backend.numpy(encode(job.masked_pixels))  # (1, C, h, w)
+            extra = np.concatenate([job.latent_mask(f)[None], masked], axis=1)  # (1, 1 + C, h, w)
+            concat = self.backend.asarray(np.repeat(extra, req.num_images, axis=0))
+        if init is None or (job is not None and req.strength == 1):  # pure noise (diffusers' is_strength_max)
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
         else:
-            pixels = images.to_model_input(init, req.width, req.height)  # (3, H, W)
-            x0 = tiling.encode(self.vae, self.backend, self.checkpoint.vae, pixels[None], mem.vae_tiling)
+            x0 = encode(images.to_model_input(init, req.width, req.height) if job is None else job.pixels)
             x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))  # (1, C, h, w) broadcast to (B, ...)
 
         self.unet.attention_chunk = mem.attention_chunk
-        model = self._guided_model(context, added, req, plan.num_evaluations, callback)
+        model = self._guided_model(context, added, req, plan.num_evaluations, callback, concat)
         noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
         x = samplers.sample(plan, model, x, noise)
 
         pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
-        return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used)))
-                for i, p in enumerate(pixels)]
+        inpainting = {} if job is None else dict(mask_blur=mask_blur, inpaint_area=inpaint_area,
+                                                  inpaint_padding=inpaint_padding)
+        out = [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used) | inpainting))
+               for i, p in enumerate(pixels)]
+        return out if job is None else [inpaint.finish(job, image, composite) for image in out]
+
+    @property
+    def inpainting(self) -> bool:
+        """An inpainting checkpoint: its UNet takes the mask and the masked image's latents after the latents."""
+        return self.checkpoint.unet.in_channels > self.checkpoint.vae.latent_channels
 
     def token_usage(self, text: str, prompt_syntax: str = "a1111") -> tuple[int, int]:
         """A1111's token counter for `text` (without <lora:...> tags): (tokens used, tokens its chunks hold),
@@ -267,14 +298,14 @@ class Pipeline:
         self._lora_set = wanted
 
     def _guided_model(self, context: Array, added: dict[str, Array] | None, req: Request, total: int,
-                      callback: Callback | None):
+                      callback: Callback | None, concat: Array | None = None):
         """The sampler's model: one batched UNet call on [uncond, cond], then classifier-free guidance."""
         g, b = req.guidance_scale, req.num_images
         step = 0
 
         def model(x: Array, t: float) -> Array:
             nonlocal step
-            out = self.unet(x, t, context, added)
+            out = self.unet(x, t, context, added, concat)
             if g > 1:
                 uncond, cond = out[:b], out[b:]
                 out = uncond + (cond - uncond) * g

@@ -98,6 +98,12 @@ FAMILIES = {
     ),
 }
 
+# Inpainting models: the same, with a UNet taking latents + mask + masked-image latents (9 channels), as
+# SD1.5-inpainting and SDXL inpainting 0.1
+for _name in ("sd1", "sdxl"):
+    FAMILIES[f"{_name}_inpaint"] = {**FAMILIES[_name], "unet": {**FAMILIES[_name]["unet"], "in_channels": 9}}
+INPAINT_CLASSES = {"sd1_inpaint": "StableDiffusionInpaintPipeline", "sdxl_inpaint": "StableDiffusionXLInpaintPipeline"}
+
 MODEL_INDEX = {
     "_class_name": "StableDiffusionPipeline",
     "_diffusers_version": "0.8.0",
@@ -201,7 +207,10 @@ def build_folder(path: Path, family: str, seed: int = 0) -> Path:
             write_tokenizer(path / name, spec[name])
     (path / "scheduler").mkdir(exist_ok=True)
     shutil.copy(DATA / "schedulers" / spec["scheduler"], path / "scheduler" / "scheduler_config.json")
-    index = {"sdxl": MODEL_INDEX_XL, "sdxl_refiner": MODEL_INDEX_REFINER}.get(family, MODEL_INDEX)
+    index = {"sdxl": MODEL_INDEX_XL, "sdxl_inpaint": MODEL_INDEX_XL, "sdxl_refiner": MODEL_INDEX_REFINER}.get(
+        family, MODEL_INDEX)
+    if family in INPAINT_CLASSES:
+        index = {**index, "_class_name": INPAINT_CLASSES[family]}
     (path / "model_index.json").write_text(json.dumps(index, indent=2))
     return path
 
@@ -374,7 +383,7 @@ def to_single_file(folder: Path, path: Path, family: str, *, legacy_prefix: bool
     text, text_2 = ({k.removeprefix("text_model."): v for k, v in load_file(f / "model.safetensors").items()}
                     if f.is_dir() else None for f in (folder / "text_encoder", folder / "text_encoder_2"))
     tensors = {**unet_to_ldm(unet, SimpleNamespace(**unet_cfg)), **vae_to_ldm(vae, SimpleNamespace(**vae_cfg))}
-    if family == "sdxl":
+    if family in ("sdxl", "sdxl_inpaint"):
         tensors |= clip_to_ldm(text, legacy_prefix, prefix="conditioner.embedders.0.transformer.")
         tensors |= openclip_to_ldm(text_2, prefix="conditioner.embedders.1.model.")
     elif family == "sdxl_refiner":

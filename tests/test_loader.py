@@ -275,14 +275,16 @@ def test_incomplete_and_inpainting_checkpoints(sd1_single_file, tmp_path):
     assert_one_line_error("it has no text encoder$", open_checkpoint, no_text)
     nine = lambda k, x: torch.cat([x] * 3, 1)[:, :9] if k == UNET + "input_blocks.0.0.weight" else x  # 9 channels in
     inpaint = relayout(sd1_single_file, tmp_path / "inpainting.safetensors", convert=nine)
-    assert "issue 15" in assert_one_line_error("an inpainting model .* 9 input channels", open_checkpoint, inpaint)
+    assert open_checkpoint(inpaint).unet.in_channels == 9  # SD1.5-inpainting's layout loads
+    eight = lambda k, x: nine(k, x)[:, :8] if k == UNET + "input_blocks.0.0.weight" else x
+    pix2pix = relayout(sd1_single_file, tmp_path / "pix2pix.safetensors", convert=eight)
+    assert_one_line_error("an InstructPix2Pix model .* 8 input channels", open_checkpoint, pix2pix)
 
 
 @pytest.mark.parametrize("class_name, what", [
     ("FluxPipeline", "a FluxPipeline folder \\(Flux\\)"),
     ("StableDiffusion3Pipeline", "Stable Diffusion 3"),
     ("StableDiffusionControlNetPipeline", "a ControlNet pipeline"),
-    ("StableDiffusionXLInpaintPipeline", "inpainting .*issue 15"),
 ])
 def test_folders_of_other_pipelines(sd1_folder, tmp_path, class_name, what):
     folder = tmp_path / "other"
@@ -293,7 +295,7 @@ def test_folders_of_other_pipelines(sd1_folder, tmp_path, class_name, what):
 
 def test_component_and_unsupported_unet_folders(sd1_folder, tmp_path):
     assert_one_line_error("one component \\(a VAE, AutoencoderKL\\)", open_checkpoint, sd1_folder / "vae")
-    for change, what in (({"in_channels": 9}, "inpainting .* 9 input channels"),
+    for change, what in (({"in_channels": 8}, "InstructPix2Pix .* 8 input channels"),
                          ({"time_cond_proj_dim": 256}, "guidance scale as an input")):
         folder = shutil.copytree(sd1_folder, tmp_path / what[:8])
         config = json.loads((folder / "unet" / "config.json").read_text())

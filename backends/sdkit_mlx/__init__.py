@@ -149,8 +149,11 @@ class UNet:
         if self.forward is not self._forward:  # a compiled graph holds the weights it saw as constants
             self.forward = mx.compile(self._forward)
 
-    def __call__(self, x: mx.array, t: float, context: mx.array, added: dict[str, mx.array] | None = None) -> mx.array:
+    def __call__(self, x: mx.array, t: float, context: mx.array, added: dict[str, mx.array] | None = None,
+                 concat: mx.array | None = None) -> mx.array:
         with mx.stream(self.device):
+            if concat is not None:
+                x = mx.concatenate([x, concat], axis=1)  # (B, C + C', h, w)
             out = self.forward(x, mx.array(t, dtype=mx.float32), context, added)
             # One evaluation per step: the lazy graph never spans steps, and the sampler's arithmetic on
             # this output joins the next step's evaluation.

@@ -159,8 +159,10 @@ class UNet:
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
-                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                 added: dict[str, torch.Tensor] | None = None, concat: torch.Tensor | None = None) -> torch.Tensor:
         k = context.shape[0] // x.shape[0]  # conditionings per image: 2 with classifier-free guidance
+        if concat is not None:
+            x = torch.cat([x, concat], dim=1)  # (B, C + C', h, w)
         x = x.to(self.dtype).repeat(k, 1, 1, 1)  # (k*B, C, h, w): one batched call
         t = torch.full((x.shape[0],), float(t), device=x.device)  # (k*B,): a fill, no host sync
         forward = self.model if self.forward is None else self.forward

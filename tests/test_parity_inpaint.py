@@ -1,0 +1,103 @@
+"""Inpainting parity: sdkit's torch backend against diffusers' StableDiffusion(XL)InpaintPipeline on the same
+tiny random 9-channel inpainting models, noise and mask, composite=False: final latents within 1e-4 (of
+their largest value), images
+within 3/255. diffusers samples the VAE posterior; it is made to take the mean, as sdkit does
+(fixtures.img2img_like_sdkit)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as sd_inpaint_module
+from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as xl_inpaint_module
+from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
+from fixtures import SCHEDULERS, img2img_like_sdkit
+from PIL import Image
+from test_parity_torch import NEGATIVE, PROMPT, SEED, assert_close, draw, seeded_noise
+
+import sdkit
+from sdkit import pipeline as sdkit_pipeline
+
+STEPS = 5
+W, H = 64, 48
+
+
+def init_and_mask(w=W, h=H):
+    init = Image.fromarray(np.random.default_rng(7).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    mask = np.zeros((h, w), np.uint8)
+    mask[10:34, 20:52] = 255
+    mask[30:40, 5:15] = 140  # grey >= 128: repainted
+    mask[0:8, 0:16] = 100  # grey < 128: kept
+    return init, Image.fromarray(mask)
+
+
+def capture_latents(monkeypatch) -> list:
+    """sdkit's final latents, as they go to the VAE decoder."""
+    seen, real = [], sdkit_pipeline.tiling.decode
+    monkeypatch.setattr(sdkit_pipeline.tiling, "decode", lambda vae, cfg, x, *a: seen.append(x) or real(vae, cfg, x, *a))
+    return seen
+
+
+def run_both(ours, theirs, module, monkeypatch, sampler, strength, negative, n=1, **kw):
+    cls, extra = SCHEDULERS[sampler]
+    theirs.scheduler = cls.from_config(theirs.original_scheduler_config, **extra)
+    init, mask = init_and_mask()
+    shape = (4, H // 8, W // 8)
+    rngs = seeded_noise(SEED, n, shape)
+    noise = draw(rngs, shape)
+    img2img_like_sdkit(monkeypatch, module, noise)
+    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **k: draw(rngs, tuple(s[1:])))
+    args = dict(prompt=PROMPT, image=init, mask_image=mask, negative_prompt=negative, strength=strength,
+                width=W, height=H, num_inference_steps=STEPS, guidance_scale=7.5, num_images_per_prompt=n, **kw)
+    expected_latents = theirs(**args, output_type="latent").images
+    img2img_like_sdkit(monkeypatch, module, draw(seeded_noise(SEED, n, shape), shape))
+    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **k: draw(rngs, tuple(s[1:])))
+    rngs[:] = seeded_noise(SEED, n, shape)
+    draw(rngs, shape)  # the initial draw, so euler_a's per-step noise continues the generators again
+    expected = theirs(**args).images
+    seen = capture_latents(monkeypatch)
+    got = ours.generate(PROMPT, negative, init_image=init, mask_image=mask, strength=strength, steps=STEPS,
+                        sampler=sampler, seed=SEED, num_images=n, composite=False)
+    mine, theirs_latents = ours.backend.numpy(seen[-1]), expected_latents.numpy()
+    # relative to the latents' scale: a tiny random UNet's latents reach ~50, where float32 keeps ~1e-5
+    difference = np.abs(mine - theirs_latents).max() / max(1.0, np.abs(theirs_latents).max())
+    assert difference < 1e-4, f"latents differ by {difference} of their largest value"
+    assert_close(got, expected)
+    return got
+
+
+@pytest.fixture(scope="module")
+def sd1(sd1_inpaint_folder):
+    ours = sdkit.load(sd1_inpaint_folder, backend="torch", device="cpu", dtype="float32")
+    theirs = StableDiffusionInpaintPipeline.from_pretrained(sd1_inpaint_folder, safety_checker=None,
+                                                            requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    theirs.original_scheduler_config = theirs.scheduler.config
+    return ours, theirs
+
+
+@pytest.mark.parametrize("sampler, strength, negative, n", [
+    ("euler", 1.0, None, 1), ("ddim", 0.75, NEGATIVE, 1), ("dpmpp_2m_karras", 1.0, NEGATIVE, 2),
+    ("euler_a", 0.8, None, 2), ("pndm", 1.0, None, 1)])
+def test_sd1_inpainting_model(sd1, monkeypatch, sampler, strength, negative, n):
+    ours, theirs = sd1
+    got = run_both(ours, theirs, sd_inpaint_module, monkeypatch, sampler, strength, negative, n)
+    assert "Mask blur: 4" in got[0].info["parameters"]
+
+
+def test_sdxl_inpainting_model(sdxl_inpaint_folder, monkeypatch):
+    ours = sdkit.load(sdxl_inpaint_folder, backend="torch", device="cpu", dtype="float32")
+    theirs = StableDiffusionXLInpaintPipeline.from_pretrained(sdxl_inpaint_folder, add_watermarker=False)
+    theirs.set_progress_bar_config(disable=True)
+    theirs.original_scheduler_config = theirs.scheduler.config
+    for sampler, strength, negative in (("euler", 1.0, None), ("dpmpp_2m", 0.7, NEGATIVE)):
+        run_both(ours, theirs, xl_inpaint_module, monkeypatch, sampler, strength, negative)
+
+
+def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_file):
+    """SD1.5-inpainting's LDM single-file layout gives the folder's picture."""
+    init, mask = init_and_mask()
+    kw = dict(init_image=init, mask_image=mask, width=W, height=H, steps=3, sampler="euler", seed=SEED)
+    a, = sdkit.load(sd1_inpaint_folder, backend="torch", device="cpu", dtype="float32").generate(PROMPT, **kw)
+    b, = sdkit.load(sd1_inpaint_single_file, backend="torch", device="cpu", dtype="float32").generate(PROMPT, **kw)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
