@@ -139,7 +139,7 @@ def test_parses_a1111_string_with_quoted_values_and_multiline_prompts():
 
 def test_img2img_denoising_strength_is_the_strength():
     p = metadata.parse_parameters("a cat\nSteps: 20, Seed: 5, Size: 512x512, Denoising strength: 0.6, Mask blur: 4")
-    assert p["strength"] == 0.6 and "Denoising strength" not in p and p["Mask blur"] == "4"
+    assert p["strength"] == 0.6 and "Denoising strength" not in p and p["mask_blur"] == 4
 
 
 @pytest.mark.parametrize("first,size,expected", [
