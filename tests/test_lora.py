@@ -369,3 +369,23 @@ def test_patching_in_place_keeps_storage(sd1_folder, sd1_loras):
     assert len(changed) == len({layer.name for layer in style.layers if layer.component == "unet"})
     pipe.unet.patch({})
     assert all(torch.equal(v, model.state_dict()[k]) for k, (_, v) in before.items())
+
+
+def test_tucker_factors():
+    """LoCon's and LoHa's Tucker-factored 3x3 convs, against ComfyUI's formulas (comfy/weight_adapter)."""
+    g = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=g)
+    down, mid, up = r(4, 6, 1, 1), r(4, 4, 3, 3), r(5, 4, 1, 1)
+    # comfy/weight_adapter/lora.py: the core folded into down, then up @ down
+    folded = torch.mm(down.transpose(0, 1).flatten(1), mid.transpose(0, 1).flatten(1)).reshape(6, 4, 3, 3)
+    expected = (up.flatten(1) @ folded.transpose(0, 1).flatten(1)).reshape(5, 6, 3, 3) * 2.0 / 4
+    layer = lora.Layer("unet", "w", (5, 6, 3, 3), {"down": down.numpy(), "mid": mid.numpy(), "up": up.numpy(),
+                                                    "alpha": np.float32(2.0)})
+    np.testing.assert_allclose(layer.delta(1.0), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    w1a, w1b, t1, w2a, w2b, t2 = r(4, 5), r(4, 6), r(4, 4, 3, 3), r(4, 5), r(4, 6), r(4, 4, 3, 3)
+    core = lambda t, a, b: torch.einsum("i j k l, j r, i p -> p r k l", t, b, a)  # comfy/weight_adapter/loha.py
+    expected = core(t1, w1a, w1b) * core(t2, w2a, w2b) * 1.0 / 4
+    tensors = {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_t1": t1, "hada_w2_a": w2a, "hada_w2_b": w2b, "hada_t2": t2}
+    layer = lora.Layer("unet", "w", (5, 6, 3, 3), {k: v.numpy() for k, v in tensors.items()} | {"alpha": np.ones(())})
+    np.testing.assert_allclose(layer.delta(-0.5), -0.5 * expected.numpy(), rtol=1e-4, atol=1e-4)

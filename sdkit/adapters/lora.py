@@ -98,8 +98,8 @@ class Layer:
         if "down" in t:
             down, up = t["down"], t["up"]
             rank = down.shape[0]
-            if "mid" in t:  # Tucker: mid (r, r, kh, kw) between up and down (1x1 convs)
-                dw = np.einsum("ijkl,ip,jq->pqkl", t["mid"], up.reshape(up.shape[0], -1), down.reshape(rank, -1))
+            if "mid" in t:  # Tucker: a core mid (r, r, kh, kw) between 1x1 convs up (O, r) and down (r, I)
+                dw = np.einsum("bakl,ob,ai->oikl", t["mid"], up.reshape(up.shape[0], -1), down.reshape(rank, -1))
             else:
                 dw = up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)  # (O, I * kh * kw)
         elif "hada_w1_a" in t:
