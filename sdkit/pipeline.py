@@ -182,10 +182,10 @@ class Pipeline:
         return self.checkpoint.unet.in_channels > self.checkpoint.vae.latent_channels
 
     def token_usage(self, text: str, prompt_syntax: str = "a1111") -> tuple[int, int]:
-        """A1111's token counter for `text` (without <lora:...> tags): (tokens used, tokens its chunks hold),
-        e.g. (80, 150); BREAK and this pipeline's embeddings (one token per vector) counted."""
+        """A1111's token counter for `text`: (tokens used, tokens its chunks hold), e.g. (80, 150); BREAK and
+        this pipeline's embeddings (one token per vector) counted, <lora:...> tags not."""
         find = conditioning.matcher(self.towers[0], self.embeddings)
-        return conditioning.token_usage(text, self.tokenizers[0], prompt_syntax, find)
+        return conditioning.token_usage(lora.tags(text)[0], self.tokenizers[0], prompt_syntax, find)
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
                  num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
