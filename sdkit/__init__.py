@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import backends, hub
+from . import backends, hashes, hub
 from .adapters.embeddings import Embeddings, folders as _embedding_folders
 from .adapters.lora import Library as _LoRAs, lora_folders as _lora_folders
 from .checkpoint import Checkpoint, open_checkpoint
@@ -68,4 +68,5 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
                            vae=vae_path, vae_name=vae_name)
+    hashes.start_for(ckpt)  # Model hash / VAE hash for the images' metadata, in the background
     return Pipeline(ckpt, engine, memory, library, loras)

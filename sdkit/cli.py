@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["strength"] = stored.get("strength", DEFAULTS["strength"]) if args.strength is None else args.strength
     targets = _targets(args.output, prompt, seeds)
     model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
-    vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else _stored_vae(stored, model)
+    vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else stored_vae(stored, model)
     notes += _other_model(stored, model)
 
     if init is None and args.strength is not None:
@@ -339,7 +339,7 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
     raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
 
 
-def _stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
+def stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
     """(the VAE to load, notes) for the VAE an image names: a path or Hub repo id as is, else a .safetensors file
     of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
     note) when it is not found: the model's own VAE is used."""

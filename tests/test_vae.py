@@ -253,3 +253,16 @@ def test_cli_vae_and_from_restores_it(vaes, sd1_single_file, tmp_path, gen, monk
         f"sdkit-gen: warning: VAE {vaes.ldm.name!r} is not next to the model nor in $SDKIT_VAE_DIRS: the model's "
         "own VAE is used (pass --vae FILE)"]
     assert "VAE" not in sdkit.read_parameters(tmp_path / "lost.png")
+
+
+def test_load_hashes_in_the_background(vaes, sd1_single_file, monkeypatch):
+    """sdkit.load starts hashing the checkpoint and VAE files, so generate() finds the digests ready."""
+    from sdkit import hashes
+
+    monkeypatch.setattr(hashes, "_known", {})
+    monkeypatch.setattr(hashes, "_running", {})
+    sdkit.load(sd1_single_file, backend="torch", device="cpu", vae=vaes.ldm)
+    assert set(hashes._running) == {str(sd1_single_file.resolve()), str(vaes.ldm.resolve())}
+    for thread in hashes._running.values():
+        thread.join(60)
+    assert {k for k in hashes._known} == set(hashes._running)
