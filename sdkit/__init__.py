@@ -20,13 +20,14 @@ from .image_metadata import read_parameters
 from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
+from .train import train  # the function; its package stays importable as sdkit.train.data etc.
 
 try:
     __version__ = version("sdkit-diffusion")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
+__all__ = ["load", "train", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS", "SdkitError",
            "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
