@@ -23,14 +23,15 @@ from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
 from .batch import batch  # after .pipeline; the name is the function, its modules are sdkit.batch.*
+from .train import train  # the function; its package stays importable as sdkit.train.data etc.
 
 try:
     __version__ = version("sdkit-diffusion")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "batch", "outpaint", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS",
-           "SdkitError", "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
+__all__ = ["load", "train", "batch", "outpaint", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save",
+           "SAMPLERS", "SdkitError", "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,

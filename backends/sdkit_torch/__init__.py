@@ -82,6 +82,11 @@ class TorchBackend:
                                      dtype).to(memory_format=self.vae_format)
         return VAE(load_in, self.torch_dtype, self.torch_device, self._residency(weights))
 
+    def trainer(self, checkpoint, plan):
+        """A trainer for sdkit.train (sdkit.train.plan says what it does)."""
+        from .train import Trainer
+        return Trainer(checkpoint, plan, self.torch_device, self.torch_dtype)
+
     def asarray(self, x: np.ndarray) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=self.torch_device)
 
