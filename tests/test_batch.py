@@ -210,3 +210,23 @@ def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
         assert len(workers) >= 3  # two actors, one of them restarted in a new process
     finally:
         ray.shutdown()
+
+
+def test_fsspec_url_output_and_resume_elsewhere(tmp_path, monkeypatch, sd1_folder):
+    import fsspec  # installed with huggingface_hub
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = "memory://sdkit-test-batch/out"
+    rows_ = [{"prompt": "a cat", "seed": 1}, {"prompt": "a dog", "seed": 2}]
+    summary = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    fs = fsspec.filesystem("memory")
+    entries = [json.loads(line) for line in fs.cat_file("/sdkit-test-batch/out/manifest.jsonl").splitlines()]
+    assert [e["file"] for e in entries] == ["00001-1.png", "00002-2.png"]
+    for e in entries:
+        assert hashlib.sha256(fs.cat_file(f"/sdkit-test-batch/out/{e['file']}")).hexdigest() == e["sha256"]
+    # resumed where the driver's local copy is missing: the URL's manifest says both are done
+    import shutil
+    shutil.rmtree(tmp_path / "cache")
+    again = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
+    assert (again.done, again.skipped) == (0, 2)
+    fs.rm("/sdkit-test-batch", recursive=True)

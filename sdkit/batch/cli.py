@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help=".txt (one prompt per line), .csv or .jsonl whose columns are "
                                                   "generate()'s arguments (prompt, seed, steps, width, ...) and model")
     p.add_argument("-o", "--output", required=True, help="folder for the images and manifest.jsonl (with --ray: "
-                                                         "one every node can write)")
+                                                         "one every node can write), or an fsspec URL (s3://...)")
     p.add_argument("-m", "--model", help="the model of rows without a model column")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a default for every row, e.g. steps=20 (repeatable)")
