@@ -230,3 +230,12 @@ def test_fsspec_url_output_and_resume_elsewhere(tmp_path, monkeypatch, sd1_folde
     again = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
     assert (again.done, again.skipped) == (0, 2)
     fs.rm("/sdkit-test-batch", recursive=True)
+
+
+def test_local_workers_on_two_devices(tmp_path, pipe, sd1_folder):
+    """Two local workers (threads; "cpu" twice stands in for two GPUs) share the rows, each made once."""
+    out = tmp_path / "out"
+    summary = sdkit.batch([{"prompt": f"picture {i}", "seed": i} for i in range(4)], out, sd1_folder,
+                          params=ARGS, devices=["cpu", "cpu"], backend="torch", progress=False)
+    assert (summary.done, summary.failed) == (4, [])
+    check_exactly_once(out, 4, pipe)

@@ -45,7 +45,8 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
 
     rows: a .txt (one prompt per line), .csv or .jsonl file whose columns are generate()'s arguments (and
     `model`), or a list of such dicts. params: defaults for every row. model: the default model.
-    devices: local workers, one per device (default: one on the fastest device; on a CPU it uses all cores).
+    devices: local workers, one per device (default: one per CUDA GPU, else one on the fastest device, which
+    on a CPU uses all cores).
     ray: "auto" or "HOST:PORT" to run one worker per GPU (or per node, or per `cpus_per_worker` CPUs) of a Ray
     cluster; `out` must then be a folder every node can write, or an fsspec URL (s3://...; see storage.py).
     Rerunning with the same rows and `out` resumes: done images are kept, failed and unfinished ones are made.
@@ -87,7 +88,7 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
                             cpus_per_worker=cpus_per_worker)
             elif todo:
                 from . import local
-                local.run(todo, out, on_result, stop, devices=devices or [None], backend=backend, dtype=dtype)
+                local.run(todo, out, on_result, stop, devices=devices, backend=backend, dtype=dtype)
     finally:
         summary.seconds = time.perf_counter() - start
         bar.close()
