@@ -109,6 +109,9 @@ def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
     assert "2 bad rows: bad.csv:1: unknown column 'colour'; bad.csv:3: seed 'x' is not an integer" in err
     assert not out.exists()  # nothing started
     assert batch_cli([str(tmp_path / "p.txt"), "-o", str(out), "--param", "steps"]) == 2
+    with pytest.raises(RowsError, match=r"2 rows without a model \(rows\[0\], rows\[1\]\)"):
+        sdkit.batch([{"prompt": "a"}, {"prompt": "b"}], out)
+    assert not out.exists()
 
 
 def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folder):
@@ -155,7 +158,8 @@ def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folde
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop")))
+    path = os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     return subprocess.Popen([sys.executable, "-c", "import sys; from sdkit.batch.cli import main; "
                             "sys.exit(main(sys.argv[1:]))", *args], env=env, stderr=subprocess.PIPE, text=True)
 

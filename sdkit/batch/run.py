@@ -58,7 +58,8 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
     table = rows_.read(rows, params, None if model is None else str(model))
     missing = [source for source, _, p in table if "model" not in p]
     if missing:
-        raise rows_.RowsError(f"{missing[0]}: no model (give one, or a model column)")
+        raise rows_.RowsError(f"{len(missing)} rows without a model ({', '.join(missing[:5])}"
+                              f"{', ...' if len(missing) > 5 else ''}): give the default model (-m) or a model column")
     out = str(out) if storage.is_url(out) else str(Path(out).absolute())
     manifest = Manifest(out)
     units = rows_.units(table, repeat, manifest.salt)
