@@ -109,6 +109,9 @@ def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
     assert "2 bad rows: bad.csv:1: unknown column 'colour'; bad.csv:3: seed 'x' is not an integer" in err
     assert not out.exists()  # nothing started
     assert batch_cli([str(tmp_path / "p.txt"), "-o", str(out), "--param", "steps"]) == 2
+    with pytest.raises(RowsError, match=r"2 rows without a model \(rows\[0\], rows\[1\]\)"):
+        sdkit.batch([{"prompt": "a"}, {"prompt": "b"}], out)
+    assert not out.exists()
 
 
 def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folder):
@@ -155,7 +158,8 @@ def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folde
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop")))
+    path = os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     return subprocess.Popen([sys.executable, "-c", "import sys; from sdkit.batch.cli import main; "
                             "sys.exit(main(sys.argv[1:]))", *args], env=env, stderr=subprocess.PIPE, text=True)
 
@@ -210,3 +214,32 @@ def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
         assert len(workers) >= 3  # two actors, one of them restarted in a new process
     finally:
         ray.shutdown()
+
+
+def test_fsspec_url_output_and_resume_elsewhere(tmp_path, monkeypatch, sd1_folder):
+    import fsspec  # installed with huggingface_hub
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = "memory://sdkit-test-batch/out"
+    rows_ = [{"prompt": "a cat", "seed": 1}, {"prompt": "a dog", "seed": 2}]
+    summary = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    fs = fsspec.filesystem("memory")
+    entries = [json.loads(line) for line in fs.cat_file("/sdkit-test-batch/out/manifest.jsonl").splitlines()]
+    assert [e["file"] for e in entries] == ["00001-1.png", "00002-2.png"]
+    for e in entries:
+        assert hashlib.sha256(fs.cat_file(f"/sdkit-test-batch/out/{e['file']}")).hexdigest() == e["sha256"]
+    # resumed where the driver's local copy is missing: the URL's manifest says both are done
+    import shutil
+    shutil.rmtree(tmp_path / "cache")
+    again = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
+    assert (again.done, again.skipped) == (0, 2)
+    fs.rm("/sdkit-test-batch", recursive=True)
+
+
+def test_local_workers_on_two_devices(tmp_path, pipe, sd1_folder):
+    """Two local workers (threads; "cpu" twice stands in for two GPUs) share the rows, each made once."""
+    out = tmp_path / "out"
+    summary = sdkit.batch([{"prompt": f"picture {i}", "seed": i} for i in range(4)], out, sd1_folder,
+                          params=ARGS, devices=["cpu", "cpu"], backend="torch", progress=False)
+    assert (summary.done, summary.failed) == (4, [])
+    check_exactly_once(out, 4, pipe)

@@ -60,6 +60,11 @@ class TorchBackend:
     def is_available(cls) -> bool:
         return True  # torch imported; the CPU always works
 
+    @classmethod
+    def devices(cls) -> list[str]:
+        """The devices sdkit.batch runs a worker on by default: every CUDA GPU, else the fastest device."""
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or [str(_resolve_device(None))]
+
     def text_encoder(self, config: TextEncoderConfig, weights: Weights) -> TextEncoder:
         build = lambda: load(lambda: CLIPTextModel(config), weights, "text encoder", self.torch_device,
                              self.torch_dtype)

@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 from ..errors import Cancelled
 from .manifest import image_name, write_png
@@ -19,7 +18,7 @@ from .rows import Unit
 
 class Worker:
     def __init__(self, out: str, backend: str = "auto", device: str | None = None, dtype: str | None = None):
-        self.out = Path(out)
+        self.out = out  # a folder or an fsspec URL
         self.backend, self.device, self.dtype = backend, device, dtype
         self.name = f"{socket.gethostname()}:{os.getpid()}:{device or 'auto'}"
         self.model: str | None = None
