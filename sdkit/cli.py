@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sdkit
-from sdkit import backends, hashes, hub, micro_conditioning
+from sdkit import backends, hashes, hub, inpaint, micro_conditioning
 from sdkit.adapters import lora
 from sdkit.adapters.embeddings import folders
 from sdkit.checkpoint import PICKLES
@@ -33,6 +33,7 @@ from sdkit.conditioning import CHUNK
 from sdkit.families import ORDINARY
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SCHEDULES, HIRES_KEYS
+from sdkit.pipeline import IMG2IMG_STRENGTH
 from sdkit.samplers import ALIASES, SAMPLERS
 from sdkit.prompt import unsupported as unsupported_syntax
 
@@ -40,9 +41,10 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
+INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
             "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
-            *micro_conditioning.ARGUMENTS}
+            *micro_conditioning.ARGUMENTS, *INPAINT_KEYS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
@@ -116,7 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "materialises the attention matrix (default auto: when that would not fit)")
     p.add_argument("-i", "--init-image", metavar="INIT_IMAGE", help="start from this picture (image-to-image)")
     p.add_argument("--strength", type=_strength, help=f"with -i: how much to change it, in (0, 1] "
-                                                      f"(default {DEFAULTS['strength']})")
+                                                      f"(default {IMG2IMG_STRENGTH}; 1 with --mask or --outpaint)")
+    p.add_argument("--mask", metavar="MASK", help="with -i: inpaint where this picture is white (black keeps); "
+                                                  "saved beside each output as NAME.mask.png, where --from finds it")
+    p.add_argument("--mask-blur", type=_non_negative_int, metavar="PIXELS",
+                   help=f"blur of the mask the result is pasted through (default {DEFAULTS['mask_blur']})")
+    p.add_argument("--inpaint-area", choices=inpaint.AREAS,
+                   help="whole (default): the whole picture; masked: the mask's box plus --inpaint-padding, "
+                        "generated at -W x -H and pasted back (A1111's 'only masked')")
+    p.add_argument("--inpaint-padding", type=_non_negative_int, metavar="PIXELS",
+                   help=f"with --inpaint-area masked (default {DEFAULTS['inpaint_padding']})")
+    p.add_argument("--outpaint", type=_sides, metavar="LEFT,TOP,RIGHT,BOTTOM",
+                   help="with -i: extend the picture by these pixels (multiples of 8) and paint the new area")
     p.add_argument("-o", "--output", help="a .png file or a folder (a trailing / creates it; default: the "
                                           "current folder, named from prompt and seed); never overwrites")
     p.add_argument("--from", dest="from_image", type=Path, metavar="IMAGE",
@@ -172,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
     seeds = [kwargs["seed"] + i for i in range(args.num_images)]
     init = open_image(args.init_image) if args.init_image else None
     if init is not None:
-        kwargs["strength"] = stored.get("strength", DEFAULTS["strength"]) if args.strength is None else args.strength
+        kwargs["strength"] = stored.get("strength") if args.strength is None else args.strength
+    mask = _mask(args, init, stored, kwargs)
+    if mask is not None:
+        init, mask = mask
     targets = _targets(args.output, prompt, seeds)
     model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
     vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else stored_vae(stored, model)
@@ -220,11 +236,13 @@ def run(args: argparse.Namespace) -> int:
         progress = _Progress(disable=args.quiet)
         with progress:
             images = pipe.generate(prompt, num_images=args.num_images, init_image=init, callback=progress,
-                                   prompt_syntax=args.prompt_syntax, **kwargs)
+                                   prompt_syntax=args.prompt_syntax, mask_image=mask, **kwargs)
 
     for image, target, seed in zip(images, targets, seeds):
         target.parent.mkdir(parents=True, exist_ok=True)
         path = sdkit.save(image, _free(target))
+        if mask is not None:
+            mask.save(_mask_path(path))
         print(path if args.quiet else f"{path}  seed {seed}")
     if not args.quiet:
         print(progress.summary())
@@ -257,6 +275,39 @@ class _Progress:
     def summary(self) -> str:
         seconds = max(self.end - self.start, 1e-9)
         return f"{self.steps} steps in {seconds:.1f} s ({self.steps / seconds:.2f} it/s)"
+
+
+def _mask(args: argparse.Namespace, init, stored: dict, kwargs: dict):
+    """(init image, mask) for inpainting (--mask, --outpaint's canvas, or --from's NAME.mask.png beside the
+    stored image), else None; the inpainting settings go into kwargs (flags over stored values)."""
+    asked = [f for f, v in (("--mask", args.mask), ("--outpaint", args.outpaint)) if v is not None]
+    if len(asked) == 2:
+        raise ValueError("--mask and --outpaint exclude each other: --outpaint makes its own mask")
+    settings = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k) for k in INPAINT_KEYS}
+    settings = {k: v for k, v in settings.items() if v is not None}
+    found = args.from_image and _mask_path(args.from_image)
+    if asked and init is None:
+        raise ValueError(f"{asked[0]} needs -i INIT_IMAGE: the picture to paint in")
+    if not asked and init is not None and found and found.is_file() and "mask_blur" in stored:
+        args.mask = found  # --from an inpainted picture, given its init image again: its mask too
+    elif not asked:
+        for flag in INPAINT_KEYS:
+            if getattr(args, flag) is not None:
+                _warn(f"--{flag.replace('_', '-')} has no effect without --mask or --outpaint")
+        if "mask_blur" in stored:
+            _warn("the stored inpainting settings are not applied: they need the init image again (-i; PNGs do "
+                  f"not store it) and the mask {found}" + ("" if found.is_file() else ", which is not there"))
+        return None
+    kwargs |= settings
+    if args.outpaint is not None:
+        init, mask = inpaint.outpaint_canvas(init, *args.outpaint, settings.get("mask_blur", DEFAULTS["mask_blur"]))
+        return init, mask
+    return init, inpaint.open_mask(args.mask, init.size)
+
+
+def _mask_path(image: Path) -> Path:
+    """NAME.png -> NAME.mask.png: where the mask of an inpainted picture is kept."""
+    return Path(image).with_name(Path(image).stem + ".mask.png")
 
 
 def _targets(output: str | None, prompt: str, seeds: list[int]) -> list[Path]:
@@ -502,6 +553,27 @@ def _guidance(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _sides(text: str) -> tuple[int, int, int, int]:
+    """"0,0,256,0" -> (left, top, right, bottom), each a multiple of 8."""
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"must be LEFT,TOP,RIGHT,BOTTOM in pixels (e.g. 0,0,256,0), got {text}")
+    sides = tuple(_non_negative_int(p.strip()) for p in parts)
+    for name, n in zip(inpaint.SIDES, sides):
+        if n % 8:
+            raise argparse.ArgumentTypeError(f"{name} {n} is not a multiple of 8; use {n - n % 8} or {n - n % 8 + 8}")
+    if not any(sides):
+        raise argparse.ArgumentTypeError("all four sides are 0; give the pixels to add, e.g. 0,0,256,0")
+    return sides
 
 
 def _strength(text: str) -> float:

@@ -39,8 +39,10 @@ _KEYS = {
     "Model": ("model", str),
     "Clip skip": ("clip_skip", int),
     "Mask blur": ("mask_blur", int),
-    "Only masked padding, pixels": ("inpaint_padding", int),
+    "Masked area padding": ("inpaint_padding", int),  # A1111 1.6+; sdkit writes the older key the issue names
 }
+# The older key has a comma, which A1111's pair pattern cannot read: read as the newer one
+OLD_PADDING = "Only masked padding, pixels:"
 # inpaint_area -> A1111's "Inpaint area" (which A1111 writes for "Only masked" only)
 INPAINT_AREAS = {"whole": "Whole picture", "masked": "Only masked"}
 # SDXL micro-conditioning, which A1111, Forge and ComfyUI do not write: sdkit's own keys, sizes as "WxH" like Size,
@@ -93,7 +95,7 @@ def format_parameters(params: dict) -> str:
         pairs["Mask blur"] = params["mask_blur"]
     if params.get("inpaint_area") == "masked":
         pairs["Inpaint area"] = INPAINT_AREAS["masked"]
-        pairs["Only masked padding, pixels"] = params.get("inpaint_padding", 32)
+        pairs[OLD_PADDING[:-1]] = params.get("inpaint_padding", 32)
     for key, name in _PAIRS.items():  # (height, width) / (top, left) -> "WxH" / "LEFTxTOP"
         if params.get(name) is not None:
             pairs[key] = f"{params[name][1]}x{params[name][0]}"
@@ -122,7 +124,7 @@ def split_infotext(text: str) -> Infotext:
     """A1111's reading of its text: the last line holds the `Key: value` pairs only if it has at least three of
     them; the lines before it are the prompt, up to a line starting with "Negative prompt:". Every line is
     stripped, as A1111 does, so indented text and Windows line ends read alike."""
-    *lines, last = text.strip().split("\n")
+    *lines, last = text.strip().replace(OLD_PADDING, "Masked area padding:").split("\n")
     if len(_PAIR.findall(last)) < 3:
         lines, last = [*lines, last], ""
 

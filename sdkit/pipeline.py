@@ -29,6 +29,7 @@ from .tokenizer import Tokenizer
 Callback = Callable[[int, int, Array], "bool | None"]
 
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+IMG2IMG_STRENGTH = 0.8  # generate()'s strength with init_image and no mask (1.0 with a mask)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class Pipeline:
         if mask_image is not None and init is None:
             raise ValueError("mask_image needs init_image: the picture whose white-masked part is repainted")
         if strength is None:
-            strength = 1.0 if mask_image is not None else 0.8
+            strength = 1.0 if mask_image is not None else IMG2IMG_STRENGTH
         if init is not None and width is None and height is None:
             height, width = images.default_size(init)
         micro = dict(original_size=original_size, crops_coords_top_left=crops_coords_top_left,

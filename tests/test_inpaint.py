@@ -105,3 +105,51 @@ def test_outpaint_canvas():
         sides = dict(left=0, top=0, right=0, bottom=0) | bad
         with pytest.raises(ValueError, match=message):
             inpaint.outpaint_canvas(image, **sides, mask_blur=4)
+
+
+# ---- end to end on a tiny inpainting model (torch); parity with diffusers is in test_parity_inpaint.py ----
+
+def test_generate_composites_and_checks_before_any_step(sd1_inpaint_folder, tmp_path, monkeypatch):
+    import sdkit
+    from sdkit import cli
+
+    pipe = sdkit.load(sd1_inpaint_folder, backend="torch", device="cpu", dtype="float32")
+    image = picture()
+    steps = []
+    with pytest.raises(ValueError, match="mask_image is all black"):
+        pipe.generate("a cat", init_image=image, mask_image=rect_mask(value=100), steps=2,
+                      callback=lambda *a: steps.append(a))
+    assert steps == []
+    with pytest.raises(ValueError, match="mask_image needs init_image"):
+        pipe.generate("a cat", mask_image=rect_mask(), steps=2)
+    out, = pipe.generate("a cat", init_image=image, mask_image=rect_mask(box=(30, 10, 70, 50)), steps=2, seed=1)
+    blurred = np.asarray(inpaint.blur(rect_mask(box=(30, 10, 70, 50)).convert("L"), 4))
+    assert out.size == image.size
+    assert np.array_equal(np.asarray(out)[blurred == 0], np.asarray(image)[blurred == 0])
+    assert np.abs(np.asarray(out, np.int16)[blurred == 255] - np.asarray(image, np.int16)[blurred == 255]).max() > 30
+    assert "Denoising strength: 1, Mask blur: 4" in out.info["parameters"]
+
+    masked, = pipe.generate("a cat", init_image=image, mask_image=rect_mask(), inpaint_area="masked",
+                            inpaint_padding=8, width=32, height=32, steps=2, seed=1)
+    assert masked.size == image.size and "Inpaint area: Only masked" in masked.info["parameters"]
+
+    wide, = sdkit.outpaint(pipe, image, right=16, bottom=8, prompt="a cat", steps=2, seed=1, mask_blur=2)
+    assert wide.size == (96, 72)
+    assert np.array_equal(np.asarray(wide)[:56, :70], np.asarray(image)[:56, :70])  # the far side of the seam
+
+    # sdkit-gen: --mask, the mask saved beside the output, and --from finding it
+    image.save(tmp_path / "photo.png")
+    rect_mask().save(tmp_path / "mask.png")
+    monkeypatch.chdir(tmp_path)
+    common = ["-m", str(sd1_inpaint_folder), "--steps", "2", "--backend", "torch", "--device", "cpu", "-s", "3"]
+    assert cli.main(["a cat", *common, "-i", "photo.png", "--mask", "mask.png", "--mask-blur", "2",
+                     "--inpaint-area", "masked", "-W", "32", "-H", "32", "-o", "out.png"]) == 0
+    assert np.array_equal(np.asarray(Image.open("out.mask.png")), np.asarray(rect_mask()))
+    stored = sdkit.read_parameters("out.png")
+    assert (stored["mask_blur"], stored["inpaint_area"], stored["inpaint_padding"]) == (2, "masked", 32)
+    assert cli.main(["--from", "out.png", *common, "-i", "photo.png", "-o", "again.png"]) == 0
+    assert np.array_equal(np.asarray(Image.open("again.png")), np.asarray(Image.open("out.png")))
+    assert cli.main(["a cat", *common, "-i", "photo.png", "--outpaint", "0,0,16,0", "-o", "wide.png"]) == 0
+    assert Image.open("wide.png").size == (96, 64) and Image.open("wide.mask.png").size == (96, 64)
+    with pytest.raises(SystemExit):
+        cli.main(["a cat", *common, "-i", "photo.png", "--outpaint", "0,0,12,0"])

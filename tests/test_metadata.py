@@ -142,6 +142,18 @@ def test_img2img_denoising_strength_is_the_strength():
     assert p["strength"] == 0.6 and "Denoising strength" not in p and p["mask_blur"] == 4
 
 
+def test_inpainting_keys_round_trip_as_a1111_writes_them():
+    params = dict(prompt="a cat", steps=20, seed=5, width=512, height=512, strength=1.0, mask_blur=4,
+                  inpaint_area="masked", inpaint_padding=48)
+    text = metadata.format_parameters(params)
+    assert "Denoising strength: 1, Mask blur: 4, Inpaint area: Only masked, Only masked padding, pixels: 48" in text
+    back = metadata.parse_parameters(text)
+    assert {k: back[k] for k in params} == params
+    whole = metadata.format_parameters(params | {"inpaint_area": "whole"})
+    assert "Inpaint area" not in whole and "padding" not in whole  # A1111 writes neither for the whole picture
+    assert metadata.parse_parameters("a\nSteps: 2, Seed: 1, Inpaint area: Whole picture")["inpaint_area"] == "whole"
+
+
 @pytest.mark.parametrize("first,size,expected", [
     ("0x0", "1024x1024", (512, 512)),    # A1111's old automatic first pass: about 512x512 pixels, multiples of 64
     ("0x0", "1280x768", (704, 448)),
