@@ -26,6 +26,7 @@ from .memory import Memory, Workload, choose
 from .tokenizer import Tokenizer
 
 Callback = Callable[[int, int, Array], "bool | None"]
+Hook = Callable[[int, Array, float, Array], "Array | None"]
 
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -91,7 +92,8 @@ class Pipeline:
                  negative_crops_coords_top_left: tuple[int, int] | None = None,
                  negative_target_size: tuple[int, int] | None = None,
                  negative_aesthetic_score: float | None = None,
-                 clip_skip: int | None = None, prompt_syntax: str = "a1111") -> list[Image.Image]:
+                 clip_skip: int | None = None, prompt_syntax: str = "a1111", hook: Hook | None = None,
+                 output: str = "pil") -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -103,7 +105,12 @@ class Pipeline:
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
         `clip_skip`: A1111's (1 or None: the last text-encoder layer, 2: the penultimate, ...; no effect on
         SDXL, as in A1111). `prompt_syntax`: "a1111" (weights, BREAK) or "plain".
+        `hook(step, x, sigma, denoised)` runs after each sampler step (sdkit.samplers.hook.report): x the
+        latents (backend array, (B, C, h, w)) at noise level sigma, denoised their clean estimate; an array it
+        returns replaces x. `output="latent"` returns the final latents, before the VAE, as numpy (B, C, h, w).
         """
+        if output not in ("pil", "latent"):
+            raise ValueError(f"output must be 'pil' or 'latent', got {output!r}")
         init = images.open_image(init_image) if init_image is not None else None
         if init is not None and width is None and height is None:
             height, width = images.default_size(init)
@@ -133,7 +140,9 @@ class Pipeline:
         self.unet.attention_chunk = mem.attention_chunk
         model = self._guided_model(context, added, req, plan.num_evaluations, callback)
         noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
-        x = samplers.sample(plan, model, x, noise)
+        x = samplers.sample(plan, model, x, noise, hook)
+        if output == "latent":
+            return self.backend.numpy(x)
 
         pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
         return [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used)))
