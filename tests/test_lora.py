@@ -78,6 +78,14 @@ def sd1_loras(sd1_folder, tmp_path_factory):
     return folder, theirs
 
 
+def fresh(theirs):
+    """The shared diffusers pipeline without adapters (a failed test may have left some)."""
+    loaded = {a for names in theirs.get_list_adapters().values() for a in names}
+    if loaded:
+        theirs.delete_adapters(sorted(loaded))
+    return theirs
+
+
 def run_theirs(theirs, adapters, weights, prompt=PROMPT, negative=NEGATIVE):
     """diffusers' images and the latents after each step, with `adapters` set at `weights` ([] : none)."""
     if adapters:
@@ -117,7 +125,7 @@ def test_kohya_sd1_as_diffusers(sd1_folder, sd1_loras, backend):
     if backend == "mlx":
         pytest.importorskip("mlx.core")
     folder, theirs = sd1_loras
-    theirs.load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
+    fresh(theirs).load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
     theirs.load_lora_weights(folder, weight_name="locon.safetensors", adapter_name="locon")
     pipe = sdkit.load(sd1_folder, backend=backend, device="cpu", dtype="float32", lora_dirs=folder)
     base = pipe.generate(PROMPT, NEGATIVE, width=WIDTH, height=HEIGHT, steps=STEPS, sampler="pndm", seed=SEED)
@@ -135,7 +143,7 @@ def test_kohya_sd1_as_diffusers(sd1_folder, sd1_loras, backend):
 def test_text_encoder_and_unet_weights_apart(sd1_folder, sd1_loras):
     """<lora:NAME:W_TE:W_UNET>: the text encoder's weight first (A1111), against diffusers' per-component weights."""
     folder, theirs = sd1_loras
-    theirs.load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
+    fresh(theirs).load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
     pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
     ours = run_ours(pipe, "pndm", prompt=PROMPT + " <lora:style:0.3:1.2>")
     expected = run_theirs(theirs, ["style"], [{"text_encoder": 0.3, "unet": 1.2}])
@@ -161,6 +169,7 @@ def test_diffusers_formats(sd1_folder, sd1_loras, tmp_path):
     """PEFT's lora_A / lora_B under unet. / text_encoder., against diffusers; the older .lora.down.weight and
     attention-processor names give the same weights."""
     _, theirs = sd1_loras
+    fresh(theirs)
     g = torch.Generator().manual_seed(4)
     peft, old = {}, {}
     for prefix, mods in theirs.lora_modules.items():
@@ -389,3 +398,19 @@ def test_tucker_factors():
     tensors = {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_t1": t1, "hada_w2_a": w2a, "hada_w2_b": w2b, "hada_t2": t2}
     layer = lora.Layer("unet", "w", (5, 6, 3, 3), {k: v.numpy() for k, v in tensors.items()} | {"alpha": np.ones(())})
     np.testing.assert_allclose(layer.delta(-0.5), -0.5 * expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_same_loras_again_patch_nothing(sd1_folder, sd1_loras, monkeypatch):
+    """Evictable components (residency.py) stay built while patched: a second call with the same LoRAs computes
+    no delta, and the base weights come back after."""
+    folder, _ = sd1_loras
+    pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
+    assert pipe.unet.lazy.residency is not None  # the case in point: weights read zero-copy, evictable
+    calls, delta = [], lora.Layer.delta
+    monkeypatch.setattr(lora.Layer, "delta", lambda self, *a: calls.append(self.name) or delta(self, *a))
+    run = lambda **kw: pipe.generate(PROMPT, steps=1, width=WIDTH, height=HEIGHT, seed=1, **kw)[0].tobytes()
+    base = run()
+    first = run(loras={"style": 0.5})
+    n = len(calls)
+    assert n > 0 and run(loras={"style": 0.5}) == first and len(calls) == n
+    assert run() == base and pipe.unet.lazy.residency is not None

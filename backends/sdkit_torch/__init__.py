@@ -125,8 +125,10 @@ class TextEncoder:
         self.patcher = patcher
 
     def patch(self, patches) -> None:
-        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none."""
+        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none.
+        A patched module stays built (residency.py), so later calls with the same LoRAs patch nothing."""
         self.patcher.set(self.lazy.module, patches)
+        self.lazy.pin(bool(patches))
 
     @property
     def model(self) -> CLIPTextModel:
@@ -164,8 +166,10 @@ class UNet:
 
     def patch(self, patches) -> None:
         """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none.
-        In place, so a CUDA graph or compiled graph reads the patched weights."""
+        In place, so a CUDA graph or compiled graph reads the patched weights; a patched module stays built
+        (residency.py), so later calls with the same LoRAs patch nothing."""
         self.patcher.set(self.lazy.module, patches)
+        self.lazy.pin(bool(patches))
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,
