@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         from huggingface_hub.utils import disable_progress_bars
         disable_progress_bars()
     else:
-        print(f"loading {model}", file=sys.stderr)
+        print(f"loading {model}" + (f" with VAE {vae}" if vae else ""), file=sys.stderr)
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,

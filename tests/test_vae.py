@@ -253,6 +253,10 @@ def test_cli_vae_and_from_restores_it(vaes, sd1_single_file, tmp_path, gen, monk
         f"sdkit-gen: warning: VAE {vaes.ldm.name!r} is not next to the model nor in $SDKIT_VAE_DIRS: the model's "
         "own VAE is used (pass --vae FILE)"]
     assert "VAE" not in sdkit.read_parameters(tmp_path / "lost.png")
+    code, out, err = gen("a", "-m", sd1_single_file, *FAST, "--vae", "missing.safetensors")
+    assert (code, out) == (2, "") and err.endswith(
+        "\nsdkit-gen: error: vae: no such file or folder: missing.safetensors (nor is it a Hub repo id like "
+        "'owner/name')\n")
 
 
 def test_load_hashes_in_the_background(vaes, sd1_single_file, monkeypatch):
