@@ -270,3 +270,23 @@ def test_load_hashes_in_the_background(vaes, sd1_single_file, monkeypatch):
     for thread in hashes._running.values():
         thread.join(60)
     assert {k for k in hashes._known} == set(hashes._running)
+
+
+def test_stored_vae_names_find_their_safetensors_file(tmp_path, monkeypatch):
+    """A1111 writes the VAE's file name; a .ckpt name finds the .safetensors conversion beside it (the pickle is
+    never chosen), a file next to the model comes first, a Hub repo id is used as is."""
+    from sdkit.cli import stored_vae
+
+    for folder in ("models", "vaes"):
+        (tmp_path / folder).mkdir()
+    model = tmp_path / "models" / "model.safetensors"
+    for file in (model, tmp_path / "vaes" / "kl-f8.safetensors", tmp_path / "vaes" / "kl-f8.ckpt",
+                 tmp_path / "vaes" / "other.safetensors", tmp_path / "models" / "other.safetensors"):
+        file.write_bytes(b"x")
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "vaes"))
+    assert stored_vae({"VAE": "kl-f8.ckpt"}, str(model)) == (str(tmp_path / "vaes" / "kl-f8.safetensors"), [])
+    assert stored_vae({"VAE": "other.safetensors"}, str(model)) == (str(tmp_path / "models" / "other.safetensors"), [])
+    assert stored_vae({"VAE": "stabilityai/sd-vae-ft-mse"}, str(model)) == ("stabilityai/sd-vae-ft-mse", [])
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="SDKIT_VAE_DIRS: .*missing.* is not a folder"):
+        stored_vae({"VAE": "kl-f8.ckpt"}, str(model))
