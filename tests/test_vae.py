@@ -286,7 +286,8 @@ def test_stored_vae_names_find_their_safetensors_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "vaes"))
     assert stored_vae({"VAE": "kl-f8.ckpt"}, str(model)) == (str(tmp_path / "vaes" / "kl-f8.safetensors"), [])
     assert stored_vae({"VAE": "other.safetensors"}, str(model)) == (str(tmp_path / "models" / "other.safetensors"), [])
-    assert stored_vae({"VAE": "stabilityai/sd-vae-ft-mse"}, str(model)) == ("stabilityai/sd-vae-ft-mse", [])
+    for repo in ("stabilityai/sd-vae-ft-mse", "owner/vae-v1.5"):
+        assert stored_vae({"VAE": repo}, str(model)) == (repo, [])
     monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="SDKIT_VAE_DIRS: .*missing.* is not a folder"):
         stored_vae({"VAE": "kl-f8.ckpt"}, str(model))
