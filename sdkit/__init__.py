@@ -63,10 +63,11 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     library = Embeddings(_embedding_folders(embedding_dirs))
     loras = _LoRAs(_lora_folders(lora_dirs))
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
-    path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
-    name = str(model) if not Path(model).exists() else None
+    # the VAE first: a mistyped path fails before a model download
     vae_path = hub.resolve_vae(str(vae), prefer_fp16=engine.dtype == "float16") if vae is not None else None
     vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
+    path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
+    name = str(model) if not Path(model).exists() else None
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
                            vae=vae_path, vae_name=vae_name)
     hashes.start_for(ckpt)  # Model hash / VAE hash for the images' metadata, in the background

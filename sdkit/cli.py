@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         from huggingface_hub.utils import disable_progress_bars
         disable_progress_bars()
     else:
-        print(f"loading {model}", file=sys.stderr)
+        print(f"loading {model}" + (f" with VAE {vae}" if vae else ""), file=sys.stderr)
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
@@ -395,7 +395,8 @@ def stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
     of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
     note) when it is not found: the model's own VAE is used."""
     name, stored_hash = stored["VAE"], stored.get("VAE hash")
-    if Path(name).expanduser().exists() or (hub.REPO_ID.fullmatch(name) and not Path(name).suffix):
+    hub_id = hub.REPO_ID.fullmatch(name) and not name.endswith((*PICKLES, ".safetensors"))
+    if Path(name).expanduser().exists() or hub_id:
         found = Path(name).expanduser()
     else:
         near = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None

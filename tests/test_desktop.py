@@ -382,6 +382,7 @@ def test_vae_picker_and_clip_skip_reach_generate_and_come_back_from_a_png(qtbot,
     generate(qtbot, window)
     params = window.session.results[0].params
     assert (params["clip_skip"], params["VAE"]) == (2, "my-vae.safetensors")
+    assert window.picker.info.text().endswith(" · VAE my-vae.safetensors")
     text = window.session.results[0].image.info["parameters"].replace("a fox\n", "a fox\nNegative prompt: \n")
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)

@@ -273,8 +273,9 @@ class MainWindow(QMainWindow):
         self._loaded = info.choice
         self.session.remember(info.choice.model, info.name)
         self.picker.set_recent(self.session.recent)
+        vae = f" · VAE {Path(info.choice.vae).name}" if info.choice.vae else ""
         self.picker.info.setText(f"{info.name} · {info.family.upper()} · {info.default_size[1]}×"
-                                 f"{info.default_size[0]} · {info.backend}")
+                                 f"{info.default_size[0]} · {info.backend}{vae}")
         self.form.set_presets(size_presets(info.family, info.default_size))
         self.prompt.set_counter(info.usage)
         self.negative.set_counter(info.usage)
