@@ -253,3 +253,34 @@ def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend):
         tuned.load_lora_weights(str(out))
     after = x0_error(tuned.unet, latents, context)
     assert after < 0.3 * before, (before, after)
+
+
+# --- long runs: resume, Ctrl-C, samples -------------------------------------------------------------------------
+
+def test_ctrl_c_saves_and_resume_continues_the_same_run(sd1_folder, photos, tmp_path, monkeypatch):
+    """Interrupted at step 4 of 6 (Ctrl-C inside the step), then resumed: the same losses and LoRA as one
+    uninterrupted run with that seed; samples appear every N steps."""
+    options = dict(method="lora", steps=6, rank=4, learning_rate=1e-2, backend="torch", seed=5, progress=False,
+                   caption_dropout=0.3, save_every=2)
+    whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", **options)
+
+    from sdkit_torch.train import Trainer
+    real_step, calls = Trainer.step, []
+
+    def step(self, lr):
+        calls.append(lr)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_step(self, lr)
+    monkeypatch.setattr(Trainer, "step", step)
+    out = tmp_path / "b" / "l.safetensors"
+    with pytest.raises(sdkit.Cancelled, match=r"interrupted at step 4 of 6: state saved to .*l\.safetensors\.state"):
+        sdkit.train(sd1_folder, photos, out=out, **options)
+    assert out.exists()  # the LoRA so far
+    monkeypatch.setattr(Trainer, "step", real_step)
+    resumed = sdkit.train(sd1_folder, photos, out=out, resume=True, sample_every=3,
+                          sample_prompts=["a photo of a red cube"], sample_steps=2, **options)
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+    a, b = load_file(str(tmp_path / "a" / "l.safetensors")), load_file(str(out))
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [p.rsplit("/", 1)[-1] for p in resumed.outputs[2:]] == ["step000006-0.png"]  # step 3 ran before
