@@ -284,3 +284,19 @@ def test_ctrl_c_saves_and_resume_continues_the_same_run(sd1_folder, photos, tmp_
     a, b = load_file(str(tmp_path / "a" / "l.safetensors")), load_file(str(out))
     assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert [p.rsplit("/", 1)[-1] for p in resumed.outputs[2:]] == ["step000006-0.png"]  # step 3 ran before
+
+
+def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
+    """sdkit-train: an uncaptioned instance folder with --instance-prompt, class images for prior preservation;
+    a usage error exits 2 with one line naming the argument."""
+    from sdkit.train.cli import main
+    instance = write_images(tmp_path / "sks", [None, None])
+    classes = write_images(tmp_path / "dogs", [None], seed=1)
+    out = tmp_path / "sks.safetensors"
+    code = main([str(sd1_folder), str(instance), "--method", "dreambooth", "--out", str(out), "--steps", "3",
+                 "--instance-prompt", "a photo of sks dog", "--class-data", str(classes), "--class-prompt",
+                 "a photo of a dog", "--rank", "2", "--backend", "torch"])
+    assert code == 0 and out.exists()
+    assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "log.jsonl")]
+    assert main([str(sd1_folder), str(tmp_path / "missing"), "--out", str(out), "--backend", "torch"]) == 2
+    assert "sdkit-train: error: data" in capsys.readouterr().err
