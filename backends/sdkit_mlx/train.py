@@ -134,6 +134,13 @@ class Trainer:
             mx.eval(self.model.parameters(), self.optimizer.state)
         self.sum = None
 
+    def attach(self, pipe) -> None:
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained: uncompiled, as
+        mx.compile would capture today's weights as constants."""
+        pipe.unet.model = self.model.unet
+        pipe.unet.dtype = self.model.unet.conv_in.weight.dtype
+        pipe.unet.forward = pipe.unet._forward
+
     def lora_weights(self) -> dict:
         out = {}
         for t, m in self.lora.items():

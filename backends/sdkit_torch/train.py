@@ -111,6 +111,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def attach(self, pipe) -> None:
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained."""
+        pipe.unet.forward = self.unet
+        pipe.unet.dtype = self.unet.conv_in.weight.dtype
+
     def lora_weights(self) -> dict:
         return {t: (_np(m.down.weight, t.shape), _np(m.up.weight, t.shape, up=True)) for t, m in self.lora.items()}
 
@@ -139,7 +144,7 @@ class Trainer:
                     self.optimizer.state[p] = {
                         "exp_avg": torch.from_numpy(state[f"adam.{i}.m"]).to(p.device),
                         "exp_avg_sq": torch.from_numpy(state[f"adam.{i}.v"]).to(p.device),
-                        "step": torch.tensor(float(state[f"adam.{i}.step"]))}
+                        "step": torch.tensor(float(state[f"adam.{i}.step"].reshape(-1)[0]))}
 
 
 def _np(w: torch.Tensor, shape: tuple[int, ...], up: bool = False) -> np.ndarray:

@@ -142,6 +142,7 @@ def save_finetune(path: Path, ckpt: Checkpoint, unet: dict[str, np.ndarray]) -> 
                          f"is a single file); convert it to a folder first")
     if path.exists():
         shutil.rmtree(path)
-    shutil.copytree(ckpt.path, path, ignore=shutil.ignore_patterns("diffusion_pytorch_model*"))
+    shutil.copytree(ckpt.path, path, ignore=lambda folder, names: [n for n in names if Path(folder).name == "unet"
+                                                                   and n.startswith("diffusion_pytorch_model")])
     save_file({k: np.ascontiguousarray(v) for k, v in unet.items()},
               str(path / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})

@@ -21,7 +21,8 @@ from ..checkpoint import Checkpoint, open_checkpoint
 from ..families import FAMILIES
 from ..pipeline import _load_tokenizer, _text_layer
 from ..samplers.schedules import alphas_cumprod
-from . import data as dataset, formats, loss, noise, schedule
+from ..errors import Cancelled
+from . import checkpoints, data as dataset, formats, loss, noise, samples, schedule
 from .plan import Batch, Plan
 
 METHODS = ("lora", "dreambooth", "textual_inversion", "finetune")
@@ -49,7 +50,9 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           class_prompt: str | None = None, prior_loss_weight: float = 1.0, full: bool = False,
           token: str | None = None, init_word: str = "*", vectors: int = 1, caption_dropout: float = 0.0,
           noise_offset: float = 0.0, min_snr_gamma: float | None = None, weight_decay: float = 1e-2,
-          gradient_checkpointing: bool = False, progress: bool = True) -> Record:
+          gradient_checkpointing: bool = False, save_every: int | None = None, resume: bool = False,
+          sample_every: int | None = None, sample_prompts: tuple[str, ...] | list[str] = (), sample_seed: int = 0,
+          sample_steps: int = 20, progress: bool = True) -> Record:
     """Train `model` on a folder of captioned images; write the result to `out` and return a Record.
 
     method: "lora" (kohya-format .safetensors; rank, alpha (default rank), conv: LoCon, text_encoder: also the
@@ -58,6 +61,10 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     "textual_inversion" (A1111 .safetensors; `token`, default the output's stem, is the word captions use,
     started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet; out: a diffusers folder).
     backend, device, dtype as in sdkit.load (dtype default float32); seed fixes data order, noise and timesteps.
+    save_every: write a resumable state (trained weights, AdamW moments, step, numpy RNG and data order) to
+    `<out>.state.safetensors` every N steps; resume: continue from that file when it exists. Ctrl-C writes the
+    state and the output so far, then raises sdkit.Cancelled. sample_every: generate `sample_prompts` (seed
+    sample_seed + i) every N steps into `samples/` beside the output.
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not known; use one of {', '.join(METHODS)}")
@@ -117,10 +124,23 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / "log.jsonl"
     queue: list[list[int]] = []
-    bar = _progress(steps, progress)
-    with open(log, "w") as log_file:
-        for step in range(steps):
+    state_file = out.with_name(out.name + ".state.safetensors")
+    first = 0
+    if resume and state_file.exists():
+        first, queue = checkpoints.load(state_file, trainer, rng)
+        previous = [json.loads(line) for line in log.read_text().splitlines()][:first] if log.exists() else []
+        record.losses = [d["loss"] for d in previous]
+        record.learning_rates = [d["lr"] for d in previous]
+        record.seconds = [d["seconds"] for d in previous]
+    sampler = samples.Sampler(ckpt, engine, trainer, out, sample_prompts, sample_seed, sample_steps) \
+        if sample_every and sample_prompts else None
+    bar = _progress(steps, progress, first)
+    step, snapshot = first, (rng.bit_generator.state, [list(b) for b in queue])
+    log_file = open(log, "a" if first else "w")
+    try:
+        for step in range(first, steps):
             start = time.perf_counter()
+            snapshot = rng.bit_generator.state, [list(b) for b in queue]  # the state this step starts from
             total = 0.0
             for _ in range(grad_accum):
                 if not queue:
@@ -148,11 +168,27 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
             record.seconds.append(time.perf_counter() - start)
             log_file.write(json.dumps({"step": step + 1, "loss": record.losses[-1], "lr": rate,
                                        "seconds": round(record.seconds[-1], 4)}) + "\n")
+            log_file.flush()
             bar.set_postfix(loss=f"{record.losses[-1]:.4f}")
             bar.update(1)
-    bar.close()
+            if save_every and (step + 1) % save_every == 0:
+                checkpoints.save(state_file, trainer, step + 1, rng.bit_generator.state, queue)
+            if sampler is not None and (step + 1) % sample_every == 0:
+                record.outputs += sampler(step + 1, plan, token)
+    except KeyboardInterrupt:
+        checkpoints.save(state_file, trainer, step, *snapshot)  # `step` itself did not finish: it reruns
+        _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed)
+        raise Cancelled(f"interrupted at step {step + 1} of {steps}: state saved to {state_file}; run again with "
+                        f"resume to continue") from None
+    finally:
+        bar.close()
+        log_file.close()
+    _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed)
+    record.outputs = [str(out), str(log)] + record.outputs
+    return record
 
-    # --- outputs
+
+def _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed) -> None:
     if plan.lora is not None:
         meta = formats.lora_metadata(ckpt, rank, plan.alpha, conv, text_encoder, steps, lr, resolution,
                                      len(examples), seed, out.stem)
@@ -161,8 +197,6 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
         formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family)
     else:
         formats.save_finetune(out, ckpt, trainer.unet_weights())
-    record.outputs = [str(out), str(log)]
-    return record
 
 
 def _init_rows(tokenizer, word: str, vectors: int) -> list[int]:
@@ -224,8 +258,9 @@ class _Quiet:
     def close(self): pass
 
 
-def _progress(steps: int, show: bool):
+def _progress(steps: int, show: bool, done: int = 0):
+    """A bar with the loss and it/s (tqdm's rate), or nothing."""
     if not show:
         return _Quiet()
     from tqdm import tqdm
-    return tqdm(total=steps, unit="step", desc="train")
+    return tqdm(total=steps, initial=done, unit="step", desc="train")
