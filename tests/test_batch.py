@@ -179,7 +179,7 @@ def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_fol
     (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(6)))
     out = tmp_path / "out"
     args = [str(tmp_path / "p.txt"), "-o", str(out), "-m", str(sd1_folder), "-q", "--backend", "torch",
-            *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 8}).items())]
+            *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 6}).items())]
     first = _run_cli(args)
     _wait_for_lines(out, 2, first)
     first.send_signal(signal.SIGINT)
@@ -197,10 +197,10 @@ def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = tmp_path / "out"
-        rows_ = [{"prompt": f"picture {i}", "seed": i} for i in range(8)]
+        rows_ = [{"prompt": f"picture {i}", "seed": i} for i in range(6)]
         result = {}
         run = threading.Thread(target=lambda: result.update(summary=sdkit.batch(
-            rows_, out, sd1_folder, params=ARGS | {"steps": 6}, ray="auto", cpus_per_worker=1, backend="torch",
+            rows_, out, sd1_folder, params=ARGS | {"steps": 4}, ray="auto", cpus_per_worker=1, backend="torch",
             progress=False)))
         run.start()
         first = _wait_for_lines(out, 1, thread=run, timeout=120)[0]
@@ -208,8 +208,8 @@ def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
         run.join(240)
         assert not run.is_alive()
         summary = result["summary"]
-        assert (summary.done, summary.failed) == (8, [])
-        entries = check_exactly_once(out, 8, pipe)
+        assert (summary.done, summary.failed) == (6, [])
+        entries = check_exactly_once(out, 6, pipe)
         workers = {e["worker"] for e in entries}
         assert len(workers) >= 3  # two actors, one of them restarted in a new process
     finally:
