@@ -243,3 +243,17 @@ def test_local_workers_on_two_devices(tmp_path, pipe, sd1_folder):
                           params=ARGS, devices=["cpu", "cpu"], backend="torch", progress=False)
     assert (summary.done, summary.failed) == (4, [])
     check_exactly_once(out, 4, pipe)
+
+
+def test_rows_grouped_by_model_and_size(tmp_path, sd1_folder):
+    """Interleaved models and sizes are made group by group, so each worker loads a model once per group."""
+    other = tmp_path / "other-sd1"
+    other.symlink_to(sd1_folder)  # another model name, the same weights
+    rows_ = [{"prompt": "a", "seed": i, "model": str(m), "width": w}
+             for i, (m, w) in enumerate([(sd1_folder, 32), (other, 40), (sd1_folder, 40), (other, 32),
+                                         (sd1_folder, 32)])]
+    summary = sdkit.batch(rows_, tmp_path / "out", params=ARGS | {"height": 32}, progress=False)
+    assert (summary.done, summary.failed) == (5, [])
+    order = [(e["parameters"]["model"], e["parameters"]["width"]) for e in manifest(tmp_path / "out")]
+    assert order == sorted(order, key=lambda g: (str(g[0]), g[1]))  # contiguous groups
+    assert [e["row"] for e in manifest(tmp_path / "out")] == [1, 5, 3, 4, 2]
