@@ -20,7 +20,7 @@ class Worker:
     def __init__(self, out: str, backend: str = "auto", device: str | None = None, dtype: str | None = None):
         self.out = out  # a folder or an fsspec URL
         self.backend, self.device, self.dtype = backend, device, dtype
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{device or 'auto'}"
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{device or 'auto'}"  # host:pid:device, for the manifest
         self.model: str | None = None
         self.pipe = None  # the pipeline of self.model
         self.failed: dict[str, str] = {}  # model -> why it cannot be loaded (each is tried once)
@@ -51,6 +51,7 @@ class Worker:
             self.pipe = self.model = None  # free the previous model before loading the next
             try:
                 self.pipe = sdkit.load(model, backend=self.backend, device=self.device, dtype=self.dtype)
+                self.name = f"{socket.gethostname()}:{os.getpid()}:{self.pipe.backend.device}"
             except Exception as e:  # noqa: BLE001
                 self.failed[model] = f"model {model!r}: {_message(e)}"
                 raise ValueError(self.failed[model]) from None
