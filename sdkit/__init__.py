@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import backends, hub
 from .adapters.embeddings import Embeddings, folders as _embedding_folders
+from .adapters.lora import Library as _LoRAs, lora_folders as _lora_folders
 from .checkpoint import Checkpoint, open_checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
@@ -21,19 +22,21 @@ from .inpaint import outpaint
 from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
+from .batch import batch  # after .pipeline; the name is the function, its modules are sdkit.batch.*
 
 try:
     __version__ = version("sdkit-diffusion")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "outpaint", "SAMPLERS", "SdkitError",
-           "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
+__all__ = ["load", "batch", "outpaint", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS",
+           "SdkitError", "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
          prediction: str | None = None, compile: bool = False, memory: Memory = Memory(),
-         embedding_dirs: str | Path | list[str | Path] | None = None) -> Pipeline:
+         embedding_dirs: str | Path | list[str | Path] | None = None,
+         lora_dirs: str | Path | list[str | Path] | None = None, vae: str | Path | None = None) -> Pipeline:
     """Load a model for generation.
 
     model: a diffusers folder, a single-file .safetensors checkpoint, or a Hugging Face Hub repo id.
@@ -48,12 +51,21 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     device's free memory; also `pipe.memory`, which can be changed between calls.
     embedding_dirs: folders of textual-inversion embeddings (.safetensors), each triggered by its file's stem
     in a prompt; default the os.pathsep-separated list in $SDKIT_EMBEDDING_DIRS.
+    lora_dirs: folders of LoRA files (.safetensors), named by stem in generate(loras=) and `<lora:NAME:W>` tags;
+    default the os.pathsep-separated list in $SDKIT_LORA_DIRS.
+    vae: a VAE replacing the checkpoint's: a .safetensors file (LDM names as vae-ft-mse-840000-ema-pruned and
+    sdxl_vae ship, or diffusers'), a diffusers folder (an AutoencoderKL's or a pipeline's vae/) or a Hub repo id.
+    Checkpoints published without a VAE ("noVAE") need one. The checkpoint's latent scaling factor stays.
     """
     if not isinstance(memory, Memory):
         raise ValueError(f"memory must be an sdkit.Memory, got {type(memory).__name__}")
     library = Embeddings(_embedding_folders(embedding_dirs))
+    loras = _LoRAs(_lora_folders(lora_dirs))
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
     path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
     name = str(model) if not Path(model).exists() else None
-    ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name)
-    return Pipeline(ckpt, engine, memory, library)
+    vae_path = hub.resolve_vae(str(vae), prefer_fp16=engine.dtype == "float16") if vae is not None else None
+    vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
+    ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
+                           vae=vae_path, vae_name=vae_name)
+    return Pipeline(ckpt, engine, memory, library, loras)

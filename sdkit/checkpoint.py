@@ -16,7 +16,14 @@ not in the shapes; sdkit takes it from, in this order:
 
 A file that is not a checkpoint sdkit can load (a LoRA, an embedding, a lone VAE or UNet, ControlNet, Flux,
 SD3, an inpainting model, ...) is refused in one line naming what it is (sdkit.identify), as is a diffusers
-folder of another pipeline type. Pickled checkpoints (.ckpt, .pt, .bin, .pth) are refused without being
+folder of another pipeline type. A checkpoint published without a VAE ("noVAE") loads when a VAE is given.
+
+`vae=` replaces the checkpoint's VAE with one from a file (A1111's way: LDM names `encoder.*`/`decoder.*` as
+vae-ft-mse-840000 and sdxl_vae ship them, with or without `first_stage_model.`, or diffusers' names; a whole
+checkpoint lends its VAE) or a diffusers folder (an AutoencoderKL's, or a pipeline's vae/). The checkpoint's
+scaling factor stays, as in A1111 and diffusers: a VAE's config says nothing about the UNet's latents.
+
+Pickled checkpoints (.ckpt, .pt, .bin, .pth) are refused without being
 opened: unpickling can run code.
 """
 
@@ -70,6 +77,8 @@ class Checkpoint:
     # SDXL micro-conditioning: the values the UNet's time ids hold (families.BASE_TIME_IDS or REFINER_TIME_IDS)
     time_ids: tuple[str, ...] = ()
     recommended: Recipe = ORDINARY  # generate()'s defaults: a few-step model's recipe, else today's
+    vae_file: Path | None = None  # the VAE given with vae=, replacing the checkpoint's (a file or a folder)
+    vae_name: str | None = None  # its display name: the file's name (as A1111 writes `VAE`), folder or Hub repo id
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -84,12 +93,15 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | Path, *, prediction: str | None = None, prefer_fp16: bool = False,
-                    name: str | None = None) -> Checkpoint:
+                    name: str | None = None, vae: str | Path | None = None,
+                    vae_name: str | None = None) -> Checkpoint:
     """A diffusers folder or a single-file .safetensors checkpoint -> Checkpoint (headers only).
 
     prediction: "epsilon" or "v" overrides what the config (or the rule above) says the UNet predicts.
     prefer_fp16: in folders, read `*.fp16.safetensors` variants where they exist.
-    name: the display name (e.g. the Hub repo id the folder came from); default the folder name / file stem."""
+    name: the display name (e.g. the Hub repo id the folder came from); default the folder name / file stem.
+    vae: a VAE file or folder replacing the checkpoint's (see open_vae); vae_name its display name (default the
+    file's name or the folder's)."""
     path = Path(path).expanduser()
     if prediction is not None and prediction not in PREDICTIONS:
         raise CheckpointError(f"prediction={prediction!r}; use 'epsilon', 'v' or None (from the checkpoint)")
@@ -99,11 +111,13 @@ def open_checkpoint(path: str | Path, *, prediction: str | None = None, prefer_f
     if not path.exists():
         raise CheckpointError(f"no such file or folder: {path}")
     if path.is_dir():
-        ckpt = _open_folder(path, prefer_fp16)
+        ckpt = _open_folder(path, prefer_fp16, vae_given=vae is not None)
     elif path.suffix.lower() == ".safetensors":
-        ckpt = _open_single_file(path, overridden=prediction is not None)
+        ckpt = _open_single_file(path, overridden=prediction is not None, vae_given=vae is not None)
     else:
         raise CheckpointError(f"{path}: not a .safetensors file or a diffusers folder")
+    if vae is not None:
+        ckpt = _replace_vae(ckpt, Path(vae).expanduser(), prefer_fp16, vae_name)
     _check_agreement(ckpt)
     if prediction is not None:
         ckpt = dataclasses.replace(ckpt, scheduler=dataclasses.replace(ckpt.scheduler,
@@ -170,7 +184,7 @@ def choose_weights(names, prefer_fp16: bool) -> str | None:
 
 # ---- diffusers folders ----
 
-def _open_folder(path: Path, prefer_fp16: bool) -> Checkpoint:
+def _open_folder(path: Path, prefer_fp16: bool, vae_given: bool = False) -> Checkpoint:
     index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
     _check_pipeline(path, index)
     # the text encoders the folder has: model_index lists them (the refiner's text_encoder is null), else
@@ -178,13 +192,15 @@ def _open_folder(path: Path, prefer_fp16: bool) -> Checkpoint:
     listed = [c for c in TEXT_COMPONENTS if isinstance(index.get(c), list) and index[c][0] is not None]
     texts = tuple(listed or [c for c in TEXT_COMPONENTS if (path / c).is_dir()] or ["text_encoder"])
     tokenizers = tuple(path / TEXT_COMPONENTS[t] for t in texts)
-    required = [*(f"{c}/config.json" for c in ("unet", "vae", *texts)), "scheduler/scheduler_config.json"]
+    # a folder without a VAE loads when one is given (it replaces the folder's anyway)
+    components = ("unet", *texts) if vae_given and not (path / "vae").is_dir() else ("unet", "vae", *texts)
+    required = [*(f"{c}/config.json" for c in components), "scheduler/scheduler_config.json"]
     missing = [r for r in required if not (path / r).is_file()] + [t.name + "/" for t in tokenizers if not t.is_dir()]
     if missing:
         raise CheckpointError(f"{path}: not a complete diffusers folder; missing {', '.join(missing)}")
-    configs = {c: _read_json(path / c / "config.json") for c in ("unet", "vae", *texts)}
+    configs = {c: _read_json(path / c / "config.json") for c in components}
     _check_unet(path / "unet", configs["unet"])
-    weights = {c: _component_weights(path / c, prefer_fp16) for c in ("unet", "vae", *texts)}
+    weights = {c: _component_weights(path / c, prefer_fp16) for c in components}
     text_encoders = tuple(TextEncoderConfig.from_diffusers(configs[t], "text_projection.weight" in weights[t])
                           for t in texts)
     unet = UNetConfig.from_diffusers(configs["unet"])
@@ -195,9 +211,11 @@ def _open_folder(path: Path, prefer_fp16: bool) -> Checkpoint:
                     unet.addition_time_embed_dim)[0] if xl else ()
     # diffusers' default: True for StableDiffusionXLPipeline, False for its Img2Img pipeline (the refiner's)
     zeros = index.get("force_zeros_for_empty_prompt", "aesthetic_score" not in ids)
+    vae = VAEConfig.from_diffusers(configs["vae"]) if "vae" in configs else VAEConfig(  # replaced by the given one
+        scaling_factor=FAMILIES[family].scaling_factor, sample_size=unet.sample_size * 8)
     return Checkpoint(
         path=path, name=path.name, family=family, text_encoders=text_encoders, tokenizers=tokenizers,
-        unet=unet, vae=VAEConfig.from_diffusers(configs["vae"]), scheduler=SchedulerConfig.from_diffusers(scheduler),
+        unet=unet, vae=vae, scheduler=SchedulerConfig.from_diffusers(scheduler),
         force_zeros_for_empty_prompt=xl and bool(zeros), weights=weights, time_ids=ids,
         recommended=recipe_from_scheduler(scheduler) or ORDINARY)
 
@@ -228,7 +246,9 @@ def _check_unet(folder: Path, config: dict) -> None:
                               "LCM-distilled UNets do), which sdkit does not run yet; LCM-LoRA merges load")
 
 
-def _component_weights(folder: Path, prefer_fp16: bool) -> Weights:
+def _component_weights(folder: Path, prefer_fp16: bool, component: str | None = None) -> Weights:
+    """component: what the folder holds, when its name does not say ("vae" for a VAE folder of any name)."""
+    component = component or folder.name
     names = [p.name for p in folder.iterdir()]
     chosen = choose_weights(names, prefer_fp16)
     if chosen is None:
@@ -247,11 +267,11 @@ def _component_weights(folder: Path, prefer_fp16: bool) -> Weights:
         if not file.is_file():
             raise CheckpointError(f"{file}: listed in {folder / chosen} but missing")
         for key, (dtype, shape) in read_header(file).items():
-            name = _canonical(folder.name, key)
+            name = _canonical(component, key)
             if name is None:
                 continue
             transform = None
-            if folder.name == "vae" and ".attentions." in name and len(shape) == 4:  # 1x1 conv -> linear
+            if component == "vae" and ".attentions." in name and len(shape) == 4:  # 1x1 conv -> linear
                 shape, transform = shape[:2], lambda x: x[:, :, 0, 0]
             weights[name] = TensorRef(file, key, shape, dtype, transform)
     return weights
@@ -275,11 +295,12 @@ def _read_json(file: Path) -> dict:
 
 # ---- original single files ----
 
-def _open_single_file(path: Path, overridden: bool) -> Checkpoint:
-    """overridden: the caller gives the prediction type, so the file's own need not be understood."""
+def _open_single_file(path: Path, overridden: bool, vae_given: bool = False) -> Checkpoint:
+    """overridden: the caller gives the prediction type, so the file's own need not be understood.
+    vae_given: a VAE replaces the file's, so a file without one ("noVAE") loads."""
     header, metadata = _parse_header(path)
     file = ldm.read(path, header)
-    _refuse_what_is_not_a_checkpoint(file)
+    _refuse_what_is_not_a_checkpoint(file, vae_given)
     layout = ldm.layout(file)
     if layout is None:
         towers = sorted({".".join(k.split(".")[:3]) + "." for k in file.header if k.startswith(("cond_stage_model.",
@@ -300,7 +321,8 @@ def _open_single_file(path: Path, overridden: bool) -> Checkpoint:
             ids, width = _time_ids(path, file.header[UNET_PREFIX + "label_emb.0.0.weight"][1][1],
                                    texts[-1][0].projection_dim, None)
         unet, unet_weights, unexpected = ldm.unet(file, family, sample_size, width)
-        vae, vae_weights, unexpected_vae = ldm.vae(file, family.scaling_factor, side)
+        vae, vae_weights, unexpected_vae = ldm.vae(file, family.scaling_factor, side) if file.has(VAE_PREFIX) else (
+            VAEConfig(scaling_factor=family.scaling_factor, sample_size=side), {}, [])  # noVAE: replaced
     except (KeyError, StopIteration, IndexError) as e:
         missing = f"tensor {e} is missing" if isinstance(e, KeyError) else "its blocks are not where they should be"
         raise CheckpointError(f"{path}: cannot read it as an {layout.name} checkpoint; {missing}") from None
@@ -321,13 +343,17 @@ def _open_single_file(path: Path, overridden: bool) -> Checkpoint:
         time_ids=ids, recommended=recipe)
 
 
-def _refuse_what_is_not_a_checkpoint(file: ldm.SingleFile) -> None:
-    """One line naming what the file is, if it is anything but a complete SD 1.x / 2.x / XL checkpoint."""
+def _refuse_what_is_not_a_checkpoint(file: ldm.SingleFile, vae_given: bool = False) -> None:
+    """One line naming what the file is, if it is anything but a complete SD 1.x / 2.x / XL checkpoint
+    (without a VAE when one is given)."""
     path, keys = file.path, list(file.header)
     kind = identify.foreign(keys)
     if kind:
         raise CheckpointError(f"{path}: this is {kind[0]}, not a Stable Diffusion checkpoint; {kind[1]}")
-    parts = file.has(UNET_PREFIX), file.has(VAE_PREFIX), ldm.has_text_encoder(file)
+    parts = file.has(UNET_PREFIX), file.has(VAE_PREFIX) or vae_given, ldm.has_text_encoder(file)
+    if parts == (True, False, True):
+        raise CheckpointError(f"{path}: this checkpoint has no VAE (a \"noVAE\" file); pass one, e.g. sdkit.load("
+                              "model, vae='vae-ft-mse-840000-ema-pruned.safetensors') or sdkit-gen --vae FILE")
     if not all(parts):
         lone = identify.lone_component(keys)
         if lone:
@@ -389,6 +415,61 @@ def _time_ids(path: Path, width: int, pooled: int | None, dim: int | None) -> tu
                               f"text width {pooled} + 6 (base) or 5 (refiner) time ids x {each} "
                               "(text_encoder_2 vs unet)")
     return found
+
+
+# ---- VAE files (vae=) ----
+
+def open_vae(path: Path, scaling_factor: float, sample_size: int,
+             prefer_fp16: bool = False) -> tuple[VAEConfig, Weights]:
+    """A VAE .safetensors file (LDM or diffusers names, on its own or under first_stage_model.) or a diffusers
+    folder (an AutoencoderKL's, or a pipeline's with vae/) -> its config and canonical weights.
+    scaling_factor, sample_size: the checkpoint's, which stay."""
+    if path.suffix.lower() in PICKLES:
+        raise CheckpointError(f"{path}: {path.suffix} files are Python pickles, which can run arbitrary code "
+                              "when loaded; sdkit never opens them. Use the VAE's .safetensors file")
+    if not path.exists():
+        raise CheckpointError(f"vae: no such file or folder: {path}")
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{path}: not a VAE folder (no config.json or vae/config.json)")
+        config = _read_json(folder / "config.json")
+        if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
+            raise CheckpointError(f"{folder}: a {config['_class_name']}, not an AutoencoderKL; sdkit's vae= takes "
+                                  "Stable Diffusion's KL autoencoders")
+        vae = dataclasses.replace(VAEConfig.from_diffusers(config), scaling_factor=scaling_factor,
+                                  sample_size=sample_size)
+        return vae, _component_weights(folder, prefer_fp16, "vae")
+    if path.suffix.lower() != ".safetensors":
+        raise CheckpointError(f"{path}: not a .safetensors file or a diffusers VAE folder")
+    file = ldm.read(path, read_header(path))
+    keys = list(file.header)
+    prefix = VAE_PREFIX if file.has(VAE_PREFIX) else ""  # a checkpoint, or a VAE saved under its prefix
+    if not prefix and identify.lone_component(keys) != "a VAE on its own":
+        what = (identify.foreign(keys) or (None,))[0] or identify.lone_component(keys)
+        found = f"this is {what}, not a VAE" if what else f"not a VAE (its tensors: {', '.join(keys[:3])}, ...)"
+        raise CheckpointError(f"{path}: {found}; vae= takes a VAE .safetensors file (encoder.*, decoder.*), a "
+                              "diffusers VAE folder or a Hub repo id")
+    try:
+        vae, weights, unexpected = ldm.vae(file, scaling_factor, sample_size, prefix)
+    except (KeyError, StopIteration, IndexError) as e:
+        missing = f"tensor {e} is missing" if isinstance(e, KeyError) else "its blocks are not where they should be"
+        raise CheckpointError(f"{path}: cannot read it as a VAE; {missing}") from None
+    if unexpected:
+        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        raise CheckpointError(f"{path}: unexpected tensors {', '.join(unexpected[:5])}{more}; not a VAE sdkit can map")
+    return vae, weights
+
+
+def _replace_vae(ckpt: Checkpoint, path: Path, prefer_fp16: bool, name: str | None) -> Checkpoint:
+    """ckpt with the VAE at `path` instead of its own; one line if the UNet cannot use its latents."""
+    vae, weights = open_vae(path, ckpt.vae.scaling_factor, ckpt.vae.sample_size, prefer_fp16)
+    if vae.latent_channels != ckpt.unet.in_channels or vae.scale != ckpt.vae.scale:
+        raise CheckpointError(f"{path}: this VAE makes {vae.latent_channels} latent channels at 1/{vae.scale} of "
+                              f"the image size, but {ckpt.name}'s UNet takes {ckpt.unet.in_channels} at "
+                              f"1/{ckpt.vae.scale}; use a VAE made for {ckpt.family.upper()} models")
+    return dataclasses.replace(ckpt, vae=vae, weights={**ckpt.weights, "vae": weights}, vae_file=path,
+                               vae_name=name or path.name)
 
 
 def _check_agreement(ckpt: Checkpoint) -> None:

@@ -4,6 +4,9 @@
     sdkit-gen "the same scene in winter" -m model.safetensors -i photo.png --strength 0.6
     sdkit-gen --from lighthouse-1.png -s 7        # an image's stored parameters (sdkit's, A1111's, ...), a new seed
 
+--from restores the VAE an image names (A1111 writes its file name): a path or Hub repo id as stored, else a
+.safetensors file of that name (or stem) next to the model or in a folder of $SDKIT_VAE_DIRS; --vae overrides it.
+
 Exit status: 0 done, 1 runtime error (download, backend, disk), 2 usage error, 130 interrupted (Ctrl-C).
 """
 
@@ -22,12 +25,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sdkit
-from sdkit import backends, hub, inpaint, micro_conditioning
+from sdkit import backends, hashes, hub, inpaint, micro_conditioning
+from sdkit.adapters import lora
+from sdkit.adapters.embeddings import folders
+from sdkit.checkpoint import PICKLES
 from sdkit.conditioning import CHUNK
 from sdkit.families import ORDINARY
 from sdkit.images import open_image
-from sdkit.metadata import A1111_SAMPLERS, HIRES_KEYS
+from sdkit.metadata import A1111_SCHEDULES, HIRES_KEYS
 from sdkit.pipeline import IMG2IMG_STRENGTH
+from sdkit.samplers import ALIASES, SAMPLERS
 from sdkit.prompt import unsupported as unsupported_syntax
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -35,13 +42,15 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
-HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed", "strength",
-            "model", "clip_skip", "TI hashes", *micro_conditioning.ARGUMENTS, *INPAINT_KEYS}
+HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
+            "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
+            *micro_conditioning.ARGUMENTS, *INPAINT_KEYS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
 CORE = {"steps": "Steps", "guidance_scale": "CFG scale", "sampler": "Sampler", "seed": "Seed", "width": "Size"}
 SWITCH = {"auto": None, "on": True, "off": False}  # a memory option's flag value -> sdkit.Memory's
+VAE_DIRS = "SDKIT_VAE_DIRS"  # folders --from looks for a stored VAE in (os.pathsep-separated)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,9 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"classifier-free guidance scale (default: the model's recommendation; "
                         f"{ORDINARY.guidance_scale} for ordinary models)")
     p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
-    p.add_argument("--sampler", choices=sdkit.SAMPLERS, metavar="NAME",
+    p.add_argument("--sampler", choices=[*sdkit.SAMPLERS, *ALIASES], metavar="NAME",
                    help=f"see --list-samplers (default: the model's recommendation; {ORDINARY.sampler} "
                         "for ordinary models)")
+    p.add_argument("--schedule", choices=[s for s in A1111_SCHEDULES if s], metavar="SCHEDULE",
+                   help="the noise levels the sampler steps through: trailing, karras, exponential or beta "
+                        "(default: the model's own timestep spacing; which samplers take which: --list-samplers)")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
     p.add_argument("--clip-skip", type=_positive_int, metavar="N",
@@ -77,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-dir", dest="embedding_dirs", action="append", type=Path, metavar="DIR",
                    help="a folder of textual-inversion embeddings (.safetensors), each used where its file "
                         "name appears in a prompt; repeatable (default: $SDKIT_EMBEDDING_DIRS)")
+    p.add_argument("--lora", dest="loras", action="append", type=_lora, metavar="NAME[:W]",
+                   help="apply a LoRA (a name in the LoRA folders or a .safetensors file) at weight W (default 1), "
+                        "as <lora:NAME:W> in the prompt does; repeatable")
+    p.add_argument("--lora-dir", dest="lora_dirs", action="append", type=Path, metavar="DIR",
+                   help="a folder of LoRA files (.safetensors), found by name; repeatable "
+                        "(default: $SDKIT_LORA_DIRS)")
+    p.add_argument("--vae", metavar="PATH|ID",
+                   help="a VAE replacing the model's: a .safetensors file, a diffusers folder or a Hub repo id "
+                        "(default: the model's own; with --from, the image's VAE when found next to the model or "
+                        f"in ${VAE_DIRS})")
     p.add_argument("--backend", choices=["auto", *backends.names()], default="auto",
                    help="auto: MLX on Apple silicon when installed, else torch")
     p.add_argument("--device", help="torch: cuda, cuda:1, mps, cpu; mlx: gpu, cpu (default: the fastest)")
@@ -114,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regenerate from the parameters stored in an image (PNG, JPEG, WEBP from sdkit, A1111, "
                         "Forge, Fooocus, SwarmUI, InvokeAI, NovelAI, basic ComfyUI graphs); other flags override "
                         "them")
-    p.add_argument("--list-samplers", action="store_true", help="list the sampler names and exit")
+    p.add_argument("--list-samplers", action="store_true",
+                   help="list the samplers (sdkit and AUTOMATIC1111 names, schedules) and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the paths of the images")
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
     p.add_argument("--version", action="version", version=f"sdkit {sdkit.__version__}")
@@ -136,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_samplers:
-        for name in sdkit.SAMPLERS:
-            a1111 = " + Schedule type: ".join(filter(None, A1111_SAMPLERS[name]))
-            print(f"{name:<16} {a1111}{'  (default)' if name == ORDINARY.sampler else ''}")
+        for s in SAMPLERS.values():
+            schedules = ", ".join(x or "default" for x in s.schedules)
+            print(f"{s.name:<10} {s.a1111:<14} {'stochastic' if s.stochastic else '':<10}  schedules: {schedules}")
+        for alias, (name, schedule) in ALIASES.items():
+            recipe = "  (default)" if alias == ORDINARY.sampler else ""
+            print(f"{alias:<16} = {name}" + (f" --schedule {schedule}" if schedule else "") + recipe)
         return 0
 
     # Everything that can be refused is checked before the (slow) model load.
@@ -151,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
               for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
                         "clip_skip")}
+    if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
+        kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
     kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
@@ -163,14 +191,16 @@ def run(args: argparse.Namespace) -> int:
         init, mask = mask
     targets = _targets(args.output, prompt, seeds)
     model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
+    vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else _stored_vae(stored, model)
+    notes += _other_model(stored, model)
 
     if init is None and args.strength is not None:
         _warn("--strength has no effect without -i INIT_IMAGE")
     elif init is None and "strength" in stored:
         _warn(f"the stored Denoising strength {stored['strength']} is not applied: it needs the init image "
               "(-i), which PNGs do not store")
-    for note in _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler"),
-                             args.prompt_syntax):
+    for note in notes + _unsupported(stored, prompt, kwargs.get("negative_prompt", ""), kwargs.get("sampler"),
+                                     args.prompt_syntax):
         _warn(note)
 
     if args.quiet:
@@ -181,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
-                          memory=memory, embedding_dirs=args.embedding_dirs)
+                          memory=memory, embedding_dirs=args.embedding_dirs, lora_dirs=args.lora_dirs, vae=vae)
         if not args.quiet:
             b = pipe.backend
             print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
@@ -196,6 +226,12 @@ def run(args: argparse.Namespace) -> int:
             kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
         for note in _missing_embeddings(stored.get("TI hashes", ""), pipe.embeddings):
             _warn(note)
+        if args.from_image and args.prompt is None:
+            prompt, notes = _find_loras(prompt, stored.get("Lora hashes", ""), pipe.loras)
+            for note in notes:
+                _warn(note)
+        if args.loras:
+            kwargs["loras"] = dict(args.loras)
 
         progress = _Progress(disable=args.quiet)
         with progress:
@@ -299,6 +335,32 @@ def _free(path: Path) -> Path:
     return free
 
 
+def _find_loras(prompt: str, lora_hashes: str, library) -> tuple[str, list[str]]:
+    """A stored prompt's <lora:NAME:...> tags checked against the LoRA folders: a name that is not there is
+    looked for by its stored `Lora hashes` entry (the tag then names the file found); one found neither way
+    is named and its tag removed."""
+    hashes = {}
+    for entry in filter(None, (e.strip() for e in lora_hashes.split(","))):
+        name, _, short = entry.rpartition(":")
+        hashes[name.strip()] = short.strip()
+    files, notes = library.files(), []
+
+    def find(m: re.Match) -> str:
+        name = m[1].split(":")[0].strip()
+        if name in files:
+            return m[0]
+        found = library.by_hash(hashes[name]) if hashes.get(name) else None
+        if found is not None:
+            notes.append(f"LoRA {name!r} is not in the LoRA folders by name; its hash {hashes[name]} is {found.name}")
+            return m[0].replace(name, found.stem, 1)
+        hash_note = f" (hash {hashes[name]})" if hashes.get(name) else ""
+        notes.append(f"LoRA {name!r}{hash_note} is not in the LoRA folders (--lora-dir, $SDKIT_LORA_DIRS): "
+                     "not applied")
+        return ""
+
+    return lora.TAG.sub(find, prompt), notes
+
+
 def _missing_embeddings(ti_hashes: str, embeddings) -> list[str]:
     """A stored `TI hashes: "name: hash, ..."` entry checked against the embedding folders: an embedding is
     used again when its name is in the prompt, so only one that is missing, or another file of that name,
@@ -326,6 +388,35 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
     if Path(model).expanduser().exists() or hub.REPO_ID.fullmatch(model):
         return model
     raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
+
+
+def _stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
+    """(the VAE to load, notes) for the VAE an image names: a path or Hub repo id as is, else a .safetensors file
+    of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
+    note) when it is not found: the model's own VAE is used."""
+    name, stored_hash = stored["VAE"], stored.get("VAE hash")
+    if Path(name).expanduser().exists() or (hub.REPO_ID.fullmatch(name) and not Path(name).suffix):
+        found = Path(name).expanduser()
+    else:
+        near = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None
+        wanted = [n for n in dict.fromkeys([name, Path(name).stem + ".safetensors"]) if not n.endswith(PICKLES)]
+        places = [d / n for d in [*filter(None, [near]), *folders(None, VAE_DIRS, VAE_DIRS)] for n in wanted]
+        found = next((p for p in places if p.exists()), None)
+        if found is None:
+            return None, [f"VAE {name!r} is not next to the model nor in ${VAE_DIRS}: the model's own VAE is used "
+                          "(pass --vae FILE)"]
+    if stored_hash and found.is_file() and hashes.autov2(found) != stored_hash:
+        return str(found), [f"VAE {name!r}: {found} has hash {hashes.autov2(found)}, the image was made with "
+                            f"{stored_hash}"]
+    return str(found) if found.exists() else name, []
+
+
+def _other_model(stored: dict, model: str) -> list[str]:
+    """A note if the model file's hash is not the stored `Model hash` (A1111's AutoV2)."""
+    path = Path(model).expanduser()
+    if not stored.get("Model hash") or not path.is_file() or hashes.autov2(path) == stored["Model hash"]:
+        return []
+    return [f"{path} has Model hash {hashes.autov2(path)}, the image was made with {stored['Model hash']}"]
 
 
 def _check_usable(stored: dict, args: argparse.Namespace) -> None:
@@ -384,8 +475,10 @@ def _unsupported(stored: dict, prompt: str, negative: str, sampler: str | None, 
     notes = unhonoured(stored, HONOURED | HARMLESS, sampler)
 
     for name, text in (("prompt", prompt), ("negative prompt", negative)):
-        if re.search(r"<(lora|lyco|hypernet):", text):
-            notes.append(f"the {name}'s LoRA tags (<lora:...>) are not applied; they are read as text")
+        if re.search(r"<hypernet:", text):
+            notes.append(f"the {name}'s hypernetwork tags (<hypernet:...>) are not applied; they are read as text")
+        if name == "negative prompt" and re.search(r"<(lora|lyco):", text):
+            notes.append("the negative prompt's LoRA tags are not applied (as in A1111); they are read as text")
         if syntax == "a1111" and (found := unsupported_syntax(text)):
             notes.append(f"the {name}'s {' and '.join(found)} is not supported; read as (weighted) text")
     return notes
@@ -420,6 +513,15 @@ def _fail(error: Exception, code: int, debug: bool) -> int:
 
 def _warn(message: str) -> None:
     print(f"sdkit-gen: warning: {message}", file=sys.stderr)
+
+
+def _lora(text: str) -> tuple[str, float]:
+    """--lora NAME[:W] -> (NAME, W)."""
+    name, sep, weight = text.rpartition(":")
+    try:
+        return (name, float(weight)) if sep else (text, 1.0)
+    except ValueError:
+        return text, 1.0  # a name with a ':' and no weight
 
 
 def _positive_int(text: str) -> int:

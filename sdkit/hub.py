@@ -3,7 +3,8 @@
 Downloads go through huggingface_hub (its cache, HF_HOME, HF_HUB_OFFLINE, HF_TOKEN and progress bars), and
 fetch only what sdkit reads: model_index.json, the component configs, tokenizer and scheduler files, and one
 safetensors weight set per component (the fp16 variant when asked for and published). Never pickles,
-never the safety checker, never the multi-GB single files some repos also keep at their root.
+never the safety checker, never the multi-GB single files some repos also keep at their root. A VAE repo
+(`vae=`: stabilityai/sd-vae-ft-mse, madebyollin/sdxl-vae-fp16-fix) gives its config and one weight set only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,37 @@ def resolve(model: str, *, prefer_fp16: bool = False) -> Path:
         return path
     if not REPO_ID.fullmatch(model) or model.endswith((".safetensors", ".ckpt")):
         raise CheckpointError(f"no such file or folder: {model} (nor is it a Hub repo id like 'owner/name')")
-    return _snapshot(model, prefer_fp16)
+    return _snapshot(model, lambda files: needed_files(files, prefer_fp16) if "model_index.json" in files else
+                     _not(model, "a diffusers pipeline repo (no model_index.json); download its .safetensors file "
+                          "and pass that path"))
+
+
+def resolve_vae(vae: str, *, prefer_fp16: bool = False) -> Path:
+    """`vae=`: an existing file or folder -> itself; "owner/name" -> the snapshot of that Hub repo's VAE (a
+    diffusers AutoencoderKL at the root, or a pipeline's vae/ folder)."""
+    path = Path(vae).expanduser()
+    if path.exists():
+        return path
+    if not REPO_ID.fullmatch(vae) or vae.endswith((".safetensors", ".ckpt", ".pt")):
+        raise CheckpointError(f"vae: no such file or folder: {vae} (nor is it a Hub repo id like 'owner/name')")
+    return _snapshot(vae, lambda files: vae_files(files, prefer_fp16) or _not(
+        vae, "a diffusers VAE repo (no config.json or vae/config.json with safetensors weights); download its "
+             ".safetensors file and pass that path"))
+
+
+def vae_files(files: list[str], prefer_fp16: bool) -> list[str]:
+    """The files of a Hub repo that make its VAE: a pipeline's vae/ folder, else an AutoencoderKL at the root;
+    [] if neither."""
+    for folder in ("vae/", ""):
+        names = [f.removeprefix(folder) for f in files if f.startswith(folder) and "/" not in f.removeprefix(folder)]
+        chosen = choose_weights(names, prefer_fp16)
+        if "config.json" in names and chosen and not chosen.endswith(".json"):  # VAEs are never sharded
+            return [folder + "config.json", folder + chosen]
+    return []
+
+
+def _not(repo_id: str, what: str):
+    raise HubError(f"{repo_id}: not {what}")
 
 
 def needed_files(files: list[str], prefer_fp16: bool) -> list[str]:
@@ -46,7 +77,9 @@ def needed_files(files: list[str], prefer_fp16: bool) -> list[str]:
     return wanted
 
 
-def _snapshot(repo_id: str, prefer_fp16: bool) -> Path:
+def _snapshot(repo_id: str, pick) -> Path:
+    """The local snapshot of the files `pick(all the repo's files)` names (it raises HubError for a repo of
+    another kind)."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -64,10 +97,8 @@ def _snapshot(repo_id: str, prefer_fp16: bool) -> Path:
         except LocalEntryNotFoundError:
             raise HubError(f"{repo_id}: not in the Hugging Face cache and the Hub is unreachable "
                            f"({type(e).__name__}); connect once, or pass a local folder or .safetensors file") from None
-    if "model_index.json" not in files:
-        raise HubError(f"{repo_id}: not a diffusers pipeline repo (no model_index.json); "
-                       "download its .safetensors file and pass that path")
+    patterns = pick(files)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=needed_files(files, prefer_fp16)))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # network failure mid-download
         raise HubError(f"{repo_id}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from None

@@ -50,6 +50,11 @@ class TextEncoder(Protocol):
         pooled, whatever `layer` and `final_norm`, is text_projection(final LayerNorm of the last layer's
         output at the first EOS) when the encoder has a projection (SDXL's second one), else None."""
 
+    def patch(self, patches: dict[str, Callable[[np.ndarray | None], np.ndarray]]) -> None:
+        """Make `patches` (canonical weight name -> sdkit.adapters.lora.Patch: base weight or None -> float32
+        delta, PyTorch layout) the LoRA deltas in force, in place of the previous ones; {}: the exact base
+        weights again. A compiled or graphed forward must see the patched weights."""
+
 
 class UNet(Protocol):
     attention_chunk: int
@@ -63,6 +68,11 @@ class UNet(Protocol):
         When context holds k*B rows (classifier-free guidance: [uncond, cond]), x is repeated k times
         inside, so the k conditionings are one batched UNet call. concat (B, C', h, w) float32: more input
         channels, joined after x's and repeated like x (an inpainting UNet's mask and masked-image latents)."""
+
+    def patch(self, patches: dict[str, Callable[[np.ndarray | None], np.ndarray]]) -> None:
+        """Make `patches` (canonical weight name -> sdkit.adapters.lora.Patch: base weight or None -> float32
+        delta, PyTorch layout) the LoRA deltas in force, in place of the previous ones; {}: the exact base
+        weights again. A compiled or graphed forward must see the patched weights."""
 
 
 class VAE(Protocol):

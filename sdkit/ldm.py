@@ -155,22 +155,14 @@ def unet_levels(keys) -> list[dict]:
     return out
 
 
-def unet(file: SingleFile, family: Family, sample_size: int,
-         time_id_width: int | None) -> tuple[UNetConfig, Weights, list[str]]:
-    """time_id_width: how wide SDXL embeds each time id (see families.time_ids); None for SD1 and SD2."""
-    c = Converter(file, UNET_PREFIX)
-    keys = c.keys
-    levels = unet_levels(keys)
-    n, per = len(levels), len(levels[0]["blocks"])
-    if any(len(level["blocks"]) != per for level in levels):
-        raise CheckpointError(f"{file.path}: UNet levels have different numbers of resnets "
-                              f"{[len(level['blocks']) for level in levels]}; not a Stable Diffusion UNet")
-    channels = tuple(c.shape(f"input_blocks.{level['blocks'][0]}.0.out_layers.3.weight")[0] for level in levels)
-    attn = [level["attn"] for level in levels]
-
-    blocks = dict(UNET_TOP)  # file prefix -> canonical prefix
-    for i, level in enumerate(levels):
-        for j, b in enumerate(level["blocks"]):
+def unet_blocks(attn: list[bool], per: int) -> dict[str, str]:
+    """LDM prefix -> canonical prefix of every block of a UNet whose levels have `per` resnets each and
+    attention where `attn` says (the checkpoint reader's map; LoRA files name layers either way)."""
+    n = len(attn)
+    blocks = dict(UNET_TOP)
+    for i in range(n):
+        for j in range(per):
+            b = (per + 1) * i + 1 + j  # input block 0 is conv_in; each level ends in a downsampler block
             blocks[f"input_blocks.{b}.0."] = f"down_blocks.{i}.resnets.{j}."
             blocks[f"input_blocks.{b}.1."] = f"down_blocks.{i}.attentions.{j}."
         if i < n - 1:
@@ -184,6 +176,23 @@ def unet(file: SingleFile, family: Family, sample_size: int,
             blocks[upsampler] = f"up_blocks.{i}.upsamplers.0."
     blocks |= {"middle_block.0.": "mid_block.resnets.0.", "middle_block.1.": "mid_block.attentions.0.",
                "middle_block.2.": "mid_block.resnets.1."}
+    return blocks
+
+
+def unet(file: SingleFile, family: Family, sample_size: int,
+         time_id_width: int | None) -> tuple[UNetConfig, Weights, list[str]]:
+    """time_id_width: how wide SDXL embeds each time id (see families.time_ids); None for SD1 and SD2."""
+    c = Converter(file, UNET_PREFIX)
+    keys = c.keys
+    levels = unet_levels(keys)
+    n, per = len(levels), len(levels[0]["blocks"])
+    if any(len(level["blocks"]) != per for level in levels):
+        raise CheckpointError(f"{file.path}: UNet levels have different numbers of resnets "
+                              f"{[len(level['blocks']) for level in levels]}; not a Stable Diffusion UNet")
+    channels = tuple(c.shape(f"input_blocks.{level['blocks'][0]}.0.out_layers.3.weight")[0] for level in levels)
+    attn = [level["attn"] for level in levels]
+
+    blocks = unet_blocks(attn, per)
 
     for key in keys:
         parts = key.split(".")
@@ -230,14 +239,16 @@ def _up(m: re.Match, n: int, what: str) -> str:
     return f"decoder.up_blocks.{n - 1 - int(m[1])}.{what}"
 
 
-def vae(file: SingleFile, scaling_factor: float, sample_size: int) -> tuple[VAEConfig, Weights, list[str]]:
-    c = Converter(file, VAE_PREFIX)
+def vae(file: SingleFile, scaling_factor: float, sample_size: int,
+        prefix: str = VAE_PREFIX) -> tuple[VAEConfig, Weights, list[str]]:
+    """prefix: where the VAE's tensors are; "" for a VAE file on its own (vae-ft-mse-840000, sdxl_vae)."""
+    c = Converter(file, prefix)
     keys = c.keys
     if any(k.startswith("encoder.down_blocks.") for k in keys):  # already in diffusers' names
         return _diffusers_vae(c, scaling_factor, sample_size)
     n = 1 + max((int(k.split(".")[2]) for k in keys if k.startswith("encoder.down.")), default=-1)
     if n == 0:
-        raise CheckpointError(f"{file.path}: its VAE ({VAE_PREFIX}*) has no encoder.down.* blocks")
+        raise CheckpointError(f"{file.path}: its VAE ({prefix}*) has no encoder.down.* blocks")
     rules = [  # (pattern on the file key's prefix, canonical prefix), every key must match one
         (r"(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
         (r"(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
@@ -283,7 +294,8 @@ def diffusers_vae_name(key: str) -> str:
 
 
 def _diffusers_vae(c: Converter, scaling_factor: float, sample_size: int) -> tuple[VAEConfig, Weights, list[str]]:
-    """A VAE stored in diffusers' names under first_stage_model. (some merging tools write it so)."""
+    """A VAE stored in diffusers' names: under first_stage_model. (some merging tools write it so), or on its own
+    (a diffusers VAE's weights file, renamed)."""
     for key in c.keys:
         _add_vae(c, diffusers_vae_name(key), key)
     n = len({k.split(".")[2] for k in c.keys if k.startswith("encoder.down_blocks.")})  # >= 1: how it was told

@@ -22,19 +22,13 @@ from typing import NamedTuple
 
 from PIL import Image, PngImagePlugin
 
-# Our sampler name -> (A1111 sampler name, A1111 schedule type or None for "Automatic").
-A1111_SAMPLERS = {
-    "ddim": ("DDIM", None),
-    "pndm": ("PLMS", None),
-    "euler": ("Euler", None),
-    "euler_a": ("Euler a", None),
-    "heun": ("Heun", None),
-    "lms": ("LMS", None),
-    "dpmpp_2m": ("DPM++ 2M", None),
-    "dpmpp_2m_karras": ("DPM++ 2M", "Karras"),
-    "unipc": ("UniPC", None),
-}
-_FROM_A1111 = {(name.lower(), schedule and schedule.lower()): ours for ours, (name, schedule) in A1111_SAMPLERS.items()}
+from .samplers.registry import SAMPLERS, SCHEDULES, resolve
+
+# Our sampler name -> A1111's "Sampler", our schedule -> A1111's "Schedule type" (both from the sampler registry).
+A1111_SAMPLERS = {name: s.a1111 for name, s in SAMPLERS.items()}
+A1111_SCHEDULES = {schedule: a1111 for schedule, (a1111, _) in SCHEDULES.items()}
+_FROM_A1111 = {a1111.lower(): name for name, a1111 in A1111_SAMPLERS.items()}
+_SCHEDULE_FROM_A1111 = {a1111.lower(): schedule for schedule, a1111 in A1111_SCHEDULES.items()}
 
 # A1111 key -> (generate() keyword, type). "Size", "Sampler" and "Schedule type" are handled apart.
 _KEYS = {
@@ -58,8 +52,8 @@ _KEYS |= {"Aesthetic score": ("aesthetic_score", float),
 _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
-_OURS = {"prompt", "negative_prompt", "sampler", "width", "height", "inpaint_area", *(k for k, _ in _KEYS.values()),
-         *_PAIRS.values()}
+_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", "inpaint_area",
+         *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
 HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
 
@@ -79,21 +73,22 @@ def format_parameters(params: dict) -> str:
     pairs = {}
     if "steps" in params:
         pairs["Steps"] = params["steps"]
-    if "sampler" in params:
-        if params["sampler"] not in A1111_SAMPLERS:
-            raise ValueError(f"sampler {params['sampler']!r} has no AUTOMATIC1111 name; "
-                             f"known: {', '.join(A1111_SAMPLERS)}")
-        pairs["Sampler"], schedule = A1111_SAMPLERS[params["sampler"]]
-        if schedule:
-            pairs["Schedule type"] = schedule
+    if "sampler" in params:  # the schedule always written: A1111 1.9+ reads none as its sampler's "Automatic"
+        sampler, schedule = resolve(params["sampler"], params.get("schedule"))
+        pairs["Sampler"], pairs["Schedule type"] = sampler.a1111, A1111_SCHEDULES[schedule]
     if "guidance_scale" in params:
         pairs["CFG scale"] = params["guidance_scale"]
     if "seed" in params:
         pairs["Seed"] = params["seed"]
     if "width" in params and "height" in params:
         pairs["Size"] = f"{params['width']}x{params['height']}"
+    if params.get("Model hash"):  # A1111's order: Model hash, Model, VAE hash, VAE
+        pairs["Model hash"] = params["Model hash"]
     if params.get("model"):
         pairs["Model"] = params["model"]
+    for key in ("VAE hash", "VAE"):
+        if params.get(key):
+            pairs[key] = params[key]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
     if params.get("mask_blur") is not None:
@@ -180,9 +175,11 @@ def to_keywords(info: Infotext) -> dict:
             params[key] = value
 
     if "Sampler" in raw:
-        sampler = _sampler(raw["Sampler"], raw.get("Schedule type", "Automatic"))
-        if sampler:
-            params["sampler"] = sampler
+        found = _sampler(raw["Sampler"], raw.get("Schedule type"))
+        if found:
+            params["sampler"] = found[0]
+            if found[1] is not None:
+                params["schedule"] = found[1]
         else:  # a sampler sdkit lacks: kept under A1111's keys
             params["Sampler"] = raw["Sampler"]
             if "Schedule type" in raw:
@@ -227,12 +224,22 @@ def save(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def _sampler(name: str, schedule: str) -> str | None:
-    """A1111 sampler + schedule type -> our sampler name, or None if sdkit has no such sampler."""
-    name, schedule = name.strip().lower(), schedule.strip().lower()
-    if name.endswith(" karras") and schedule == "automatic":  # before A1111 1.9: "DPM++ 2M Karras"
-        name, schedule = name.removesuffix(" karras"), "karras"
-    return _FROM_A1111.get((name, None if schedule == "automatic" else schedule))
+def _sampler(name: str, schedule: str | None) -> tuple[str, str | None] | None:
+    """A1111 sampler + schedule type -> (our sampler, our schedule), or None if sdkit has no such pair.
+    No schedule type: written before A1111 1.9, whose names carried the schedule ("DPM++ 2M Karras") and meant
+    the uniform one otherwise; "Automatic" (1.9+): the schedule A1111 picks for that sampler."""
+    name, schedule = name.strip().lower(), schedule and schedule.strip().lower()
+    for suffix in (" karras", " exponential"):
+        if name.endswith(suffix) and schedule in (None, "automatic"):
+            name, schedule = name.removesuffix(suffix), suffix.strip()
+    if name not in _FROM_A1111:
+        return None
+    sampler = SAMPLERS[_FROM_A1111[name]]
+    if schedule in (None, "automatic"):
+        return sampler.name, None if schedule is None else sampler.a1111_automatic
+    if schedule not in _SCHEDULE_FROM_A1111 or _SCHEDULE_FROM_A1111[schedule] not in sampler.schedules:
+        return None
+    return sampler.name, _SCHEDULE_FROM_A1111[schedule]
 
 
 def _text(value) -> str:

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import conditioning, images, inpaint, metadata, micro_conditioning, samplers, tiling
+from . import conditioning, hashes, images, inpaint, metadata, micro_conditioning, samplers, tiling
+from .adapters import lora
 from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
 from .families import FAMILIES
@@ -41,7 +42,8 @@ class Request:
     height: int
     steps: int
     guidance_scale: float
-    sampler: str
+    sampler: str  # canonical name
+    schedule: str | None  # None: the checkpoint's own timestep spacing
     seed: int
     num_images: int
     strength: float | None  # None: text-to-image
@@ -49,17 +51,21 @@ class Request:
     micro_set: dict  # those that differ from their defaults (written into the image's metadata)
     clip_skip: int  # A1111's: 1 the last layer, 2 the penultimate, ...
     prompt_syntax: str  # "a1111" | "plain"
+    loras: tuple[tuple[str, Path, float, float], ...] = ()  # (name, file, text-encoder weight, UNet weight)
 
 
 class Pipeline:
     """A loaded model on one backend. Build it with `sdkit.load`."""
 
     def __init__(self, checkpoint: Checkpoint, backend: Backend, memory: Memory = Memory(),
-                 embeddings: Embeddings | None = None):
+                 embeddings: Embeddings | None = None, loras: lora.Library | None = None):
         self.checkpoint = checkpoint
         self.backend = backend
         self.memory = memory  # what generate() may do to fit; each None is decided per call (sdkit.Memory)
         self.embeddings = embeddings or Embeddings()  # textual-inversion files, triggered by their names
+        self.loras = loras or lora.Library()  # LoRA files, by name
+        self._lora_targets: lora.Targets | None = None
+        self._lora_set: tuple = ()  # the LoRAs the components are patched with now: ((file, stamp, weights), ...)
         self.tokenizers = [_load_tokenizer(t) for t in checkpoint.tokenizers]
         self.text_encoders = [backend.text_encoder(cfg, checkpoint.weights[name])
                               for cfg, name in zip(checkpoint.text_encoders, checkpoint.text_encoder_names)]
@@ -82,7 +88,7 @@ class Pipeline:
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
                  height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
-                 sampler: str | None = None, seed: int | None = None, num_images: int = 1,
+                 sampler: str | None = None, schedule: str | None = None, seed: int | None = None, num_images: int = 1,
                  init_image: Image.Image | str | Path | None = None, strength: float | None = None,
                  latents: np.ndarray | None = None, callback: Callback | None = None,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
@@ -92,17 +98,22 @@ class Pipeline:
                  negative_target_size: tuple[int, int] | None = None,
                  negative_aesthetic_score: float | None = None,
                  clip_skip: int | None = None, prompt_syntax: str = "a1111",
-                 mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4, inpaint_area: str = "whole",
-                 inpaint_padding: int = 32, composite: bool = True) -> list[Image.Image]:
+                 loras: dict | None = None, mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4,
+                 inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True) -> list[Image.Image]:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
-        few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras).
+        few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras = dpmpp_2m with schedule "karras").
+        schedule: None (the checkpoint's own timestep spacing), "trailing", "karras", "exponential" or "beta";
+        which ones a sampler takes: sdkit.samplers.SAMPLERS[name].schedules.
         original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
         `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
         `clip_skip`: A1111's (1 or None: the last text-encoder layer, 2: the penultimate, ...; no effect on
         SDXL, as in A1111). `prompt_syntax`: "a1111" (weights, BREAK) or "plain".
+        `loras`: {file or name in pipe.loras' folders: weight, or (text-encoder weight, UNet weight)}, for this
+        call only; `<lora:NAME:W>` / `<lora:NAME:W_TE:W_UNET>` tags in the prompt do the same and are removed
+        from the text before it is encoded (they stay in the image's metadata, as A1111 writes them).
         `strength`: with init_image, how much to change it (default 0.8; 1.0 with a mask: the masked region
         starts from pure noise).
         `mask_image` (with init_image): inpaint where it is white (sdkit.inpaint); `mask_blur` pixels of blur on
@@ -122,8 +133,9 @@ class Pipeline:
                      negative_original_size=negative_original_size,
                      negative_crops_coords_top_left=negative_crops_coords_top_left,
                      negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
-        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                            num_images, strength if init is not None else None, micro, clip_skip, prompt_syntax)
+        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
+                            num_images, strength if init is not None else None, micro, clip_skip, prompt_syntax,
+                            loras)
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
         if job is not None and not self.inpainting:
@@ -131,12 +143,13 @@ class Pipeline:
                                       "needs the sampler's per-step hook, not yet in this sdkit; use an "
                                       "inpainting checkpoint")
         mem = self._fit(req, encode=init is not None)
-        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0)
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule)
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
         rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
         noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
+        self._patch(req.loras)
         context, added, used = self._encode_prompts(req)
 
         encode = lambda pixels: tiling.encode(self.vae, self.backend, self.checkpoint.vae, pixels[None],
@@ -175,8 +188,8 @@ class Pipeline:
         find = conditioning.matcher(self.towers[0], self.embeddings)
         return conditioning.token_usage(text, self.tokenizers[0], prompt_syntax, find)
 
-    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, seed,
-                 num_images, strength, micro, clip_skip, prompt_syntax) -> Request:
+    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
+                 num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -195,7 +208,7 @@ class Pipeline:
         guidance_scale = recipe.guidance_scale if guidance_scale is None else guidance_scale
         if sampler is None:
             sampler = recipe.sampler
-            if samplers.ALIASES.get(sampler, sampler) not in samplers.NAMES:
+            if samplers.ALIASES.get(sampler, (sampler,))[0] not in samplers.NAMES:
                 raise ValueError(f"{self.checkpoint.name} is a {recipe.name} model, whose recipe samples with "
                                  f"{sampler!r}, which this sdkit lacks; pass sampler= (one of "
                                  f"{', '.join(samplers.NAMES)})")
@@ -216,11 +229,20 @@ class Pipeline:
         if clip_skip > layers:
             raise ValueError(f"clip_skip {clip_skip} is more than this model's text encoder has layers ({layers})")
         conditioning.check_syntax(prompt_syntax)
+        if loras is not None and not isinstance(loras, dict):
+            raise ValueError(f"loras must be a dict {{file or name: weight}}, got {type(loras).__name__}")
+        wanted = [(str(k), *lora.parse_weight(w, f"loras[{str(k)!r}]")) for k, w in (loras or {}).items()]
+        wanted += lora.tags(prompt)[1]
+        found = tuple((lora.name_of(key), self.loras.resolve(key), w_te, w_unet) for key, w_te, w_unet in wanted)
         ids = self.checkpoint.time_ids
         values = micro_conditioning.resolve(ids, height, width, micro)
+        sampler, schedule = samplers.resolve(sampler, schedule)
+        if schedule is None and self.checkpoint.scheduler.timestep_spacing == "trailing":
+            schedule = "trailing"  # the same timesteps, named so in the image's metadata
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
-                       samplers.canonical_name(sampler), seed, num_images, strength, values,
-                       micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax)
+                       sampler.name, schedule, seed, num_images, strength, values,
+                       micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax,
+                       found)
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
@@ -238,7 +260,8 @@ class Pipeline:
         [cond] * B. Text is encoded once per generate(), so the host round trip stays out of the loop."""
         b, guided = req.num_images, req.guidance_scale > 1
         zero_uncond = guided and req.negative_prompt is None and self.checkpoint.force_zeros_for_empty_prompt
-        texts = [req.negative_prompt or "", req.prompt] if guided and not zero_uncond else [req.prompt]
+        prompt = lora.tags(req.prompt)[0]  # without its <lora:...> tags
+        texts = [req.negative_prompt or "", prompt] if guided and not zero_uncond else [prompt]
         enc = conditioning.encode(texts, self.towers, self.backend.numpy, prompt_syntax=req.prompt_syntax,
                                   embeddings=self.embeddings, **_text_layer(self.checkpoint.family, req.clip_skip))
         contexts, pooled = conditioning.common_length(enc.contexts), enc.pooled  # per text (77*n, C), (P,)
@@ -257,6 +280,23 @@ class Pipeline:
         added = {"text_embeds": self.backend.asarray(np.repeat(np.stack(pooled), b, axis=0)),
                  "time_ids": self.backend.asarray(time_ids)}
         return self.backend.asarray(context), added, used
+
+    def _patch(self, loras: tuple[tuple[str, Path, float, float], ...]) -> None:
+        """Patch the text encoders and UNet with `loras` (restoring the base weights first), unless they are
+        patched with exactly these already."""
+        wanted = tuple((path, lora.stamp(path), w_te, w_unet) for _, path, w_te, w_unet in loras)
+        if wanted == self._lora_set:
+            return
+        if self._lora_targets is None:
+            self._lora_targets = lora.Targets.of(self.checkpoint.family, self.checkpoint.weights,
+                                                 self.checkpoint.unet)
+        active = [(self.loras.get(path, self._lora_targets), w_te, w_unet) for path, _, w_te, w_unet in wanted]
+        by_component = lora.patches(active)
+        self._lora_set = ()  # a failure half way leaves an unknown mix: patch afresh next time
+        for name, encoder in zip(self.checkpoint.text_encoder_names, self.text_encoders):
+            encoder.patch(by_component.get(name, {}))
+        self.unet.patch(by_component.get("unet", {}))
+        self._lora_set = wanted
 
     def _guided_model(self, context: Array, added: dict[str, Array] | None, req: Request, total: int,
                       callback: Callback | None, concat: Array | None = None):
@@ -279,15 +319,21 @@ class Pipeline:
 
     def _parameters(self, req: Request, i: int, embeddings: dict[str, str]) -> dict:
         params = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
-                      guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
+                      schedule=req.schedule, guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
                       model=self.checkpoint.name)
         if req.strength is not None:
             params["strength"] = req.strength
         if req.clip_skip > 1:
             params["clip_skip"] = req.clip_skip
+        if req.loras:  # tags for those given as loras=, so that the prompt stored says them all (as A1111's)
+            tagged = {name for name, *_ in lora.tags(req.prompt)[1]}
+            params["prompt"] = req.prompt + "".join(lora.format_tag(name, w_te, w_unet) for name, _, w_te, w_unet
+                                                    in req.loras if name not in tagged)
+            params["Lora hashes"] = ", ".join(f"{re.sub('[:,]', '', name)}: {self.loras.short_hash(path)}"
+                                              for name, path in dict((n, p) for n, p, *_ in req.loras).items())
         if embeddings:  # as A1111 writes them: names without ':' or ','
             params["TI hashes"] = ", ".join(f"{re.sub('[:,]', '', name)}: {h}" for name, h in embeddings.items())
-        return params | req.micro_set
+        return params | hashes.parameters(self.checkpoint) | req.micro_set
 
 
 def _steps_running(steps: int, strength: float) -> int:

@@ -60,6 +60,12 @@ def refiner_single_file(models_dir, refiner_folder):
     return to_single_file(refiner_folder, models_dir / "tiny-sdxl-refiner.safetensors", "sdxl_refiner")
 
 
+@pytest.fixture(autouse=True)
+def _hash_cache(tmp_path_factory, monkeypatch):
+    """Model hashes (sdkit.hashes) are cached in the test run's folder, not in the user's ~/.cache/sdkit."""
+    monkeypatch.setenv("SDKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "sdkit-cache"))
+
+
 @pytest.fixture(scope="session")
 def sd1_inpaint_folder(models_dir):
     return build_folder(models_dir / "tiny-sd1-inpainting", "sd1_inpaint")

@@ -29,24 +29,24 @@ from types import SimpleNamespace
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler, UniPCMultistepScheduler)
+import diffusers
 from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler  # the real one, also without scipy
 
+from sdkit.samplers import ALIASES, SAMPLERS
+from sdkit.samplers.registry import SCHEDULES
 from sdkit.tokenizer import bpe_vocab
 
-# sdkit sampler name -> the diffusers scheduler class (and extra from_config arguments) it must reproduce
-SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
-    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
-    "unipc": (UniPCMultistepScheduler, {}),
-}
+
+def _reference(name: str):
+    s = SAMPLERS[name]
+    return {"LMSDiscreteScheduler": LMSDiscreteScheduler}.get(s.reference) or getattr(diffusers, s.reference)
+
+
+# sdkit sampler name (and alias with its schedule, such as the default dpmpp_2m_karras) -> the diffusers scheduler
+# class (and extra from_config arguments) it must reproduce
+SCHEDULERS = {name: (_reference(name), s.reference_config) for name, s in SAMPLERS.items()}
+SCHEDULERS |= {alias: (_reference(name), {**SAMPLERS[name].reference_config, **SCHEDULES[schedule][1]})
+               for alias, (name, schedule) in ALIASES.items() if schedule}
 
 # the published configs, as sdkit bundles them for single files (copies of the Hub repos' files)
 DATA = Path(__file__).resolve().parents[1] / "sdkit" / "data"

@@ -124,22 +124,24 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
         "sdkit-gen: warning: not applied: ControlNet 0: Module: canny, Model: control_v11p_sd15_canny",
         "sdkit-gen: warning: not applied: dynthres_enabled: True",
         "sdkit-gen: warning: not applied: dynthres_mimic_scale: 7",
-        "sdkit-gen: warning: the prompt's LoRA tags (<lora:...>) are not applied; they are read as text",
         "sdkit-gen: warning: not applied: original_size, aesthetic_score (stored SDXL micro-conditioning this "
-        "model does not take)"]
+        "model does not take)",
+        "sdkit-gen: warning: LoRA 'add_detail' is not in the LoRA folders (--lora-dir, $SDKIT_LORA_DIRS): "
+        "not applied"]
     stored = sdkit.read_parameters(tmp_path / "out.png")
-    assert (stored["seed"], stored["guidance_scale"], stored["sampler"]) == (77, 5.0, "dpmpp_2m_karras")
+    assert (stored["seed"], stored["guidance_scale"], stored["sampler"], stored["schedule"]) == (77, 5.0, "dpmpp_2m",
+                                                                                               "karras")
     assert stored["clip_skip"] == 2  # applied, and written again
     # the hires pass's strength never becomes the image-to-image strength: -i runs at the default strength
-    assert stored["strength"] == sdkit.pipeline.IMG2IMG_STRENGTH
+    assert stored["strength"] == sdkit.pipeline.IMG2IMG_STRENGTH == 0.8  # generate()'s image-to-image default
 
 
 def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
     stored = sdkit.metadata.parse_parameters(
         "a fox\nSteps: 20, Seed: 1, Size: 512x512, Clip skip: 2, VAE: vae-ft-mse-840000, Model hash: 6ce0161689, "
-        "Denoising strength: 0.5")
-    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == ["not applied: VAE: vae-ft-mse-840000"]
-    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"VAE"}) == []
+        "Hypernet: anime, Denoising strength: 0.5")
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS) == ["not applied: Hypernet: anime"]
+    assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Hypernet"}) == []
     old_hires = sdkit.metadata.parse_parameters(
         "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
     assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [
@@ -278,8 +280,10 @@ def test_list_samplers(tmp_path, env):
     r = sdkit_gen("--list-samplers", cwd=tmp_path, env=env, command=(sys.executable, "-m", "sdkit"))
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == list(sdkit.SAMPLERS)
-    assert "dpmpp_2m_karras  DPM++ 2M + Schedule type: Karras  (default)" in r.stdout
+    assert names == [*sdkit.SAMPLERS, "plms", "dpmpp_2m_karras"]
+    assert "dpmpp_2m   DPM++ 2M                   schedules: default, trailing, karras, exponential, beta" in r.stdout
+    assert "euler_a    Euler a        stochastic  schedules: default, trailing\n" in r.stdout
+    assert "dpmpp_2m_karras  = dpmpp_2m --schedule karras  (default)" in r.stdout
 
 
 def test_free_names_and_default_names(tmp_path):

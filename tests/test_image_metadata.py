@@ -17,7 +17,7 @@ A1111 = ("a red fox in the snow, (winter:1.2), 富士山\nNegative prompt: blurr
          'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "add_detail: 7c6bad76eb54", '
          "Version: v1.10.1")
 A1111_KEYWORDS = {"prompt": "a red fox in the snow, (winter:1.2), 富士山", "negative_prompt": "blurry, lowres",
-                  "steps": 20, "sampler": "dpmpp_2m_karras", "guidance_scale": 7.0, "seed": 1234, "width": 512,
+                  "steps": 20, "sampler": "dpmpp_2m", "schedule": "karras", "guidance_scale": 7.0, "seed": 1234, "width": 512,
                   "height": 768, "Model hash": "6ce0161689", "model": "v1-5-pruned-emaonly",
                   "Lora hashes": "add_detail: 7c6bad76eb54", "Version": "v1.10.1"}
 
@@ -127,7 +127,8 @@ def test_novelai_png_reads_as_a1111_converts_it(tmp_path):
         "clip_skip": 2, "ENSD": "31337"}
     karras = png(tmp_path, "k.png", Description="x", Software="NovelAI",
                  Comment=json.dumps({**comment, "noise_schedule": "karras", "sampler": "k_dpmpp_2m"}))
-    assert sdkit.read_parameters(karras)["sampler"] == "dpmpp_2m_karras"  # the schedule A1111 drops
+    p = sdkit.read_parameters(karras)
+    assert (p["sampler"], p["schedule"]) == ("dpmpp_2m", "karras")  # the schedule A1111 drops
 
 
 def test_novelai_webp_keeps_its_chunks_as_json_in_the_user_comment(tmp_path):
@@ -189,7 +190,7 @@ def test_swarmui_png(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "s.png", pnginfo=info)
     assert sdkit.read_parameters(tmp_path / "s.png") == {
         "prompt": "a photo of a cat, <lora:pixel-art-xl:0.8>", "negative_prompt": "", "steps": 20,
-        "sampler": "dpmpp_2m_karras", "guidance_scale": 7.0, "seed": 1,
+        "sampler": "dpmpp_2m", "schedule": "karras", "guidance_scale": 7.0, "seed": 1,
         "model": "OfficialStableDiffusion/sd_xl_base_1.0",
         "width": 1024, "height": 1024, "clip_skip": 2, "Version": "SwarmUI 0.9.3.1",
         "refinercontrolpercentage": "0.2"}
@@ -243,7 +244,7 @@ def test_comfyui_loras_and_clip_skip(tmp_path):
     graph["6"]["inputs"]["clip"] = graph["7"]["inputs"]["clip"] = ["12", 0]
     p = sdkit.read_parameters(comfy_png(tmp_path, graph))
     assert p["prompt"].endswith(", , purple galaxy bottle,, <lora:lcm-lora-sdv1-5:0:1>, <lora:add_detail:1:0.5>")
-    assert (p["sampler"], p["clip_skip"]) == ("dpmpp_2m_karras", 2)
+    assert (p["sampler"], p["schedule"], p["clip_skip"]) == ("dpmpp_2m", "karras", 2)
 
 
 @pytest.mark.parametrize("change,why", [
@@ -284,7 +285,8 @@ def test_invokeai_3(tmp_path):
             "vae": {"model_name": "sd-vae-ft-mse", "base_model": "sd-1"}}
     path = png(tmp_path, invokeai_metadata=json.dumps(meta), invokeai_graph="{}")
     assert sdkit.read_parameters(path) == {
-        "prompt": "landscape", "negative_prompt": "low quality", "steps": 50, "sampler": "dpmpp_2m_karras",
+        "prompt": "landscape", "negative_prompt": "low quality", "steps": 50, "sampler": "dpmpp_2m",
+        "schedule": "karras",
         "guidance_scale": 7.5, "seed": 356120443, "model": "amixx_3Prunedfp16", "width": 768, "height": 432,
         "VAE": "sd-vae-ft-mse", "Version": "InvokeAI 3.3.0post3"}
 

@@ -10,7 +10,7 @@ import sdkit
 from sdkit import metadata
 
 PARAMS = dict(prompt="a lighthouse at dawn, oil painting", negative_prompt="blurry", steps=30,
-              sampler="dpmpp_2m_karras", guidance_scale=7.5, seed=1234, width=512, height=768,
+              sampler="dpmpp_2m", schedule="karras", guidance_scale=7.5, seed=1234, width=512, height=768,
               model="stable-diffusion-v1-5/stable-diffusion-v1-5")
 
 # Written by AUTOMATIC1111 1.10 (hires fix, LoRA and an embedding), as found on Civitai.
@@ -36,10 +36,11 @@ def test_format_writes_a1111_layout():
 
 def test_format_omits_a_none_negative_prompt_and_writes_whole_cfg_as_int():
     text = metadata.format_parameters({**PARAMS, "negative_prompt": None, "guidance_scale": 7.0,
-                                       "sampler": "euler_a", "Hires upscaler": None})
+                                       "sampler": "euler_a", "schedule": None, "Hires upscaler": None})
     prompt, last = text.split("\n")
     assert prompt == PARAMS["prompt"]
-    assert "Sampler: Euler a, CFG scale: 7, " in last and "Schedule type" not in last
+    assert "Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, " in last  # written: A1111 1.9+ reads none as
+    # "Automatic", which is Karras for some samplers
     assert "Hires upscaler" not in last  # A1111 writes no key whose value is None
 
 
@@ -66,17 +67,27 @@ def test_keys_other_features_write_pass_through_as_a1111_writes_them():
     back = metadata.parse_parameters(text)
     assert {k: back[k] for k in extra if k != "Schedule type"} == {
         k: str(v) for k, v in extra.items() if k != "Schedule type"}
-    assert back["sampler"] == "dpmpp_2m_karras"
+    assert (back["sampler"], back["schedule"]) == ("dpmpp_2m", "karras")
 
 
-@pytest.mark.parametrize("sampler,a1111", [("ddim", "DDIM"), ("pndm", "PLMS"), ("euler", "Euler"),
-                                            ("euler_a", "Euler a"), ("heun", "Heun"), ("lms", "LMS"),
-                                            ("dpmpp_2m", "DPM++ 2M"), ("dpmpp_2m_karras", "DPM++ 2M"),
-                                            ("unipc", "UniPC")])
-def test_every_sampler_round_trips(sampler, a1111):
-    text = metadata.format_parameters({**PARAMS, "sampler": sampler})
-    assert f"Sampler: {a1111}," in text
-    assert metadata.parse_parameters(text)["sampler"] == sampler
+A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "lms": "LMS",
+               "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC"}
+A1111_SCHEDULES = {None: "Uniform", "trailing": "SGM Uniform", "karras": "Karras", "exponential": "Exponential",
+                   "beta": "Beta"}
+
+
+@pytest.mark.parametrize("sampler,schedule", [(name, schedule) for name, s in sdkit.samplers.SAMPLERS.items()
+                                              for schedule in s.schedules])
+def test_every_sampler_and_schedule_round_trips(sampler, schedule):
+    text = metadata.format_parameters({**PARAMS, "sampler": sampler, "schedule": schedule})
+    assert f"Sampler: {A1111_NAMES.get(sampler, sampler)}, Schedule type: {A1111_SCHEDULES[schedule]}," in text
+    back = metadata.parse_parameters(text)
+    assert (back["sampler"], back.get("schedule")) == (sampler, schedule)
+
+
+def test_aliases_are_written_as_their_sampler_and_schedule():
+    text = metadata.format_parameters({**PARAMS, "sampler": "plms", "schedule": None})
+    assert "Sampler: PLMS, Schedule type: Uniform," in text
 
 
 def test_round_trip_keeps_every_value_and_type():
@@ -112,7 +123,8 @@ def test_parses_a1111_string_with_quoted_values_and_multiline_prompts():
     assert p["prompt"] == ("masterpiece, best quality, (a red fox:1.2) in the snow, <lora:add_detail:0.5>\n"
                            "BREAK winter forest")
     assert p["negative_prompt"] == "(worst quality:1.4), low quality,\neasynegative"
-    assert (p["steps"], p["sampler"], p["guidance_scale"], p["seed"]) == (25, "dpmpp_2m_karras", 7.0, 3735928559)
+    assert (p["steps"], p["sampler"], p["schedule"], p["guidance_scale"], p["seed"]) == (25, "dpmpp_2m", "karras",
+                                                                                         7.0, 3735928559)
     assert (p["width"], p["height"], p["model"]) == (512, 768, "v1-5-pruned-emaonly")
     assert p["Lora hashes"] == "add_detail: 7c6bad76eb54"
     assert p["TI hashes"] == "easynegative: c74b4e810b03, other: 0123"
@@ -169,20 +181,25 @@ def test_indented_lines_and_windows_line_ends_read_as_a1111_reads_them():
 
 
 @pytest.mark.parametrize("pairs,expected", [
-    ("Sampler: DPM++ 2M Karras", "dpmpp_2m_karras"),  # A1111 before 1.9: schedule inside the name
-    ("Sampler: DPM++ 2M, Schedule type: Karras", "dpmpp_2m_karras"),
-    ("Sampler: DPM++ 2M", "dpmpp_2m"),
-    ("Sampler: DPM++ 2M, Schedule type: Automatic", "dpmpp_2m"),
-    ("Sampler: Euler a", "euler_a"),
-    ("Sampler: PLMS", "pndm"),
-    ("Sampler: UniPC", "unipc"),
+    ("Sampler: DPM++ 2M Karras", ("dpmpp_2m", "karras")),  # A1111 before 1.9: schedule inside the name
+    ("Sampler: DPM++ 2M, Schedule type: Karras", ("dpmpp_2m", "karras")),
+    ("Sampler: DPM++ 2M", ("dpmpp_2m", None)),  # before 1.9: the uniform schedule
+    ("Sampler: DPM++ 2M, Schedule type: Automatic", ("dpmpp_2m", "karras")),  # 1.9+: Karras for DPM++ 2M
+    ("Sampler: Euler, Schedule type: Automatic", ("euler", None)),
+    ("Sampler: Euler, Schedule type: Exponential", ("euler", "exponential")),
+    ("Sampler: LMS Karras", ("lms", "karras")),
+    ("Sampler: Euler a", ("euler_a", None)),
+    ("Sampler: Euler a, Schedule type: SGM Uniform", ("euler_a", "trailing")),
+    ("Sampler: PLMS", ("pndm", None)),
+    ("Sampler: UniPC, Schedule type: Beta", ("unipc", "beta")),
 ])
 def test_sampler_names_from_a1111(pairs, expected):
-    assert metadata.parse_parameters(f"fox\nSteps: 20, {pairs}, Seed: 1")["sampler"] == expected
+    p = metadata.parse_parameters(f"fox\nSteps: 20, {pairs}, Seed: 1")
+    assert (p["sampler"], p.get("schedule")) == expected
 
 
-@pytest.mark.parametrize("pairs", ["Sampler: DPM++ SDE Karras", "Sampler: Euler, Schedule type: Karras",
-                                   "Sampler: DPM++ 2M, Schedule type: Exponential"])
+@pytest.mark.parametrize("pairs", ["Sampler: DPM++ SDE Karras", "Sampler: Euler a, Schedule type: Karras",
+                                   "Sampler: DPM++ 2M, Schedule type: Polyexponential"])
 def test_samplers_sdkit_lacks_stay_under_a1111_keys(pairs):
     p = metadata.parse_parameters(f"fox\nSteps: 20, {pairs}, Seed: 1")
     assert "sampler" not in p
@@ -208,7 +225,7 @@ def test_unreadable_numbers_are_kept_as_found():
 
 
 def test_format_refuses_unknown_sampler():
-    with pytest.raises(ValueError, match="known: ddim"):
+    with pytest.raises(ValueError, match="sampler 'dpmpp_sde' is unknown; use one of: ddim"):
         metadata.format_parameters({**PARAMS, "sampler": "dpmpp_sde"})
 
 

@@ -14,6 +14,7 @@ from fixtures import SCHEDULERS as ORACLES
 
 from sdkit import samplers
 from sdkit.config import SchedulerConfig
+from sdkit.samplers.registry import SCHEDULES
 
 CONFIGS = Path(samplers.__file__).parents[1] / "data" / "schedulers"
 BASES = {name: json.loads((CONFIGS / f"{name}-scheduler_config.json").read_text())
@@ -69,16 +70,18 @@ def float64_alphas_cumprod(c) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def run_diffusers(name, config: dict, steps, strength, x0, noise, seed):
+def run_diffusers(name, config: dict, steps, strength, x0, noise, seed, schedule=None):
     """diffusers' StableDiffusion(Img2Img)Pipeline loop with `unet`; returns latents, timesteps, init sigma."""
     cls, extra = ORACLES[name]
-    scheduler = cls.from_config(config, **extra)
+    scheduler = cls.from_config(config, **extra, **SCHEDULES[schedule][1])
     # diffusers' float32 ᾱ is off by up to ~1e-5, and some paths (PRK warm-up in img2img) amplify that: run its
     # logic on a float64 ᾱ, so that the comparison tests the sampler, not the rounding
     scheduler.alphas_cumprod = float64_alphas_cumprod(scheduler.config)
     if getattr(scheduler, "final_alpha_cumprod", 1) != 1:  # ddim, pndm without set_alpha_to_one
         scheduler.final_alpha_cumprod = scheduler.alphas_cumprod[0]
     scheduler.set_timesteps(steps)
+    if torch.is_tensor(getattr(scheduler, "sigmas", None)):  # same float32 values, float64 arithmetic: at
+        scheduler.sigmas = scheduler.sigmas.double()  # sigma ~ 2e4 (cosine ᾱ) float32 steps lose 1e-5
     timesteps = scheduler.timesteps
     x0, noise = torch.from_numpy(x0), torch.from_numpy(noise)
     if strength < 1:
@@ -98,8 +101,8 @@ def run_diffusers(name, config: dict, steps, strength, x0, noise, seed):
     return x.double().numpy(), seen, float(scheduler.init_noise_sigma)
 
 
-def run_sdkit(name, config: dict, steps, strength, x0, noise, seed):
-    p = samplers.plan(name, SchedulerConfig.from_diffusers(config), steps, strength)
+def run_sdkit(name, config: dict, steps, strength, x0, noise, seed, schedule=None):
+    p = samplers.plan(name, SchedulerConfig.from_diffusers(config), steps, strength, schedule)
     generator = torch.Generator().manual_seed(seed)  # euler_a's per-step noise: the stream diffusers draws
     step_noise = lambda: torch.randn(SHAPE, generator=generator, dtype=torch.float64).numpy()
     seen = []
@@ -120,11 +123,11 @@ def runs(steps_list, modes):
     return [(steps, mode) for steps in steps_list for mode in modes if int(steps * MODES[mode]) > 0]
 
 
-def check_parity(name, config, steps, strength, seed=0):
+def check_parity(name, config, steps, strength, seed=0, schedule=None):
     rng = np.random.default_rng(seed)
     x0, noise = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
-    ours, our_t, our_init = run_sdkit(name, config, steps, strength, x0, noise, seed)
-    theirs, their_t, their_init = run_diffusers(name, config, steps, strength, x0, noise, seed)
+    ours, our_t, our_init = run_sdkit(name, config, steps, strength, x0, noise, seed, schedule)
+    theirs, their_t, their_init = run_diffusers(name, config, steps, strength, x0, noise, seed, schedule)
     assert our_t == their_t
     assert our_init == pytest.approx(their_init, rel=1e-6)
     assert np.isfinite(ours).all()
@@ -139,6 +142,54 @@ def check_parity(name, config, steps, strength, seed=0):
 def test_matches_diffusers(name, base, prediction, steps, mode):
     """SD1.5 (PNDM config, no timestep_spacing), SD2.1-v (DDIM config) and SDXL (Euler config, leading)."""
     check_parity(name, config_dict(base, prediction_type=prediction), steps, MODES[mode])
+
+
+SCHEDULED = [(name, schedule) for name, s in samplers.SAMPLERS.items() for schedule in s.schedules if schedule]
+
+
+@pytest.mark.parametrize("steps,mode", runs([1, 4, 25], ["txt2img", "img2img_0.75"]))
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("name,schedule", SCHEDULED)
+def test_schedules_match_diffusers_options(name, schedule, base, prediction, steps, mode):
+    """generate(schedule=) equals the diffusers option of that name (timestep_spacing="trailing",
+    use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas) on the sampler's scheduler."""
+    check_parity(name, config_dict(base, prediction_type=prediction), steps, MODES[mode], seed=steps,
+                 schedule=schedule)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("name,schedule", [(n, s) for n, s in SCHEDULED if s != "trailing"])
+def test_sigma_schedules_on_other_beta_schedules(name, schedule, beta_schedule):
+    if (name, schedule, beta_schedule) == ("unipc", "karras", "squaredcos_cap_v2"):
+        pytest.skip("diffusers' UniPC fails its own assert on the repeated timesteps (999, 999) of this schedule")
+    check_parity(name, config_dict("silent", beta_schedule=beta_schedule, beta_start=0.0001, beta_end=0.02), 8, 1.0,
+                 schedule=schedule)
+
+
+def test_old_names_are_aliases():
+    """dpmpp_2m_karras = dpmpp_2m + karras (still the default recipe), plms = pndm."""
+    config = SchedulerConfig.from_diffusers(BASES["sd15"])
+    a, b = samplers.plan("dpmpp_2m_karras", config, 9), samplers.plan("dpmpp_2m", config, 9, schedule="karras")
+    assert np.array_equal(a.sigmas, b.sigmas) and np.array_equal(a.timesteps, b.timesteps)
+    assert samplers.resolve("dpmpp_2m_karras") == (samplers.SAMPLERS["dpmpp_2m"], "karras")
+    with pytest.raises(ValueError, match="'dpmpp_2m_karras' means dpmpp_2m with schedule 'karras', not 'beta'"):
+        samplers.plan("dpmpp_2m_karras", config, 9, schedule="beta")
+
+
+def test_schedule_errors_name_the_valid_ones():
+    with pytest.raises(ValueError, match="schedule 'karras' is not available for sampler ddim; use one of: "
+                                         "None, 'trailing'"):
+        samplers.plan("ddim", SchedulerConfig(), 10, schedule="karras")
+    with pytest.raises(ValueError, match="schedule 'polyexponential' is unknown; use one of"):
+        samplers.plan("euler", SchedulerConfig(), 10, schedule="polyexponential")
+
+
+def test_beta_quantiles_equal_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from sdkit.samplers.schedules import beta_ppf
+    q = np.linspace(0, 1, 41)
+    np.testing.assert_allclose([beta_ppf(x, 0.6, 0.6) for x in q], scipy_stats.beta.ppf(q, 0.6, 0.6), atol=1e-14)
 
 
 @pytest.mark.parametrize("steps,mode", runs([1, 3, 25], ["txt2img", "img2img_0.75"]))

@@ -18,6 +18,7 @@ from sdkit.memory import host_available
 
 from .clip import CLIPTextModel
 from .loading import check, load
+from .patching import Patcher
 from .unet import FUSED_HEAD_SIZES, UNet2DConditionModel
 from .vae import AutoencoderKL
 
@@ -100,9 +101,15 @@ class TextEncoder:
     """Token ids -> context. Resident, or (low memory) read for each call and freed after it."""
 
     def __init__(self, build: Callable[[], CLIPTextModel], device: mx.Device, resident: bool):
-        self.build = build
+        self.patcher = Patcher()
+        self.build = lambda: self.patcher.applied(build())
         self.device = device
-        self.model = build() if resident else None
+        self.model = self.build() if resident else None
+
+    def patch(self, patches) -> None:
+        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none."""
+        with mx.stream(self.device):
+            self.patcher.set(self.model, patches)
 
     def __call__(self, ids: np.ndarray, layer: int = -1, final_norm: bool = True,
                  extra: np.ndarray | None = None) -> tuple[mx.array, mx.array | None]:
@@ -133,6 +140,14 @@ class UNet:
         # are captured as the constants they are. On the CPU it runs a C++ compiler at first use for no
         # measurable gain, so the backend compiles on the GPU unless asked (compile=True).
         self.forward = mx.compile(self._forward) if compiled else self._forward
+        self.patcher = Patcher()
+
+    def patch(self, patches) -> None:
+        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none."""
+        with mx.stream(self.device):
+            self.patcher.set(self.model, patches)
+        if self.forward is not self._forward:  # a compiled graph holds the weights it saw as constants
+            self.forward = mx.compile(self._forward)
 
     def __call__(self, x: mx.array, t: float, context: mx.array, added: dict[str, mx.array] | None = None,
                  concat: mx.array | None = None) -> mx.array:

@@ -28,7 +28,7 @@ def load(build: Callable[[], M], weights: Weights, component: str, dtype: mx.Dty
         x = mx.contiguous(to_mlx_layout(x, expected[name]).astype(dtype))
         mx.eval(x)
         converted.append((name, x))
-    return module.load_weights(converted, strict=True)
+    return module.load_weights(converted, strict=True).eval()  # inference; training calls .train()
 
 
 def read(weights: Weights):

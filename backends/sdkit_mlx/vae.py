@@ -25,10 +25,14 @@ class Upsample2D(nn.Module):
         self._kernel = None  # (4 * C_out, 2, 2, C_in), made from conv.weight at the first call
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self._kernel is None:
-            self._kernel = phase_kernels(self.conv.weight)
+        if self.training:  # made from the weight in the traced graph, so gradients reach it; never cached
+            kernel = phase_kernels(self.conv.weight)
+        else:
+            if self._kernel is None:
+                self._kernel = phase_kernels(self.conv.weight)
+            kernel = self._kernel
         B, H, W, _ = x.shape
-        y = mx.conv2d(mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]), self._kernel)  # (B, H+1, W+1, 4 * C_out)
+        y = mx.conv2d(mx.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)]), kernel)  # (B, H+1, W+1, 4 * C_out)
         y = (y + mx.tile(self.conv.bias, 4)).reshape(B, H + 1, W + 1, 2, 2, -1)  # (..., a, b, C_out)
         # phase (a, b) of output pixel (2i + a, 2j + b) sits at y[:, i + a, j + b, a, b]
         rows = [mx.stack([y[:, a:a + H, b:b + W, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]  # (B, H, W, 2, C)

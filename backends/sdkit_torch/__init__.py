@@ -19,6 +19,7 @@ from sdkit.memory import host_available
 from .clip import CLIPTextModel
 from .cuda_graph import CUDAGraphed
 from .loading import load
+from .patching import Patcher
 from .residency import Lazy, Residency
 from .unet import UNet2DConditionModel
 from .vae import AutoencoderKL
@@ -62,7 +63,9 @@ class TorchBackend:
     def text_encoder(self, config: TextEncoderConfig, weights: Weights) -> TextEncoder:
         build = lambda: load(lambda: CLIPTextModel(config), weights, "text encoder", self.torch_device,
                              self.torch_dtype)
-        return TextEncoder(Lazy(build, self._residency(weights)), self.torch_device)
+        patcher = Patcher()
+        return TextEncoder(Lazy(lambda: patcher.applied(build()), self._residency(weights)), self.torch_device,
+                           patcher)
 
     def unet(self, config: UNetConfig, weights: Weights) -> UNet:
         # CUDA's fused SDPA kernels already do the softmax in float32; elsewhere half precision needs the upcast
@@ -106,9 +109,14 @@ class TorchBackend:
 
 
 class TextEncoder:
-    def __init__(self, lazy: Lazy, device: torch.device):
+    def __init__(self, lazy: Lazy, device: torch.device, patcher: Patcher):
         self.lazy = lazy
         self.device = device
+        self.patcher = patcher
+
+    def patch(self, patches) -> None:
+        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none."""
+        self.patcher.set(self.lazy.module, patches)
 
     @property
     def model(self) -> CLIPTextModel:
@@ -128,7 +136,9 @@ class TextEncoder:
 class UNet:
     def __init__(self, build: Callable[[], UNet2DConditionModel], residency: Residency | None, compile: bool):
         self._attention_chunk = 0
-        self.lazy = Lazy(lambda: _set_attention_chunk(build(), self._attention_chunk), residency)
+        self.patcher = Patcher()
+        self.lazy = Lazy(lambda: self.patcher.applied(_set_attention_chunk(build(), self._attention_chunk)),
+                         residency)
         model = self.lazy.module
         self.dtype = model.conv_in.weight.dtype
         if compile:
@@ -141,6 +151,11 @@ class UNet:
     @property
     def model(self) -> UNet2DConditionModel:
         return self.lazy.get()
+
+    def patch(self, patches) -> None:
+        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none.
+        In place, so a CUDA graph or compiled graph reads the patched weights."""
+        self.patcher.set(self.lazy.module, patches)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,

@@ -8,9 +8,9 @@ The C file is compiled with the system's C compiler at first use (about a second
 loaded with ctypes: no build step at install, no Python headers. It is built with OpenMP, and the libgomp it asks
 for by soname is the one torch has already loaded, so the kernel runs on torch's own warm thread pool.
 
-Where there is no compiler or no AVX-512, with SDKIT_CPU_ATTENTION=0, under torch.compile, or for tiny problems,
-`applies()` is False and callers use SDPA. bfloat16 also goes to SDPA on CPUs with AMX, whose tile unit torch's
-kernel uses (2-3x faster than this one on a 16-core Xeon).
+Where there is no compiler or no AVX-512, with SDKIT_CPU_ATTENTION=0, under torch.compile, for tiny problems, or
+when gradients are recorded, `applies()` is False and callers use SDPA. bfloat16 also goes to SDPA on CPUs with
+AMX, whose tile unit torch's kernel uses (2-3x faster than this one on a 16-core Xeon).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from .autograd import needs_grad
 
 SOURCE = Path(__file__).with_name("cpu_attention.c")
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp"]
@@ -92,8 +94,9 @@ def _compile(cc: str, path: Path) -> None:
 def applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether attention(q, k, v) should run: CPU float32 (bfloat16 where the CPU has AVX512_BF16 but no AMX)
     tensors of shape (B, nh, T, hs) with contiguous head dims and at least MIN_SCORES scores per head, outside
-    torch.compile."""
-    if q.device.type != "cpu" or q.dtype not in DTYPES or torch.compiler.is_compiling():
+    torch.compile, with no gradient wanted (the kernel has no backward: its output would be detached)."""
+    if (q.device.type != "cpu" or q.dtype not in DTYPES or torch.compiler.is_compiling()
+            or needs_grad(q, k, v)):
         return False
     hs = q.shape[-1]
     if hs > MAX_HEAD or (q.dtype == torch.bfloat16 and hs % 2) or any(t.stride(-1) != 1 for t in (q, k, v)):

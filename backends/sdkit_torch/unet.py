@@ -13,6 +13,7 @@ from sdkit.config import UNetConfig
 from sdkit.errors import CheckpointError
 
 from . import cpu_attention
+from .autograd import needs_grad
 from .onednn import Linear, linear
 
 
@@ -153,7 +154,9 @@ class GEGLU(nn.Module):
         inner = self.proj.out_features // 2
         w, b = self.proj.weight, self.proj.bias
         gate = linear(x, w[inner:], b[inner:], gelu=True)
-        return linear(x, w[:inner], b[:inner]).mul_(gate)
+        value = linear(x, w[:inner], b[:inner])
+        # autograd needs the value itself for the gate's gradient: no overwriting it then
+        return value * gate if needs_grad(x, w) else value.mul_(gate)
 
 
 class FeedForward(nn.Module):

@@ -9,6 +9,7 @@ from torch import nn
 
 from sdkit.config import VAEConfig
 
+from .autograd import needs_grad
 from .onednn import Linear
 from .unet import Downsample2D, ResnetBlock2D
 
@@ -46,6 +47,8 @@ class Upsample2D(nn.Module):
         self.kernel = None  # (C_in, C_out, 4, 4), made from conv.weight at the first call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if needs_grad(self.conv.weight):  # a kernel made now, so the gradient reaches conv.weight; never cached
+            return F.conv_transpose2d(x, upsampling_kernel(self.conv.weight), self.conv.bias, stride=2, padding=1)
         if self.kernel is None:
             self.kernel = upsampling_kernel(self.conv.weight)
         return F.conv_transpose2d(x, self.kernel, self.conv.bias, stride=2, padding=1)

@@ -1,43 +1,39 @@
 """Samplers: one backend-neutral implementation each, equal to diffusers' schedulers.
 
-    p = plan("dpmpp_2m_karras", checkpoint.scheduler, steps=30)     # float64 tables, once per call
+    p = plan("dpmpp_2m", checkpoint.scheduler, steps=30, schedule="karras")  # float64 tables, once per call
     x = noise * p.init_noise_sigma                                  # or add_noise(p, x0, noise) for img2img
     x = sample(p, model, x, noise)   # model(x_in, t) -> raw UNet output (eps or v) after guidance
 
 Samplers touch x only with + - * / and Python floats, so x may be a torch, mlx or numpy array.
+Which samplers exist, their names and schedules: registry.SAMPLERS.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..config import SchedulerConfig
-from . import ddim, dpmpp, euler, lms, pndm, unipc
 from .prediction import KINDS
+from .registry import ALIASES, ALL_SCHEDULES, NAMES, SAMPLERS, resolve
 from .schedules import Plan
 
-NAMES = ("ddim", "pndm", "euler", "euler_a", "heun", "lms", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
-ALIASES = {"plms": "pndm"}
-
-_SAMPLE = {"ddim": ddim.sample, "pndm": pndm.sample, "euler": euler.euler, "euler_a": euler.euler_ancestral,
-           "heun": euler.heun, "lms": lms.lms, "dpmpp_2m": dpmpp.dpmpp_2m, "dpmpp_2m_karras": dpmpp.dpmpp_2m,
-           "unipc": unipc.unipc}
-
-__all__ = ["NAMES", "Plan", "add_noise", "canonical_name", "plan", "sample"]
+__all__ = ["ALIASES", "ALL_SCHEDULES", "NAMES", "Plan", "SAMPLERS", "add_noise", "canonical_name", "plan",
+           "resolve", "sample"]
 
 
 def canonical_name(name: str) -> str:
     """The canonical sampler name ("plms" -> "pndm"); ValueError listing the valid names otherwise."""
-    name = ALIASES.get(name, name)
-    if name not in NAMES:
-        raise ValueError(f"sampler {name!r} is unknown; use one of: {', '.join(NAMES)} (or plms = pndm)")
-    return name
+    return resolve(name)[0].name
 
 
-def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0) -> Plan:
-    """The tables for `steps` steps of sampler `name` on the model's noise schedule `config`.
+def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, schedule: str | None = None) -> Plan:
+    """The tables for `steps` steps of sampler `name` with `schedule` on the model's noise schedule `config`.
 
+    schedule None keeps the config's timestep spacing; "trailing" overrides it; "karras", "exponential" and
+    "beta" respace the noise levels (samplers that take them: registry.SAMPLERS[name].schedules).
     strength < 1 is image-to-image as diffusers' StableDiffusionImg2ImgPipeline does it: only the last
     int(steps * strength) steps run."""
-    name = canonical_name(name)
+    sampler, schedule = resolve(name, schedule)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps must be an integer in [1, {config.num_train_timesteps}], got {steps!r}")
     if not 0 < strength <= 1:
@@ -49,13 +45,9 @@ def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0) 
     if start >= steps:
         raise ValueError(f"strength {strength} is too low for {steps} steps: int(steps * strength) = 0 steps "
                          f"would run; use strength >= {1 / steps:.3g} or more steps")
-    if name == "ddim":
-        return ddim.plan(config, steps, start)
-    if name == "pndm":
-        return pndm.plan(config, steps, start)
-    if name in ("dpmpp_2m", "dpmpp_2m_karras", "unipc"):
-        return dpmpp.multistep_plan(name, config, steps, start, karras=name == "dpmpp_2m_karras")
-    return euler.plan(name, config, steps, start)
+    if schedule == "trailing":
+        config = dataclasses.replace(config, timestep_spacing="trailing")
+    return sampler.plan(sampler.name, config, steps, start, schedule)
 
 
 def add_noise(plan: Plan, x0, noise):
@@ -69,5 +61,6 @@ def add_noise(plan: Plan, x0, noise):
 
 def sample(plan: Plan, model, x, noise):
     """Run the sampler: plan.num_evaluations calls model(x_in, t: float) -> raw model output (eps or v, as the
-    config's prediction_type says, guidance applied); noise() -> standard-normal array like x (euler_a)."""
-    return _SAMPLE[plan.sampler](plan, model, x, noise)
+    config's prediction_type says, guidance applied); noise() -> standard-normal array like x (stochastic
+    samplers)."""
+    return SAMPLERS[plan.sampler].sample(plan, model, x, noise)

@@ -15,7 +15,7 @@ def final_sigma(config: SchedulerConfig, set_alpha_to_one: bool, ac: np.ndarray)
     return 0.0 if one else float(to_sigma(ac[0]))
 
 
-def plan(config: SchedulerConfig, steps: int, start: int) -> Plan:
+def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: str | None) -> Plan:
     """diffusers' DDIMScheduler: "leading" spacing and ᾱ = 1 after the last step unless the config says otherwise.
     Each step goes from t to t - T // steps, whatever the spacing."""
     ac = alphas_cumprod(config)

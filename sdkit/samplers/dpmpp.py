@@ -10,19 +10,20 @@ import numpy as np
 
 from ..config import SchedulerConfig
 from . import prediction
-from .schedules import Plan, alphas_cumprod, karras_sigmas, sigma_to_t, spaced_timesteps, to_sigma
+from .schedules import SIGMA_SCHEDULES, Plan, alphas_cumprod, sigma_to_t, spaced_timesteps, to_sigma
 
 
-def multistep_plan(name: str, config: SchedulerConfig, steps: int, start: int, karras: bool) -> Plan:
+def multistep_plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: str | None) -> Plan:
     """The schedule of diffusers' multistep solvers (DPM-Solver, UniPC): integer timesteps, "linspace" over
-    steps + 1 points without the last by default; with `karras`, Karras sigmas over the whole training range
-    and their timesteps rounded (whatever the spacing)."""
+    steps + 1 points without the last by default; a sigma `schedule` (karras, ...) spans the whole training
+    range and takes the timesteps of its levels, rounded for karras, truncated otherwise (diffusers' int64 cast)."""
     table = to_sigma(alphas_cumprod(config))
-    if karras:
-        sigmas = karras_sigmas(table[0], table[-1], steps)
+    if schedule in SIGMA_SCHEDULES:
+        sigmas = SIGMA_SCHEDULES[schedule](table[0], table[-1], steps)
         t = sigma_to_t(sigmas, np.log(table))
-        # diffusers rounds them, but for squaredcos_cap_v2 its int64 cast truncates them
-        t = np.floor(t) if config.beta_schedule == "squaredcos_cap_v2" else t.round()
+        # diffusers rounds karras timesteps (DPM-Solver not for squaredcos_cap_v2), its int64 cast truncates others
+        rounded = schedule == "karras" and (name == "unipc" or config.beta_schedule != "squaredcos_cap_v2")
+        t = t.round() if rounded else np.floor(t)
     else:
         spacing = config.timestep_spacing or "linspace"
         t = spaced_timesteps(spacing, steps, config) if spacing == "trailing" else \

@@ -10,16 +10,22 @@ import numpy as np
 
 from ..config import SchedulerConfig
 from .prediction import denoise
-from .schedules import Plan, alphas_cumprod, spaced_timesteps, to_sigma
+from .schedules import SIGMA_SCHEDULES, Plan, alphas_cumprod, sigma_to_t, spaced_timesteps, to_sigma
 
 
-def plan(name: str, config: SchedulerConfig, steps: int, start: int) -> Plan:
+def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: str | None) -> Plan:
     """The discrete schedule of diffusers' Euler/Heun/LMS schedulers: float32 timesteps ("linspace" by
-    default, unrounded), their sigmas interpolated linearly in t, then 0."""
+    default, unrounded), their sigmas interpolated linearly in t, then 0. A sigma `schedule` (karras, ...)
+    respaces the levels between those sigmas' ends and reads their (fractional) timesteps back."""
     spacing = config.timestep_spacing or "linspace"
     t = spaced_timesteps(spacing, steps, config, exact_linspace=True).astype(np.float32).astype(np.float64)
     table = to_sigma(alphas_cumprod(config))
-    sigmas = np.append(np.interp(t, np.arange(len(table)), table), 0.0)
+    sigmas = np.interp(t, np.arange(len(table)), table)
+    if schedule in SIGMA_SCHEDULES:
+        sigmas = SIGMA_SCHEDULES[schedule](sigmas[-1], sigmas[0], steps)
+        t = sigma_to_t(sigmas, np.log(table)).astype(np.float32).astype(np.float64)
+    sigmas = np.append(sigmas, 0.0).astype(np.float32).astype(np.float64)  # diffusers' table is float32: at
+    # sigma ~ 2e4 (cosine ᾱ) its rounding moves the result by 1e-5
     # diffusers scales the initial noise by sqrt(sigma_max^2 + 1) under "leading" spacing
     init = sigmas[0] if spacing in ("linspace", "trailing") else math.sqrt(sigmas[0] ** 2 + 1)
     t = t[start:]

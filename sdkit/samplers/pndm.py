@@ -17,7 +17,7 @@ from .schedules import Plan, alphas_cumprod, spaced_timesteps, to_sigma
 PRK_STEPS = 3  # pseudo Runge-Kutta steps before the multistep ones when skip_prk_steps is false
 
 
-def plan(config: SchedulerConfig, steps: int, start: int) -> Plan:
+def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: str | None) -> Plan:
     """diffusers' PNDMScheduler timesteps and, per evaluation, the [from, to] noise levels its step() uses.
 
     Image-to-image slices the evaluations like diffusers, whose step counter restarts at 0 there: the warm-up

@@ -7,6 +7,7 @@ Spacing and rounding follow diffusers' set_timesteps exactly, so the UNet gets t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,3 +91,54 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     """Karras et al. 2022 (arXiv:2206.00364) eq. 5: n levels evenly spaced in sigma^(1/rho), descending."""
     ramp = np.linspace(0, 1, n)
     return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
+    """n levels evenly spaced in log sigma, descending (k-diffusion's get_sigmas_exponential without the 0)."""
+    return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), n))
+
+
+def beta_sigmas(sigma_min: float, sigma_max: float, n: int, a: float = 0.6, b: float = 0.6) -> np.ndarray:
+    """Lee et al. 2024, "Beta Sampling is All You Need" (arXiv:2407.12173): levels at the quantiles of a
+    Beta(a, b) distribution of 1 - linspace(0, 1, n), so steps crowd at both ends of the schedule."""
+    return np.array([sigma_min + beta_ppf(1 - u, a, b) * (sigma_max - sigma_min) for u in np.linspace(0, 1, n)])
+
+
+SIGMA_SCHEDULES = {"karras": karras_sigmas, "exponential": exponential_sigmas, "beta": beta_sigmas}
+
+
+def beta_ppf(q: float, a: float, b: float) -> float:
+    """The Beta(a, b) quantile function (scipy.stats.beta.ppf), by bisection on the regularised incomplete beta
+    function I_x(a, b): 100 halvings of [0, 1] reach float64 resolution."""
+    if q <= 0 or q >= 1:
+        return float(q > 0)
+    lo, hi = 0.0, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _betainc(a, b, mid) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """I_x(a, b) by its continued fraction (modified Lentz; Numerical Recipes' betacf), with the symmetry
+    I_x(a, b) = 1 - I_{1-x}(b, a) where the fraction converges slowly."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _betainc(b, a, 1 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1) < 1e-16:
+            break
+    return math.exp(log_front) * f / a

@@ -1,0 +1,59 @@
+"""Local runner: one worker per device in this process (a thread each), results handed to the driver in order
+of completion. One device (the default: the fastest one present; on a CPU it uses all cores) runs inline."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterable
+
+from ..errors import Cancelled
+from .rows import Unit
+from .worker import Worker
+
+
+def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], stop: threading.Event, *,
+        devices: Iterable[str | None], backend: str = "auto", dtype: str | None = None) -> None:
+    """Until every unit is done or `stop` is set (then the images being made are cancelled within a step)."""
+    devices = list(devices) or [None]
+    todo = sorted(units, key=lambda u: u.group)  # a group reuses its loaded pipeline
+    if len(devices) == 1:
+        worker = Worker(out, backend, devices[0], dtype)
+        for unit in todo:
+            if stop.is_set():
+                return
+            try:
+                on_result(unit, worker.run(unit, stop))
+            except Cancelled:
+                return
+        return
+
+    work: queue.Queue[Unit] = queue.Queue()
+    for unit in todo:
+        work.put(unit)
+    results: queue.Queue = queue.Queue()
+
+    def loop(device: str | None) -> None:
+        try:
+            worker = Worker(out, backend, device, dtype)
+            while not stop.is_set():
+                try:
+                    unit = work.get_nowait()
+                except queue.Empty:
+                    break
+                results.put((unit, worker.run(unit, stop)))
+        except Cancelled:
+            pass
+        finally:
+            results.put(None)  # this thread is finished
+
+    threads = [threading.Thread(target=loop, args=(d,), daemon=True, name=f"sdkit-batch {d}") for d in devices]
+    for t in threads:
+        t.start()
+    running = len(threads)
+    while running:
+        item = results.get()
+        if item is None:
+            running -= 1
+        else:
+            on_result(*item)
