@@ -133,7 +133,7 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
                                                                                                "karras")
     assert stored["clip_skip"] == 2  # applied, and written again
     # the hires pass's strength never becomes the image-to-image strength: -i runs at the default strength
-    assert stored["strength"] == sdkit.pipeline.IMG2IMG_STRENGTH
+    assert stored["strength"] == sdkit.pipeline.IMG2IMG_STRENGTH == 0.8  # generate()'s image-to-image default
 
 
 def test_unhonoured_is_extended_by_the_keys_a_feature_restores():

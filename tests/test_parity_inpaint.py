@@ -101,3 +101,21 @@ def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_fil
     a, = sdkit.load(sd1_inpaint_folder, backend="torch", device="cpu", dtype="float32").generate(PROMPT, **kw)
     b, = sdkit.load(sd1_inpaint_single_file, backend="torch", device="cpu", dtype="float32").generate(PROMPT, **kw)
     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mlx_equals_torch(sd1_inpaint_folder, monkeypatch):
+    """The MLX backend's inpainting (mask and masked-image latents concatenated inside its UNet) gives torch's
+    latents and picture, only-masked area and composite included."""
+    pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
+    init, mask = init_and_mask()
+    kw = dict(init_image=init, mask_image=mask, width=32, height=32, steps=3, sampler="dpmpp_2m", seed=SEED,
+              num_images=2, inpaint_area="masked", inpaint_padding=4)
+    results = {}
+    for backend in ("torch", "mlx"):
+        pipe = sdkit.load(sd1_inpaint_folder, backend=backend, device="cpu", dtype="float32")
+        seen = capture_latents(monkeypatch)
+        results[backend] = pipe.generate(PROMPT, NEGATIVE, **kw), pipe.backend.numpy(seen[-1])
+    (ours, mine), (theirs, torch_latents) = results["mlx"], results["torch"]
+    assert np.abs(mine - torch_latents).max() / np.abs(torch_latents).max() < 1e-4
+    assert ours[0].size == init.size
+    assert_close(ours, theirs)
