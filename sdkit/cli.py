@@ -34,7 +34,8 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
-HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
+HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
+            "schedule", "seed",
             "strength",
             "model", "clip_skip", "TI hashes", *micro_conditioning.ARGUMENTS}
 # Stored keys that change nothing in the picture.
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--guidance", dest="guidance_scale", type=_guidance, metavar="GUIDANCE",
                    help=f"classifier-free guidance scale (default: the model's recommendation; "
                         f"{ORDINARY.guidance_scale} for ordinary models)")
+    p.add_argument("--guidance-rescale", type=_unit, metavar="PHI",
+                   help="CFG rescale in [0, 1] (default 0; 0.7 for v-prediction models on zero-terminal-SNR "
+                        "schedules)")
     p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
     p.add_argument("--sampler", choices=[*sdkit.SAMPLERS, *ALIASES], metavar="NAME",
                    help=f"see --list-samplers (default: the model's recommendation; {ORDINARY.sampler} "
@@ -145,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
-              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
+              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
+                        "seed",
                         "clip_skip")}
     if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
         kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
@@ -410,6 +415,13 @@ def _guidance(text: str) -> float:
     value = _float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _unit(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 

@@ -38,6 +38,7 @@ _KEYS = {
     "Denoising strength": ("strength", float),
     "Model": ("model", str),
     "Clip skip": ("clip_skip", int),
+    "CFG rescale": ("guidance_rescale", float),  # sdkit's key (A1111 has no CFG rescale of its own)
 }
 # SDXL micro-conditioning, which A1111, Forge and ComfyUI do not write: sdkit's own keys, sizes as "WxH" like Size,
 # the crop as "LEFTxTOP" (x, y), each written only when it differs from its default.
@@ -87,6 +88,8 @@ def format_parameters(params: dict) -> str:
             pairs[key] = params[_KEYS[key][0]]
     if (params.get("clip_skip") or 1) > 1:  # A1111 writes it only when not the default
         pairs["Clip skip"] = params["clip_skip"]
+    if params.get("guidance_rescale"):
+        pairs["CFG rescale"] = params["guidance_rescale"]
     pairs |= {k: v for k, v in params.items()
               if k not in _OURS and k not in pairs and k != "Version" and v is not None}  # A1111 skips None
     pairs["Version"] = f"sdkit {__version__}"
