@@ -42,8 +42,8 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
-HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
-            "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
+HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
+            "schedule", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
             *micro_conditioning.ARGUMENTS, *INPAINT_KEYS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--guidance", dest="guidance_scale", type=_guidance, metavar="GUIDANCE",
                    help=f"classifier-free guidance scale (default: the model's recommendation; "
                         f"{ORDINARY.guidance_scale} for ordinary models)")
+    p.add_argument("--guidance-rescale", type=_unit, metavar="PHI",
+                   help="CFG rescale in [0, 1] (default 0; 0.7 for v-prediction models on zero-terminal-SNR "
+                        "schedules)")
     p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
     p.add_argument("--sampler", choices=[*sdkit.SAMPLERS, *ALIASES], metavar="NAME",
                    help=f"see --list-samplers (default: the model's recommendation; {ORDINARY.sampler} "
@@ -175,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
-              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
+              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
+                        "seed",
                         "clip_skip")}
     if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
         kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
@@ -575,6 +579,13 @@ def _sides(text: str) -> tuple[int, int, int, int]:
     if not any(sides):
         raise argparse.ArgumentTypeError("all four sides are 0; give the pixels to add, e.g. 0,0,256,0")
     return sides
+
+
+def _unit(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def _strength(text: str) -> float:
