@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fixtures import FAMILIES, perturb, relayout, vae_to_ldm
+from fixtures import perturb, relayout, vae_to_ldm
 from safetensors.torch import load_file, save_file
 from test_checkpoint import assert_one_line_error, assert_same_weights
 from test_cli import FAST, gen  # noqa: F401 (a fixture)
