@@ -4,8 +4,9 @@
     sdkit-gen "the same scene in winter" -m model.safetensors -i photo.png --strength 0.6
     sdkit-gen --from lighthouse-1.png -s 7        # an image's stored parameters (sdkit's, A1111's, ...), a new seed
 
---from restores the VAE an image names (A1111 writes its file name): a path or Hub repo id as stored, else a
-.safetensors file of that name (or stem) next to the model or in a folder of $SDKIT_VAE_DIRS; --vae overrides it.
+--from restores the VAE an image names (A1111 writes its file name): a path as stored, else a
+.safetensors file of that name (or stem) next to the model or in a folder of $SDKIT_VAE_DIRS, else a Hub repo id
+as stored; --vae overrides it.
 
 Exit status: 0 done, 1 runtime error (download, backend, disk), 2 usage error, 130 interrupted (Ctrl-C).
 """
@@ -395,25 +396,27 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
 
 
 def stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
-    """(the VAE to load, notes) for the VAE an image names: a path or Hub repo id as is, else a .safetensors file
-    of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
-    note) when it is not found: the model's own VAE is used."""
+    """(the VAE to load, notes) for the VAE an image names: a path as is; else a .safetensors file of that name or
+    stem (a folder-qualified name, as SwarmUI writes, by its last part) next to the model or in $SDKIT_VAE_DIRS;
+    else a Hub repo id as is. Checked against a stored VAE hash; (None, a note) when it is not found: the model's
+    own VAE is used."""
     name, stored_hash = stored["VAE"], stored.get("VAE hash")
-    hub_id = hub.REPO_ID.fullmatch(name) and not name.endswith((*PICKLES, ".safetensors"))
-    if Path(name).expanduser().exists() or hub_id:
-        found = Path(name).expanduser()
-    else:
+    found = Path(name).expanduser() if Path(name).expanduser().exists() else None
+    if found is None:
         near = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None
-        wanted = [n for n in dict.fromkeys([name, Path(name).stem + ".safetensors"]) if not n.endswith(PICKLES)]
-        places = [d / n for d in [*filter(None, [near]), *folders(None, VAE_DIRS, VAE_DIRS)] for n in wanted]
+        names = [n for base in dict.fromkeys([name, Path(name).name])
+                 for n in dict.fromkeys([base, Path(base).stem + ".safetensors"]) if not n.endswith(PICKLES)]
+        places = [d / n for d in [*filter(None, [near]), *folders(None, VAE_DIRS, VAE_DIRS)] for n in names]
         found = next((p for p in places if p.exists()), None)
-        if found is None:
-            return None, [f"VAE {name!r} is not next to the model nor in ${VAE_DIRS}: the model's own VAE is used "
-                          "(pass --vae FILE)"]
+    if found is None:
+        if hub.REPO_ID.fullmatch(name) and not name.endswith((*PICKLES, ".safetensors")):
+            return name, []
+        return None, [f"VAE {name!r} is not next to the model nor in ${VAE_DIRS}: the model's own VAE is used "
+                      "(pass --vae FILE)"]
     if stored_hash and found.is_file() and hashes.autov2(found) != stored_hash:
         return str(found), [f"VAE {name!r}: {found} has hash {hashes.autov2(found)}, the image was made with "
                             f"{stored_hash}"]
-    return str(found) if found.exists() else name, []
+    return str(found), []
 
 
 def _other_model(stored: dict, model: str) -> list[str]:

@@ -90,7 +90,6 @@ class ModelChoice:
     backend: str = "auto"
     device: str | None = None
     dtype: str | None = None
-
     vae: str | None = None  # a VAE file, folder or Hub id replacing the model's (sdkit.load's vae=)
 
     @property
@@ -138,10 +137,8 @@ class Session:
 
 
 def vae_files() -> list[str]:
-    """The .safetensors files in the folders of $SDKIT_VAE_DIRS (the VAE picker's list); folders that are not
-    there are skipped (sdkit-gen names them)."""
-    dirs = [Path(d).expanduser() for d in os.environ.get(VAE_DIRS, "").split(os.pathsep) if d]
-    return [str(f) for d in dirs if d.is_dir() for f in sorted(d.glob("*.safetensors")) if not f.name.startswith(".")]
+    """The .safetensors files in the folders of $SDKIT_VAE_DIRS: the VAE picker's list."""
+    return list(network_files(VAE_DIRS).values())
 
 
 def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
@@ -166,8 +163,9 @@ def snap8(value: int) -> int:
 
 
 def network_files(env: str) -> dict[str, str]:
-    """stem -> path of the .safetensors files in the folders of `env` ($SDKIT_LORA_DIRS, $SDKIT_EMBEDDING_DIRS):
-    the names a prompt uses them by, first folder first, as sdkit finds them (pickles are never used)."""
+    """stem -> path of the .safetensors files in the folders of `env` ($SDKIT_LORA_DIRS, $SDKIT_EMBEDDING_DIRS,
+    $SDKIT_VAE_DIRS): the names a prompt uses them by, first folder first, as sdkit finds them (pickles are never
+    used; folders that are not there are skipped: sdkit-gen names them)."""
     found: dict[str, str] = {}
     for d in (Path(d).expanduser() for d in os.environ.get(env, "").split(os.pathsep) if d):
         if d.is_dir():
