@@ -76,8 +76,9 @@ def test_rows_from_txt_csv_jsonl_with_defaults_and_repeat(tmp_path):
     assert [line for _, line, _ in csv] == [2, 3]  # the header is line 1
     assert csv[0][2] == {"steps": 2, "prompt": "a cat", "seed": 5}  # an empty cell: the default
     assert csv[1][2] == {"steps": 4, "prompt": "a dog, running", "init_image": str(tmp_path / "x.png")}
-    jsonl = rows.read(tmp_path / "p.jsonl")
-    assert jsonl[0][2]["guidance_scale"] == 6.0 and jsonl[1][2]["original_size"] == (32, 48)
+    jsonl = rows.read(tmp_path / "p.jsonl", {"target_size": "48x32"})  # WxH, as the metadata writes it
+    assert jsonl[0][2]["guidance_scale"] == 6.0 and jsonl[1][2]["original_size"] == (32, 48)  # generate()'s (h, w)
+    assert jsonl[1][2]["target_size"] == (32, 48)
     assert [line for _, line, _ in jsonl] == [1, 3]
 
     units = rows.units(csv, repeat=3, salt=7)

@@ -1,0 +1,5 @@
+"""python -m sdkit.batch: the same as sdkit-batch."""
+
+from .cli import main
+
+raise SystemExit(main())
