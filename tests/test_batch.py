@@ -265,3 +265,37 @@ def test_rows_grouped_by_model_and_size(tmp_path, sd1_folder):
     order = [(e["parameters"]["model"], e["parameters"]["width"]) for e in manifest(tmp_path / "out")]
     assert order == sorted(order, key=lambda g: (str(g[0]), g[1]))  # contiguous groups
     assert [e["row"] for e in manifest(tmp_path / "out")] == [1, 5, 3, 4, 2]
+
+
+def test_ray_scheduler_keeps_each_worker_on_its_group():
+    """cluster._schedule with a stand-in for Ray: a worker keeps to its group, or takes one no other is on."""
+    from sdkit.batch import cluster
+
+    class Ref:
+        def __init__(self, actor, unit):
+            self.actor, self.unit = actor, unit
+
+    class Actor:
+        def __init__(self, name):
+            self.name, self.groups = name, []
+            self.run = self  # actor.run.remote(unit)
+
+        def remote(self, unit):
+            self.groups.append(unit.group)
+            return Ref(self, unit)
+
+    class FakeRay:  # completes the oldest submission first
+        def wait(self, refs, num_returns, timeout):
+            return refs[:1], refs[1:]
+
+        def get(self, ref):
+            return {"file": "x", "worker": ref.actor.name}
+
+    table = [(f"rows[{i}]", i + 1, {"prompt": "a", "model": m, "width": 32}) for i, m in enumerate("ABABABAB")]
+    units = sorted(rows.units(table, salt=0), key=lambda u: u.group)
+    actors = [Actor("0"), Actor("1")]
+    done = []
+    cluster._schedule(FakeRay(), actors, units, lambda unit, result: done.append(unit.row), threading.Event())
+    assert sorted(done) == list(range(1, 9))
+    # each model loaded once: one worker makes the A rows, the other the B rows
+    assert [{g[0] for g in actor.groups} for actor in actors] == [{"A"}, {"B"}]

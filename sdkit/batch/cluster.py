@@ -1,7 +1,7 @@
 """Ray runner: one actor per GPU (or per node, or per N CPUs) holding a loaded pipeline.
 
-Units are handed out grouped by model and size, each actor preferring the group it ran last, so pipelines and
-compiled graphs are reused; two units per actor are in flight so none idles between images. An actor that
+Units are handed out grouped by model and size: each actor keeps to the group it ran last, else takes one no
+other actor is on, so pipelines and compiled graphs are reused and each model is loaded by few actors; two units per actor are in flight so none idles between images. An actor that
 dies (its process killed, its node lost) is restarted by Ray, on another node if its own is gone, and the
 units it held are run again (max_restarts, max_task_retries); a unit that kills its worker every time is
 recorded as failed.
@@ -91,7 +91,11 @@ def _schedule(ray, actors: list, todo: list[Unit], on_result, stop: threading.Ev
     last = [None] * len(actors)  # the group each actor ran last
 
     def submit(i: int) -> None:
-        unit = next((u for u in todo if u.group == last[i]), todo[0])
+        # the group it ran last, else one no other worker is on (each model loaded by as few workers as
+        # possible), else the next
+        others = {g for j, g in enumerate(last) if j != i}
+        unit = next((u for u in todo if u.group == last[i]), None) or \
+            next((u for u in todo if u.group not in others), todo[0])
         todo.remove(unit)
         last[i] = unit.group
         flying[actors[i].run.remote(unit)] = (i, unit)
