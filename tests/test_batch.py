@@ -21,6 +21,7 @@ from PIL import Image
 import sdkit
 from sdkit.batch import RowsError, rows
 from sdkit.batch.cli import main as batch_cli
+from sdkit.batch.dispenser import Dispenser
 from sdkit.batch.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,7 +269,8 @@ def test_rows_grouped_by_model_and_size(tmp_path, sd1_folder):
 
 
 def test_ray_scheduler_keeps_each_worker_on_its_group():
-    """cluster._schedule with a stand-in for Ray: a worker keeps to its group, or takes one no other is on."""
+    """cluster._schedule and its Dispenser with a stand-in for Ray: a worker keeps to its group, or takes one
+    no other worker is on."""
     from sdkit.batch import cluster
 
     class Ref:
@@ -292,10 +294,10 @@ def test_ray_scheduler_keeps_each_worker_on_its_group():
             return {"file": "x", "worker": ref.actor.name}
 
     table = [(f"rows[{i}]", i + 1, {"prompt": "a", "model": m, "width": 32}) for i, m in enumerate("ABABABAB")]
-    units = sorted(rows.units(table, salt=0), key=lambda u: u.group)
     actors = [Actor("0"), Actor("1")]
     done = []
-    cluster._schedule(FakeRay(), actors, units, lambda unit, result: done.append(unit.row), threading.Event())
+    cluster._schedule(FakeRay(), actors, Dispenser(rows.units(table, salt=0), 2),
+                      lambda unit, result: done.append(unit.row), threading.Event())
     assert sorted(done) == list(range(1, 9))
     # each model loaded once: one worker makes the A rows, the other the B rows
     assert [{g[0] for g in actor.groups} for actor in actors] == [{"A"}, {"B"}]
