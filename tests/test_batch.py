@@ -21,6 +21,7 @@ from PIL import Image
 import sdkit
 from sdkit.batch import RowsError, rows
 from sdkit.batch.cli import main as batch_cli
+from sdkit.batch.dispenser import Dispenser
 from sdkit.batch.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +77,9 @@ def test_rows_from_txt_csv_jsonl_with_defaults_and_repeat(tmp_path):
     assert [line for _, line, _ in csv] == [2, 3]  # the header is line 1
     assert csv[0][2] == {"steps": 2, "prompt": "a cat", "seed": 5}  # an empty cell: the default
     assert csv[1][2] == {"steps": 4, "prompt": "a dog, running", "init_image": str(tmp_path / "x.png")}
-    jsonl = rows.read(tmp_path / "p.jsonl")
-    assert jsonl[0][2]["guidance_scale"] == 6.0 and jsonl[1][2]["original_size"] == (32, 48)
+    jsonl = rows.read(tmp_path / "p.jsonl", {"target_size": "48x32"})  # WxH, as the metadata writes it
+    assert jsonl[0][2]["guidance_scale"] == 6.0 and jsonl[1][2]["original_size"] == (32, 48)  # generate()'s (h, w)
+    assert jsonl[1][2]["target_size"] == (32, 48)
     assert [line for _, line, _ in jsonl] == [1, 3]
 
     units = rows.units(csv, repeat=3, salt=7)
@@ -171,7 +173,7 @@ def _wait_for_lines(out: Path, n: int, process=None, thread=None, timeout: float
             return entries
         assert process is None or process.poll() is None, process.stderr.read()
         assert thread is None or thread.is_alive()
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError(f"no {n} manifest lines in {timeout} s")
 
 
@@ -186,7 +188,7 @@ def ray_cluster():
 
 @pytest.mark.parametrize("runner", ["local", "ray"])
 def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_folder, runner, request):
-    (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(6)))
+    (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(8)))
     out = tmp_path / "out"
     args = [str(tmp_path / "p.txt"), "-o", str(out), "-m", str(sd1_folder), "-q", "--backend", "torch",
             *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 6}).items())]
@@ -197,11 +199,11 @@ def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_fol
     first.send_signal(signal.SIGINT)
     assert first.wait(60) == 130, first.stderr.read()
     made = len(manifest(out))
-    assert 2 <= made < 6
+    assert 2 <= made < 8
     second = _run_cli([*args, "--resume"])
     assert second.wait(180) == 0, second.stderr.read()
-    assert f"{6 - made} images made, {made} already done, 0 failed" in second.stderr.read()
-    check_exactly_once(out, 6, pipe)
+    assert f"{8 - made} images made, {made} already done, 0 failed" in second.stderr.read()
+    check_exactly_once(out, 8, pipe)
 
 
 def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder, ray_cluster):
@@ -264,3 +266,38 @@ def test_rows_grouped_by_model_and_size(tmp_path, sd1_folder):
     order = [(e["parameters"]["model"], e["parameters"]["width"]) for e in manifest(tmp_path / "out")]
     assert order == sorted(order, key=lambda g: (str(g[0]), g[1]))  # contiguous groups
     assert [e["row"] for e in manifest(tmp_path / "out")] == [1, 5, 3, 4, 2]
+
+
+def test_ray_scheduler_keeps_each_worker_on_its_group():
+    """cluster._schedule and its Dispenser with a stand-in for Ray: a worker keeps to its group, or takes one
+    no other worker is on."""
+    from sdkit.batch import cluster
+
+    class Ref:
+        def __init__(self, actor, unit):
+            self.actor, self.unit = actor, unit
+
+    class Actor:
+        def __init__(self, name):
+            self.name, self.groups = name, []
+            self.run = self  # actor.run.remote(unit)
+
+        def remote(self, unit):
+            self.groups.append(unit.group)
+            return Ref(self, unit)
+
+    class FakeRay:  # completes the oldest submission first
+        def wait(self, refs, num_returns, timeout):
+            return refs[:1], refs[1:]
+
+        def get(self, ref):
+            return {"file": "x", "worker": ref.actor.name}
+
+    table = [(f"rows[{i}]", i + 1, {"prompt": "a", "model": m, "width": 32}) for i, m in enumerate("ABABABAB")]
+    actors = [Actor("0"), Actor("1")]
+    done = []
+    cluster._schedule(FakeRay(), actors, Dispenser(rows.units(table, salt=0), 2),
+                      lambda unit, result: done.append(unit.row), threading.Event())
+    assert sorted(done) == list(range(1, 9))
+    # each model loaded once: one worker makes the A rows, the other the B rows
+    assert [{g[0] for g in actor.groups} for actor in actors] == [{"A"}, {"B"}]

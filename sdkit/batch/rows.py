@@ -26,7 +26,7 @@ COLUMNS = tuple(k for k in inspect.signature(Pipeline.generate).parameters
                 if k not in ("self", "callback", "latents", "num_images")) + ("model",)
 _INT = {"seed", "steps", "width", "height", "clip_skip"}
 _FLOAT = {"guidance_scale", "strength", "aesthetic_score", "negative_aesthetic_score"}
-_PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")}  # (height, width) etc.
+_PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")}  # (height, width), (top, left)
 _PATH = {"init_image"}  # relative to the input file's folder
 
 
@@ -180,7 +180,7 @@ def _convert(values: dict, base: Path) -> dict:
     return out
 
 
-_KIND = {"int": "an integer", "float": "a number", "pair": "a pair like 1024x1024 or [1024, 1024]", "str": "text"}
+_KIND = {"int": "an integer", "float": "a number", "pair": "a pair like 1024x768 (WxH) or [768, 1024]", "str": "text"}
 
 
 def _kind(key: str) -> str:
@@ -202,8 +202,8 @@ def _typed(key: str, value, base: Path):
         if math.isnan(value):
             raise ValueError
         return value
-    if kind == "pair":
-        parts = value.lower().split("x") if isinstance(value, str) else value
+    if kind == "pair":  # "WxH" ("LEFTxTOP") as sdkit's metadata writes it, or generate()'s [height, width]
+        parts = value.lower().split("x")[::-1] if isinstance(value, str) else value
         if not isinstance(parts, (list, tuple)) or len(parts) != 2:
             raise ValueError
         return tuple(int(p) for p in parts)
