@@ -16,6 +16,7 @@ from sdkit.tokenizer import Tokenizer
 from .download import cached_bytes, human_bytes
 from .session import ModelChoice, Session, Settings, size_presets
 from .widgets.gallery import Gallery, ImageView, to_qimage
+from .widgets.mask_editor import MaskEditor
 from .widgets.model_picker import ModelPicker
 from .widgets.prompt import PromptEdit
 from .widgets.settings_panel import SettingsPanel
@@ -49,6 +50,7 @@ class MainWindow(QMainWindow):
         self.prompt = PromptEdit("Prompt: what the picture shows", count)
         self.negative = PromptEdit("Negative prompt: what to avoid", count)
         self.form = SettingsPanel(tuple(sdkit.SAMPLERS))
+        self.mask_editor = MaskEditor()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
         self.cancel_button = QPushButton("Cancel", enabled=False)
@@ -78,7 +80,8 @@ class MainWindow(QMainWindow):
     def _layout(self) -> None:
         left = QVBoxLayout()
         for title, widget in (("Model", self.picker), ("Prompt", self.prompt), ("Negative prompt", self.negative),
-                              ("Settings", self.form)):
+                              ("Settings", self.form), ("Inpaint (paint what to repaint over the init image)",
+                                                       self.mask_editor)):
             box = QGroupBox(title)
             QVBoxLayout(box).addWidget(widget)
             left.addWidget(box)
@@ -113,6 +116,7 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
+        self.form.init_changed.connect(self.mask_editor.set_image)
         self.generate_button.clicked.connect(self.generate)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.generate)
         self.cancel_button.clicked.connect(self.cancel)
@@ -305,7 +309,8 @@ class MainWindow(QMainWindow):
         """Read the form into the session."""
         s = dataclasses.replace(self.session.settings, prompt=self.prompt.text(),
                                 negative_prompt=self.negative.text())
-        self.session.settings = self.form.settings(s)
+        self.session.settings = self.mask_editor.settings(self.form.settings(s))
+        self.session.mask = self.mask_editor.mask
         self.session.model = self.picker.choice()
 
     def _show_settings(self, s: Settings) -> None:
