@@ -313,7 +313,7 @@ def test_scripted_mode_fails_with_a_message(tmp_path):
     assert run.returncode == 1 and "missing.safetensors" in run.stderr
 
 
-def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_folder, tmp_path):
+def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_folder, tmp_path, monkeypatch):
     """Brush a stroke over the init image, undo / invert / clear, then generate: the picture is inpainted
     (outside the blurred mask the init image's bytes); Extend canvas outpaints."""
     from PySide6.QtTest import QTest
@@ -343,6 +343,9 @@ def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_fold
     generate(qtbot, window)
     out = window.session.results[-1].image
     assert out.size == (64, 64) and "Mask blur: 2" in out.info["parameters"]
+    monkeypatch.setattr(main_window.QFileDialog, "getSaveFileName", lambda *a: (str(tmp_path / "o.png"), "PNG"))
+    window.save_selected()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.mask.png")), drawn)
     far = np.ones((64, 64), bool)
     far[12:53, 4:61] = False  # the stroke (8 px around the line) plus the blur's reach
     assert np.array_equal(np.asarray(out)[far], np.asarray(init)[far])

@@ -44,6 +44,7 @@ class MainWindow(QMainWindow):
         self._loaded: ModelChoice | None = None
         self._downloading: str | None = None  # a Hub repo id while it may be downloading
         self._elapsed = 0.0
+        self._mask = None  # the running generation's inpainting mask
 
         count = Tokenizer.bundled("clip-l").count
         self.picker = ModelPicker()
@@ -157,6 +158,7 @@ class MainWindow(QMainWindow):
         self.form.set_settings(self.session.settings)  # shows the seed this run uses
         self._apply_native_size = False
         self._start(choice)
+        self._mask = kwargs.get("mask_image")
         self.worker.generate(choice, kwargs)
 
     def cancel(self) -> None:
@@ -173,7 +175,10 @@ class MainWindow(QMainWindow):
         params = self.session.results[i].params
         path, _ = QFileDialog.getSaveFileName(self, "Save image", f"sdkit-{params.get('seed', i)}.png", "PNG (*.png)")
         if path:
-            sdkit.save(self.session.results[i].image, path)
+            result = self.session.results[i]
+            sdkit.save(result.image, path)
+            if result.mask is not None:  # where sdkit-gen --from finds it
+                result.mask.save(Path(path).with_name(Path(path).stem + ".mask.png"))
             self.status.setText(f"Saved {path}")
 
     def copy_selected(self) -> None:
@@ -256,7 +261,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, images: list) -> None:
         params = [sdkit.read_parameters(im) for im in images]
         first = len(self.session.results)
-        self.session.add_results(images, params)
+        self.session.add_results(images, params, self._mask)
         for im, p in zip(images, params):
             self.gallery.add(im, f"seed {p.get('seed')} · {p.get('steps')} steps · {p.get('sampler')}")
         self.gallery.setCurrentRow(first)

@@ -99,6 +99,7 @@ class ModelChoice:
 class Result:
     image: Image.Image
     params: dict  # as sdkit.read_parameters returns them
+    mask: Image.Image | None = None  # the inpainting mask it was made with, saved beside it as NAME.mask.png
 
 
 @dataclass
@@ -134,8 +135,8 @@ class Session:
             return self.names[name]
         return name if name and Path(name).expanduser().exists() else None
 
-    def add_results(self, images: list[Image.Image], params: list[dict]) -> None:
-        self.results.extend(Result(im, p) for im, p in zip(images, params))
+    def add_results(self, images: list[Image.Image], params: list[dict], mask: Image.Image | None = None) -> None:
+        self.results.extend(Result(im, p, mask) for im, p in zip(images, params))
 
 
 def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
