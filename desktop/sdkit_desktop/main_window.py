@@ -22,6 +22,7 @@ from sdkit.tokenizer import Tokenizer
 from .download import cached_bytes, human_bytes
 from .session import ModelChoice, Session, Settings, size_presets
 from .widgets.gallery import Gallery, ImageView, to_qimage
+from .widgets.mask_editor import MaskEditor
 from .widgets.model_picker import ModelPicker
 from .widgets.networks import NetworkBrowser
 from .widgets.prompt import PromptEdit
@@ -50,6 +51,7 @@ class MainWindow(QMainWindow):
         self._loaded: ModelChoice | None = None
         self._downloading: str | None = None  # a Hub repo id while it may be downloading
         self._elapsed = 0.0
+        self._mask = None  # the running generation's inpainting mask
 
         clip_l = Tokenizer.bundled("clip-l")  # counts for SD1 and SDXL until a model is loaded
         usage = lambda text: token_usage(text, clip_l)
@@ -58,6 +60,7 @@ class MainWindow(QMainWindow):
         self.negative = PromptEdit("Negative prompt: what to avoid", usage)
         self.networks = NetworkBrowser()
         self.form = SettingsPanel(tuple(sdkit.SAMPLERS))
+        self.mask_editor = MaskEditor()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
         self.cancel_button = QPushButton("Cancel", enabled=False)
@@ -87,7 +90,8 @@ class MainWindow(QMainWindow):
     def _layout(self) -> None:
         left = QVBoxLayout()
         for title, widget in (("Model", self.picker), ("Prompt", self.prompt), ("Negative prompt", self.negative),
-                              ("LoRAs and embeddings", self.networks), ("Settings", self.form)):
+                              ("LoRAs and embeddings", self.networks), ("Settings", self.form),
+                              ("Inpaint (paint what to repaint over the init image)", self.mask_editor)):
             box = QGroupBox(title)
             QVBoxLayout(box).addWidget(widget)
             left.addWidget(box)
@@ -123,6 +127,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
         self.networks.insert.connect(lambda text, negative: (self.negative if negative else self.prompt).insert(text))
+        self.form.init_changed.connect(self.mask_editor.set_image)
         self.generate_button.clicked.connect(self.generate)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.generate)
         self.cancel_button.clicked.connect(self.cancel)
@@ -163,6 +168,7 @@ class MainWindow(QMainWindow):
         self.form.set_settings(self.session.settings)  # shows the seed this run uses
         self._apply_native_size = False
         self._start(choice)
+        self._mask = kwargs.get("mask_image")
         self.worker.generate(choice, kwargs)
 
     def cancel(self) -> None:
@@ -179,7 +185,10 @@ class MainWindow(QMainWindow):
         params = self.session.results[i].params
         path, _ = QFileDialog.getSaveFileName(self, "Save image", f"sdkit-{params.get('seed', i)}.png", "PNG (*.png)")
         if path:
-            sdkit.save(self.session.results[i].image, path)
+            result = self.session.results[i]
+            sdkit.save(result.image, path)
+            if result.mask is not None:  # where sdkit-gen --from finds it
+                result.mask.save(Path(path).with_name(Path(path).stem + ".mask.png"))
             self.status.setText(f"Saved {path}")
 
     def copy_selected(self) -> None:
@@ -302,7 +311,7 @@ class MainWindow(QMainWindow):
     def _on_finished(self, images: list) -> None:
         params = [sdkit.read_parameters(im) for im in images]
         first = len(self.session.results)
-        self.session.add_results(images, params)
+        self.session.add_results(images, params, self._mask)
         for im, p in zip(images, params):
             self.gallery.add(im, f"seed {p.get('seed')} · {p.get('steps')} steps · {p.get('sampler')}")
         self.gallery.setCurrentRow(first)
@@ -357,7 +366,8 @@ class MainWindow(QMainWindow):
         explicit_empty = self.session.settings.negative_prompt == ""
         negative = self.negative.text() or ("" if explicit_empty else None)
         s = dataclasses.replace(self.session.settings, prompt=self.prompt.text(), negative_prompt=negative)
-        self.session.settings = self.form.settings(s)
+        self.session.settings = self.mask_editor.settings(self.form.settings(s))
+        self.session.mask = self.mask_editor.mask
         self.session.model = self.picker.choice()
 
     def _show_settings(self, s: Settings) -> None:

@@ -16,6 +16,8 @@ from PIL import Image
 
 from sdkit.families import FAMILIES
 
+from .mask import Mask
+
 MAX_SEED = 2**32 - 1
 MAX_RECENT = 10
 BACKENDS = ("auto", "torch", "mlx")
@@ -44,6 +46,9 @@ class Settings:
     init_image: str | None = None  # a path: image-to-image when set
     strength: float = 0.8
     clip_skip: int = 1  # A1111's: 1 the text encoder's last layer, 2 the penultimate
+    mask_blur: int = 4  # inpainting (a mask drawn over the init image, or Extend canvas)
+    inpaint_area: str = "whole"
+    inpaint_padding: int = 32
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.generate()."""
@@ -102,6 +107,7 @@ class ModelChoice:
 class Result:
     image: Image.Image
     params: dict  # as sdkit.read_parameters returns them
+    mask: Image.Image | None = None  # the inpainting mask it was made with, saved beside it as NAME.mask.png
 
 
 @dataclass
@@ -111,6 +117,7 @@ class Session:
     recent: list[str] = field(default_factory=list)  # models, most recent first
     names: dict[str, str] = field(default_factory=dict)  # display name (as in image metadata) -> model
     results: list[Result] = field(default_factory=list)
+    mask: Mask | None = None  # drawn over the init image (Inpaint mode); not saved between sessions
 
     def job(self) -> tuple[ModelChoice, dict]:
         """What the next Generate runs: the model, and generate() arguments with this run's seed.
@@ -119,7 +126,11 @@ class Session:
             raise ValueError("no model chosen: open a .safetensors file or a folder, or type a Hub repo id")
         if not self.settings.seed_locked:
             self.settings.seed = secrets.randbelow(MAX_SEED + 1 - self.settings.num_images)
-        return self.model, self.settings.generate_kwargs()
+        kwargs = self.settings.generate_kwargs()
+        if self.mask is not None and self.settings.init_image:
+            s = self.settings
+            kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding)
+        return self.model, kwargs
 
     def remember(self, model: str, name: str) -> None:
         """Put a successfully loaded model at the top of the recent list."""
@@ -132,8 +143,8 @@ class Session:
             return self.names[name]
         return name if name and Path(name).expanduser().exists() else None
 
-    def add_results(self, images: list[Image.Image], params: list[dict]) -> None:
-        self.results.extend(Result(im, p) for im, p in zip(images, params))
+    def add_results(self, images: list[Image.Image], params: list[dict], mask: Image.Image | None = None) -> None:
+        self.results.extend(Result(im, p, mask) for im, p in zip(images, params))
 
 
 def vae_files() -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QRegularExpressionValidator
 from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPushButton, QSlider, QSpinBox, QToolButton, QWidget)
@@ -16,6 +16,8 @@ CUSTOM = "Custom"
 
 
 class SettingsPanel(QWidget):
+    init_changed = Signal(object)  # the init image's path, or None
+
     def __init__(self, samplers: tuple[str, ...], parent: QWidget | None = None):
         super().__init__(parent)
         self.preset = QComboBox()
@@ -109,7 +111,10 @@ class SettingsPanel(QWidget):
         self._match_preset()
 
     def set_init_image(self, path: str | None) -> None:
+        changed = path != self.init_image
         self.init_image = path
+        if changed:
+            self.init_changed.emit(path)
         self.init_label.setText(path or "none (text to image)")
         self.strength.setEnabled(path is not None)
 
