@@ -20,14 +20,18 @@ import numpy as np
 from .. import micro_conditioning
 from ..pipeline import Pipeline
 
-# generate()'s arguments a row may set, plus the model it runs on; callback / latents / num_images are the
-# runner's (one image per unit of work, so each is named and resumed alone).
-COLUMNS = tuple(k for k in inspect.signature(Pipeline.generate).parameters
-                if k not in ("self", "callback", "latents", "num_images")) + ("model",)
-_INT = {"seed", "steps", "width", "height", "clip_skip"}
+# generate()'s arguments a row may set, plus the model it runs on; callback / latents / num_images / hook /
+# output are the runner's (one PIL image per unit of work, so each is named and resumed alone).
+_RUNNER = ("self", "callback", "latents", "num_images", "hook", "output")
+COLUMNS = tuple(k for k in inspect.signature(Pipeline.generate).parameters if k not in _RUNNER) + ("model",)
+# Types by name; a column not named here is text.
+_INT = {"seed", "steps", "width", "height", "clip_skip", "mask_blur", "inpaint_padding"}
 _FLOAT = {"guidance_scale", "strength", "aesthetic_score", "negative_aesthetic_score"}
 _PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")}  # (height, width), (top, left)
-_PATH = {"init_image"}  # relative to the input file's folder
+_BOOL = {"composite"}
+_LORAS = {"loras"}  # {file or name: weight or [text-encoder weight, UNet weight]}; in a CSV cell as JSON
+_PATH = {"init_image", "mask_image"}  # relative to the input file's folder
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 class RowsError(ValueError):
@@ -175,16 +179,36 @@ def _convert(values: dict, base: Path) -> dict:
             continue
         try:
             out[key] = _typed(key, value, base)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} {value!r} is not {_KIND.get(_kind(key), 'text')}") from None
+        except (TypeError, ValueError):  # json.JSONDecodeError included
+            raise ValueError(f"{key} {value!r} is not {_KIND[_kind(key)]}") from None
     return out
 
 
-_KIND = {"int": "an integer", "float": "a number", "pair": "a pair like 1024x768 (WxH) or [768, 1024]", "str": "text"}
+_KIND = {"int": "an integer", "float": "a number", "pair": "a pair like 1024x768 (WxH) or [768, 1024]",
+         "bool": "true or false", "loras": 'an object like {"name": 0.8} or {"name": [0.5, 1.0]}', "str": "text"}
 
 
 def _kind(key: str) -> str:
-    return "int" if key in _INT else "float" if key in _FLOAT else "pair" if key in _PAIR else "str"
+    for kind, names in (("int", _INT), ("float", _FLOAT), ("pair", _PAIR), ("bool", _BOOL), ("loras", _LORAS)):
+        if key in names:
+            return kind
+    return "str"
+
+
+def _loras(value, base: Path) -> dict:
+    """{file or name: weight | [te, unet]}: a file next to the input made absolute, pairs as tuples."""
+    if not isinstance(value, dict):
+        raise TypeError
+    out = {}
+    for name, weight in value.items():
+        if isinstance(weight, (list, tuple)) and len(weight) == 2:
+            weight = tuple(float(w) for w in weight)
+        elif isinstance(weight, (int, float)) and not isinstance(weight, bool):
+            weight = float(weight)
+        else:
+            raise TypeError
+        out[str(base / name) if (base / name).exists() else name] = weight
+    return out
 
 
 def _typed(key: str, value, base: Path):
@@ -202,6 +226,14 @@ def _typed(key: str, value, base: Path):
         if math.isnan(value):
             raise ValueError
         return value
+    if kind == "bool":
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise ValueError
+        return bool(value)
+    if kind == "loras":
+        return _loras(json.loads(value) if isinstance(value, str) else value, base)
     if kind == "pair":  # "WxH" ("LEFTxTOP") as sdkit's metadata writes it, or generate()'s [height, width]
         parts = value.lower().split("x")[::-1] if isinstance(value, str) else value
         if not isinstance(parts, (list, tuple)) or len(parts) != 2:
