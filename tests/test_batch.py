@@ -112,14 +112,14 @@ def test_newer_generate_arguments_typed(tmp_path, monkeypatch):
 def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("prompt,seed,colour\na cat,1,\na dog,x,\n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a cat", "steps": "many"}\n{"seed": 1}\n{"prompt": "ok"}\n'
-                                        '{"prompt": 3\n[1]\n{"prompt": "a", "colour": 1}\n')
+                                        '{"prompt": 3\n[1]\n{"prompt": "a", "colour": 1}\n"a string"\n')
     with pytest.raises(RowsError) as e:
         rows.read(tmp_path / "bad.jsonl", {"stepz": 1})
     message = str(e.value)
-    assert "\n" not in message and message.startswith("6 bad rows")
+    assert "\n" not in message and message.startswith("7 bad rows")
     for expected in ("--param unknown column 'stepz'", "bad.jsonl:1: steps 'many' is not an integer",
                      "bad.jsonl:2: no prompt", "bad.jsonl:4: not JSON", "bad.jsonl:5: a JSON object is needed",
-                     "bad.jsonl:6: unknown column 'colour'"):
+                     "bad.jsonl:6: unknown column 'colour'", "bad.jsonl:7: a JSON object is needed, got str"):
         assert expected in message
     assert "bad.jsonl:3" not in message
 

@@ -38,6 +38,10 @@ class RowsError(ValueError):
     """The input has bad rows; the message lists each as FILE:LINE: what is wrong."""
 
 
+class _Unreadable(str):
+    """What is wrong with a line that did not parse, in place of its values."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """One image to make: a row's arguments with its seed (row `row`, copy `copy` of --repeat)."""
@@ -78,7 +82,7 @@ def read(rows: str | Path | list[dict], defaults: dict | None = None,
         errors.append(f"--param {e}")
         defaults = {}
     for source, line, values in raw:
-        if isinstance(values, str):  # a line that did not parse
+        if isinstance(values, _Unreadable):
             errors.append(f"{source}: {values}")
             continue
         try:
@@ -123,7 +127,7 @@ def parse_param(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def _read_file(path: Path) -> list[tuple[str, int, dict | str]]:
+def _read_file(path: Path) -> list[tuple[str, int, dict | _Unreadable]]:
     """(FILE:LINE, line, values or a parse error) per non-empty line."""
     if path.suffix.lower() not in (".txt", ".csv", ".jsonl"):
         raise RowsError(f"{path}: use a .txt (one prompt per line), .csv or .jsonl file")
@@ -142,10 +146,10 @@ def _read_file(path: Path) -> list[tuple[str, int, dict | str]]:
                 continue
             try:
                 values = json.loads(line)
+                if not isinstance(values, dict):
+                    values = _Unreadable(f"a JSON object is needed, got {type(values).__name__}")
             except json.JSONDecodeError as e:
-                values = f"not JSON ({e.msg} at column {e.colno})"
-            if not isinstance(values, (dict, str)):
-                values = f"a JSON object is needed, got {type(values).__name__}"
+                values = _Unreadable(f"not JSON ({e.msg} at column {e.colno})")
             out.append((f"{name}:{i}", i, values))
     else:
         reader = csv.reader(text.splitlines())
@@ -155,13 +159,14 @@ def _read_file(path: Path) -> list[tuple[str, int, dict | str]]:
         header = [h.strip() for h in header]
         unknown = [h for h in header if h not in COLUMNS]
         if unknown:  # reported once, at the header; the rows are checked without those columns
-            out.append((f"{name}:1", 1, f"unknown column {unknown[0]!r}"))
+            out.append((f"{name}:1", 1, _Unreadable(f"unknown column {unknown[0]!r}")))
         for cells in reader:
             i = reader.line_num
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) > len(header):
-                out.append((f"{name}:{i}", i, f"{len(cells)} cells, the header has {len(header)} columns"))
+                out.append((f"{name}:{i}", i, _Unreadable(f"{len(cells)} cells, the header has {len(header)} "
+                                                          "columns")))
                 continue
             # an empty cell is no value: the default applies
             out.append((f"{name}:{i}", i, {h: c for h, c in zip(header, cells) if c.strip() and h not in unknown}))
