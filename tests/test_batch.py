@@ -91,17 +91,35 @@ def test_rows_from_txt_csv_jsonl_with_defaults_and_repeat(tmp_path):
     assert rows.parse_param("sampler=euler") == ("sampler", "euler")
 
 
+def test_newer_generate_arguments_typed(tmp_path, monkeypatch):
+    """LoRAs, masks and inpainting options (generate() arguments of the adapters and inpainting work) from CSV
+    text and JSON values; files next to the input made absolute."""
+    monkeypatch.setattr(rows, "COLUMNS", (*rows.COLUMNS, "loras", "mask_image", "mask_blur", "composite"))
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    (tmp_path / "p.csv").write_text('prompt,loras,mask_image,mask_blur,composite\n'
+                                    'a,"{""style.safetensors"": 0.8, ""ink"": [0.5, 1]}",m.png,0,false\n'
+                                    'b,{},,x,maybe\n')
+    with pytest.raises(RowsError) as e:
+        rows.read(tmp_path / "p.csv")
+    assert "p.csv:3: mask_blur 'x' is not an integer" in str(e.value)
+    (tmp_path / "p.csv").write_text("\n".join(tmp_path.joinpath("p.csv").read_text().splitlines()[:2]))
+    (_, _, params), = rows.read(tmp_path / "p.csv")
+    assert params == {"prompt": "a", "loras": {str(tmp_path / "style.safetensors"): 0.8, "ink": (0.5, 1.0)},
+                      "mask_image": str(tmp_path / "m.png"), "mask_blur": 0, "composite": False}
+    assert rows.read([{"prompt": "a", "loras": {"ink": 1}, "composite": True}])[0][2]["loras"] == {"ink": 1.0}
+
+
 def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("prompt,seed,colour\na cat,1,\na dog,x,\n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a cat", "steps": "many"}\n{"seed": 1}\n{"prompt": "ok"}\n'
-                                        '{"prompt": 3\n[1]\n{"prompt": "a", "colour": 1}\n')
+                                        '{"prompt": 3\n[1]\n{"prompt": "a", "colour": 1}\n"a string"\n')
     with pytest.raises(RowsError) as e:
         rows.read(tmp_path / "bad.jsonl", {"stepz": 1})
     message = str(e.value)
-    assert "\n" not in message and message.startswith("6 bad rows")
+    assert "\n" not in message and message.startswith("7 bad rows")
     for expected in ("--param unknown column 'stepz'", "bad.jsonl:1: steps 'many' is not an integer",
                      "bad.jsonl:2: no prompt", "bad.jsonl:4: not JSON", "bad.jsonl:5: a JSON object is needed",
-                     "bad.jsonl:6: unknown column 'colour'"):
+                     "bad.jsonl:6: unknown column 'colour'", "bad.jsonl:7: a JSON object is needed, got str"):
         assert expected in message
     assert "bad.jsonl:3" not in message
 
