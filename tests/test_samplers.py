@@ -178,9 +178,9 @@ ZERO_SNR = [name for name, s in samplers.SAMPLERS.items() if "rescale_betas_zero
 
 
 @pytest.mark.parametrize("steps,mode", runs([1, 4, 25], ["txt2img", "img2img_0.75"]))
-@pytest.mark.parametrize("schedule", [None, "trailing"])  # karras: diffusers fails on its repeated t = 999
-@pytest.mark.parametrize("name", ZERO_SNR)
-def test_zero_terminal_snr(name, schedule, steps, mode):
+@pytest.mark.parametrize("name,schedule", [(name, schedule) for name in ZERO_SNR for schedule in (None, "trailing")
+                                           if schedule in samplers.SAMPLERS[name].schedules])  # not karras:
+def test_zero_terminal_snr(name, schedule, steps, mode):  # diffusers fails on its repeated t = 999 there
     """rescale_betas_zero_snr (v-prediction fine-tunes, NoobAI-XL): ᾱ ends at 0; trailing timesteps reach it."""
     config = config_dict("sdxl-base", prediction_type="v_prediction", rescale_betas_zero_snr=True)
     check_parity(name, config, steps, MODES[mode], seed=steps, schedule=schedule)
