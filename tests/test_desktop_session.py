@@ -122,3 +122,11 @@ def test_download_progress_counts_partial_files(tmp_path, monkeypatch):
     (blobs / "b.incomplete").write_bytes(b"x" * 500)
     assert download.cached_bytes("org/model") == 1500
     assert [download.human_bytes(n) for n in (5, 1500, 2_300_000_000)] == ["5 B", "1.5 KB", "2.3 GB"]
+
+
+def test_a_stored_sampler_and_schedule_become_the_alias_that_means_them():
+    s = Settings(sampler="ddim").with_parameters({"prompt": "x", "sampler": "dpmpp_2m", "schedule": "karras"},
+                                                 SAMPLERS)
+    assert s.sampler == "dpmpp_2m_karras"
+    s = Settings(sampler="ddim").with_parameters({"prompt": "x", "sampler": "euler", "schedule": "beta"}, SAMPLERS)
+    assert s.sampler == "ddim"

@@ -23,6 +23,8 @@ from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+# the form's sampler names: sdkit's, and the aliases that carry a schedule (the default dpmpp_2m_karras among them)
+SAMPLERS = (*sdkit.SAMPLERS, *sdkit.samplers.ALIASES)
 
 
 class MainWindow(QMainWindow):
@@ -48,7 +50,7 @@ class MainWindow(QMainWindow):
         self.picker = ModelPicker()
         self.prompt = PromptEdit("Prompt: what the picture shows", count)
         self.negative = PromptEdit("Negative prompt: what to avoid", count)
-        self.form = SettingsPanel(tuple(sdkit.SAMPLERS))
+        self.form = SettingsPanel(SAMPLERS)
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
         self.cancel_button = QPushButton("Cancel", enabled=False)
@@ -184,7 +186,7 @@ class MainWindow(QMainWindow):
     def restore_parameters(self, params: dict, source: str) -> None:
         """Put an image's recorded settings into every field (the model too, when it is one used before)."""
         self._sync_session()
-        self.session.settings = self.session.settings.with_parameters(params, tuple(sdkit.SAMPLERS))
+        self.session.settings = self.session.settings.with_parameters(params, SAMPLERS)
         self._show_settings(self.session.settings)
         name = params.get("model")
         model = self.session.model_named(name)
