@@ -59,6 +59,7 @@ SAMPLERS = {s.name: s for s in [
             a1111_automatic="exponential"),
     Sampler("ddpm", "DDPM", ddpm.plan, ddpm.ddpm, "DDPMScheduler", stochastic=True),
     Sampler("lcm", "LCM", lcm.plan, lcm.lcm, "LCMScheduler", schedules=(None,), stochastic=True),
+    Sampler("tcd", "TCD", lcm.tcd_plan, lcm.tcd, "TCDScheduler", schedules=(None,), stochastic=True),
 ]}
 NAMES = tuple(SAMPLERS)
 # Other names generate() takes: name -> (sampler, schedule it implies)
