@@ -35,7 +35,7 @@ from sdkit.families import ORDINARY
 from sdkit.images import open_image
 from sdkit.metadata import A1111_SCHEDULES, HIRES_KEYS
 from sdkit.pipeline import IMG2IMG_STRENGTH
-from sdkit.samplers import ALIASES, SAMPLERS
+from sdkit.samplers import ALIASES, SAMPLERS, resolve
 from sdkit.prompt import unsupported as unsupported_syntax
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -186,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
     kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if "sampler" in kwargs:
+        resolve(kwargs["sampler"], kwargs.get("schedule"))  # a schedule the sampler lacks: refused before the load
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
     seeds = [kwargs["seed"] + i for i in range(args.num_images)]
     init = open_image(args.init_image) if args.init_image else None

@@ -92,7 +92,8 @@ class Pipeline:
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
                  height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
                  guidance_rescale: float = 0.0,
-                 sampler: str | None = None, schedule: str | None = None, seed: int | None = None, num_images: int = 1,
+                 sampler: str | None = None, schedule: str | None = None, eta: float | None = None,
+                 seed: int | None = None, num_images: int = 1,
                  init_image: Image.Image | str | Path | None = None, strength: float | None = None,
                  latents: np.ndarray | None = None, callback: Callback | None = None,
                  original_size: tuple[int, int] | None = None, crops_coords_top_left: tuple[int, int] | None = None,
@@ -112,6 +113,7 @@ class Pipeline:
         schedule: None (the checkpoint's own timestep spacing), "trailing", "karras", "exponential" or "beta";
         which ones a sampler takes: sdkit.samplers.SAMPLERS[name].schedules. A zero-terminal-SNR model
         (rescale_betas_zero_snr, a `ztsnr` marker) samples on its own schedule automatically.
+        eta: the tcd sampler's stochasticity (gamma in its paper) in [0, 1]; None: 0.3, its default.
         guidance_rescale: CFG rescale in [0, 1] (diffusers' rescale_noise_cfg; 0.7 for v-prediction fine-tunes
         on zero-terminal-SNR schedules, as their cards say).
         original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
@@ -156,7 +158,7 @@ class Pipeline:
                                       "needs the sampler's per-step hook, not yet in this sdkit; use an "
                                       "inpainting checkpoint")
         mem = self._fit(req, encode=init is not None)
-        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule)
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule, eta)
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 

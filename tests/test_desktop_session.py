@@ -157,3 +157,11 @@ def test_lora_embedding_and_vae_files_of_the_configured_folders(tmp_path, monkey
     assert (lora_tag("detail", 1.0), lora_tag("detail", -0.5)) == ("<lora:detail:1>", "<lora:detail:-0.5>")
     assert (embedding_text("EasyNegative", 1.0), embedding_text("EasyNegative", 1.2)) == (
         "EasyNegative", "(EasyNegative:1.2)")
+
+
+def test_a_stored_sampler_and_schedule_become_the_alias_that_means_them():
+    s = Settings(sampler="ddim").with_parameters({"prompt": "x", "sampler": "dpmpp_2m", "schedule": "karras"},
+                                                 SAMPLERS)
+    assert s.sampler == "dpmpp_2m_karras"
+    s = Settings(sampler="ddim").with_parameters({"prompt": "x", "sampler": "euler", "schedule": "beta"}, SAMPLERS)
+    assert s.sampler == "ddim"

@@ -14,7 +14,7 @@ from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgP
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as img2img_module
 from fixtures import diffusers_pipeline, img2img_like_sdkit, step_noise_like_sdkit
 from PIL import Image
-from test_parity_torch import NEGATIVE, PROMPT, SCHEDULERS, SEED, assert_close, draw, seeded_noise, use_scheduler
+from test_parity_torch import ETA, NEGATIVE, PROMPT, SCHEDULERS, SEED, assert_close, draw, seeded_noise, use_scheduler
 
 import sdkit
 
@@ -41,7 +41,7 @@ def test_txt2img(pipes, sampler, monkeypatch):
     latents = draw(rngs, shape)
     step_noise_like_sdkit(monkeypatch, lambda s: draw(rngs, s[1:]))
     expected = theirs(PROMPT, negative_prompt=negative, width=width, height=height, num_inference_steps=STEPS,
-                      guidance_scale=7.5, num_images_per_prompt=n, latents=latents).images
+                      guidance_scale=7.5, num_images_per_prompt=n, latents=latents, **ETA.get(sampler, {})).images
     got = ours.generate(PROMPT, negative, width=width, height=height, steps=STEPS, sampler=sampler, seed=SEED,
                         num_images=n)
     assert_close(got, expected)

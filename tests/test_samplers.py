@@ -76,7 +76,7 @@ def float64_alphas_cumprod(c) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0)
 
 
-def run_diffusers(name, config: dict, steps, strength, x0, noise, seed, schedule=None):
+def run_diffusers(name, config: dict, steps, strength, x0, noise, seed, schedule=None, **step_kwargs):
     """diffusers' StableDiffusion(Img2Img)Pipeline loop with `unet`; returns latents, timesteps, init sigma."""
     cls, extra = ORACLES[name]
     scheduler = cls.from_config(config, **extra, **SCHEDULES[schedule][1])
@@ -108,7 +108,7 @@ def run_diffusers(name, config: dict, steps, strength, x0, noise, seed, schedule
         for t in timesteps:
             seen.append(float(t))
             out = unet(scheduler.scale_model_input(x, t), float(t))
-            x = scheduler.step(out, t, x).prev_sample
+            x = scheduler.step(out, t, x, **step_kwargs).prev_sample
     return x.double().numpy(), seen, float(scheduler.init_noise_sigma)
 
 
@@ -178,9 +178,9 @@ ZERO_SNR = [name for name, s in samplers.SAMPLERS.items() if "rescale_betas_zero
 
 
 @pytest.mark.parametrize("steps,mode", runs([1, 4, 25], ["txt2img", "img2img_0.75"]))
-@pytest.mark.parametrize("schedule", [None, "trailing"])  # karras: diffusers fails on its repeated t = 999
-@pytest.mark.parametrize("name", ZERO_SNR)
-def test_zero_terminal_snr(name, schedule, steps, mode):
+@pytest.mark.parametrize("name,schedule", [(name, schedule) for name in ZERO_SNR for schedule in (None, "trailing")
+                                           if schedule in samplers.SAMPLERS[name].schedules])  # not karras:
+def test_zero_terminal_snr(name, schedule, steps, mode):  # diffusers fails on its repeated t = 999 there
     """rescale_betas_zero_snr (v-prediction fine-tunes, NoobAI-XL): ᾱ ends at 0; trailing timesteps reach it."""
     config = config_dict("sdxl-base", prediction_type="v_prediction", rescale_betas_zero_snr=True)
     check_parity(name, config, steps, MODES[mode], seed=steps, schedule=schedule)
@@ -369,3 +369,20 @@ def test_guidance_rescale_equals_diffusers_formula(phi):
     ours = np.array(guidance.rescale(mx.array(guided.astype(np.float32)), mx.array(cond.astype(np.float32)), phi))
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
     assert phi == 0 or not np.allclose(expected, guided)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
+@pytest.mark.parametrize("steps,mode", runs([1, 4, 8], ["txt2img", "img2img_0.75"]))
+def test_tcd_eta(eta, steps, mode):
+    """TCD's eta (gamma): 0 is deterministic; diffusers takes it in step(), sdkit in plan()."""
+    config = SchedulerConfig.from_diffusers(config_dict("sd15", prediction_type="epsilon"))
+    rng = np.random.default_rng(steps)
+    x0, noise = rng.standard_normal(SHAPE), rng.standard_normal(SHAPE)
+    p = samplers.plan("tcd", config, steps, MODES[mode], eta=eta)
+    x = noise if mode == "txt2img" else samplers.add_noise(p, x0, noise)
+    ours = samplers.sample(p, unet, x, step_noise(steps))
+    theirs, _, _ = run_diffusers("tcd", config_dict("sd15", prediction_type="epsilon"), steps, MODES[mode], x0, noise,
+                                 steps, eta=eta)
+    assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-5
+    with pytest.raises(ValueError, match="eta is a setting of sampler tcd, not of euler"):
+        samplers.plan("euler", config, steps, eta=eta)

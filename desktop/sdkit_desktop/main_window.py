@@ -31,6 +31,8 @@ from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+# the form's sampler names: sdkit's, and the aliases that carry a schedule (the default dpmpp_2m_karras among them)
+SAMPLERS = (*sdkit.SAMPLERS, *sdkit.samplers.ALIASES)
 
 
 class MainWindow(QMainWindow):
@@ -59,7 +61,7 @@ class MainWindow(QMainWindow):
         self.prompt = PromptEdit("Prompt: what the picture shows", usage)
         self.negative = PromptEdit("Negative prompt: what to avoid", usage)
         self.networks = NetworkBrowser()
-        self.form = SettingsPanel(tuple(sdkit.SAMPLERS))
+        self.form = SettingsPanel(SAMPLERS)
         self.mask_editor = MaskEditor()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
@@ -203,7 +205,7 @@ class MainWindow(QMainWindow):
     def restore_parameters(self, params: dict, source: str) -> None:
         """Put an image's recorded settings into every field (the model too, when it is one used before)."""
         self._sync_session()
-        self.session.settings = self.session.settings.with_parameters(params, tuple(sdkit.SAMPLERS))
+        self.session.settings = self.session.settings.with_parameters(params, SAMPLERS)
         self._show_settings(self.session.settings)
         name = params.get("model")
         model = self.session.model_named(name)

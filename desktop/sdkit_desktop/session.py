@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from sdkit.families import FAMILIES
+from sdkit.samplers import ALIASES
 
 from .mask import Mask
 
@@ -61,13 +62,17 @@ class Settings:
 
     def with_parameters(self, params: dict, samplers: tuple[str, ...]) -> Settings:
         """These settings with every field an image's metadata (sdkit.read_parameters) records; the seed
-        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current one; an image
-        without a negative prompt or clip skip clears them."""
+        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current one, and
+        so does a sampler + schedule pair that no name in `samplers` means (dpmpp_2m + karras: dpmpp_2m_karras); an
+        image without a negative prompt or clip skip clears them."""
         keys = ("prompt", "width", "height", "steps", "guidance_scale", "seed", "strength")
         new = {k: params[k] for k in keys if params.get(k) is not None}
         new |= {"negative_prompt": params.get("negative_prompt"), "clip_skip": params.get("clip_skip") or 1}
-        if params.get("sampler") in samplers:
-            new["sampler"] = params["sampler"]
+        sampler = params.get("sampler")
+        if params.get("schedule"):
+            sampler = next((a for a, pair in ALIASES.items() if pair == (sampler, params["schedule"])), None)
+        if sampler in samplers:
+            new["sampler"] = sampler
         return dataclasses.replace(self, **new, seed_locked="seed" in new or self.seed_locked)
 
     def to_dict(self) -> dict:

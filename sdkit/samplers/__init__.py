@@ -27,14 +27,17 @@ def canonical_name(name: str) -> str:
     return resolve(name)[0].name
 
 
-def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, schedule: str | None = None) -> Plan:
+def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, schedule: str | None = None,
+         eta: float | None = None) -> Plan:
     """The tables for `steps` steps of sampler `name` with `schedule` on the model's noise schedule `config`.
 
     schedule None keeps the config's timestep spacing; "trailing" overrides it; "karras", "exponential" and
     "beta" respace the noise levels (samplers that take them: registry.SAMPLERS[name].schedules).
     strength < 1 is image-to-image as diffusers' StableDiffusionImg2ImgPipeline does it: only the last
-    int(steps * strength) steps run."""
+    int(steps * strength) steps run. eta: tcd's share of each step re-noised (None: its default 0.3)."""
     sampler, schedule = resolve(name, schedule)
+    if eta is not None and sampler.name != "tcd":
+        raise ValueError(f"eta is a setting of sampler tcd, not of {sampler.name}; leave it None")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps must be an integer in [1, {config.num_train_timesteps}], got {steps!r}")
     if not 0 < strength <= 1:
@@ -48,7 +51,7 @@ def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, 
                          f"would run; use strength >= {1 / steps:.3g} or more steps")
     if schedule == "trailing":
         config = dataclasses.replace(config, timestep_spacing="trailing")
-    return sampler.plan(sampler.name, config, steps, start, schedule)
+    return sampler.plan(sampler.name, config, steps, start, schedule, **({} if eta is None else {"eta": eta}))
 
 
 def add_noise(plan: Plan, x0, noise, sigma: float | None = None):

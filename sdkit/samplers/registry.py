@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import ddim, dpmpp, euler, lms, pndm, unipc
+from . import ddim, ddpm, dpmpp, euler, lcm, lms, pndm, unipc
 
 # generate()'s schedule -> (A1111 "Schedule type", the diffusers scheduler option that gives it).
 # None: the checkpoint's own timestep spacing (leading, linspace or trailing, as its scheduler config says).
@@ -57,6 +57,9 @@ SAMPLERS = {s.name: s for s in [
     Sampler("dpmpp_3m_sde", "DPM++ 3M SDE", dpmpp.multistep_plan, dpmpp.dpmpp_3m_sde, "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, _SIGMA_SCHEDULES, stochastic=True,
             a1111_automatic="exponential"),
+    Sampler("ddpm", "DDPM", ddpm.plan, ddpm.ddpm, "DDPMScheduler", stochastic=True),
+    Sampler("lcm", "LCM", lcm.plan, lcm.lcm, "LCMScheduler", schedules=(None,), stochastic=True),
+    Sampler("tcd", "TCD", lcm.tcd_plan, lcm.tcd, "TCDScheduler", schedules=(None,), stochastic=True),
 ]}
 NAMES = tuple(SAMPLERS)
 # Other names generate() takes: name -> (sampler, schedule it implies)
