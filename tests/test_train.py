@@ -11,7 +11,6 @@ from safetensors.numpy import load_file
 from safetensors import safe_open
 
 import sdkit
-from sdkit.checkpoint import open_checkpoint
 from sdkit.config import SchedulerConfig
 from sdkit.samplers.schedules import alphas_cumprod
 from sdkit.train import data, formats, loss, schedule

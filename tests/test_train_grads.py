@@ -46,7 +46,8 @@ def unet_inputs(config, size=(16, 16), seed=0):
     context = torch.randn(2, 77, config.cross_attention_dim, generator=g)
     added = None
     if config.addition_embed_type == "text_time":
-        added = {"text_embeds": torch.randn(2, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim, generator=g),
+        pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        added = {"text_embeds": torch.randn(2, pooled, generator=g),
                  "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]] * 2)}
     return x, t, context, added, torch.randn(2, 4, *size, generator=g)
 
@@ -63,8 +64,8 @@ def unet_pair(request):
 def test_unet_gradients_match_diffusers(unet_pair):
     ckpt, ours, theirs = unet_pair
     x, t, context, added, w = unet_inputs(ckpt.unet)
-    xs, cs = (x.clone().requires_grad_(True) for _ in range(2)), (context.clone().requires_grad_(True) for _ in range(2))
-    (x1, x2), (c1, c2) = xs, cs
+    x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))  # gradients reach the inputs too
+    c1, c2 = (context.clone().requires_grad_(True) for _ in range(2))
     (ours(x1, t, c1, added) * w).sum().backward()
     (theirs(x2, t, encoder_hidden_states=c2, added_cond_kwargs=added).sample * w).sum().backward()
     assert_grads_close(grads(ours), grads(theirs))

@@ -63,7 +63,8 @@ def lora_targets(ckpt: Checkpoint, conv: bool = False, text_encoder: bool = Fals
     return out
 
 
-def lora_init(targets: list[Target], rank: int, rng: np.random.Generator) -> dict[Target, tuple[np.ndarray, np.ndarray]]:
+def lora_init(targets: list[Target], rank: int,
+              rng: np.random.Generator) -> dict[Target, tuple[np.ndarray, np.ndarray]]:
     """kohya's (and PEFT's) initialisation: down ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (torch's kaiming_uniform,
     a=sqrt(5)), up = 0, so training starts from the base model exactly. Drawn by numpy: same on every backend."""
     out = {}
@@ -84,7 +85,7 @@ def kohya_name(target: Target, text_encoders: tuple[str, ...]) -> str:
     return f"{prefix}_text_model_" + target.module.replace(".", "_")
 
 
-def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray, np.ndarray]], rank: int,
+def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray, np.ndarray]],
               alpha: float, metadata: dict[str, str]) -> None:
     tensors = {}
     names = tuple(ckpt.text_encoder_names)
