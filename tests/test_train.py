@@ -301,3 +301,31 @@ def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "log.jsonl")]
     assert main([str(sd1_folder), str(tmp_path / "missing"), "--out", str(out), "--backend", "torch"]) == 2
     assert "sdkit-train: error: data" in capsys.readouterr().err
+
+
+def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
+    """SDXL: kohya's lora_unet_ / lora_te1_ / lora_te2_ names reach diffusers' UNet and both text encoders; the
+    UNet's output is the hand-merged one."""
+    out = tmp_path / "xl.safetensors"
+    sdkit.train(sdxl_folder, photos, method="lora", out=out, steps=3, rank=4, text_encoder=True, learning_rate=1e-2,
+                backend="torch", progress=False, resolution=64)
+    assert load_file(str(out)).keys() >= {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
+                                          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"}
+    pipe = diffusers_pipeline(sdxl_folder)
+    ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
+    probe = lambda: [pipe.text_encoder(ids).last_hidden_state, pipe.text_encoder_2(ids).last_hidden_state]
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 192, generator=g)
+    added = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    unet = lambda u: u(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    with torch.no_grad():
+        before = probe()
+        pipe.load_lora_weights(str(out))
+        pipe.fuse_lora()
+        after, theirs = probe(), unet(pipe.unet)
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(after, before))
+    fresh = diffusers_pipeline(sdxl_folder)
+    state, _ = merged_state(sdxl_folder, "unet", out)
+    fresh.unet.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(unet(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
