@@ -329,3 +329,34 @@ def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
     fresh.unet.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     with torch.no_grad():
         torch.testing.assert_close(unet(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_peft_format_lora_reads_in_diffusers(sd1_folder, photos, tmp_path):
+    """lora_format="peft": diffusers' own keys, alpha / rank folded into lora_B; the UNet output is the merged one."""
+    out = tmp_path / "peft.safetensors"
+    sdkit.train(sd1_folder, photos, method="lora", out=out, steps=3, rank=4, alpha=2, lora_format="peft",
+                learning_rate=1e-2, backend="torch", progress=False)
+    lora = load_file(str(out))
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in lora
+    kohya_file = tmp_path / "kohya" / "k.safetensors"  # the same run (seed) in kohya's format: the same deltas
+    sdkit.train(sd1_folder, photos, method="lora", out=kohya_file, steps=3, rank=4, alpha=2, learning_rate=1e-2,
+                backend="torch", progress=False)
+    kohya = load_file(str(kohya_file))
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    p = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    np.testing.assert_allclose(formats.lora_delta(lora[f"{p}.lora_A.weight"], lora[f"{p}.lora_B.weight"], 4),
+                               formats.lora_delta(kohya[f"{k}.lora_down.weight"], kohya[f"{k}.lora_up.weight"], 2),
+                               atol=1e-7)
+    pipe = diffusers_pipeline(sd1_folder)
+    pipe.load_lora_weights(str(out))
+    pipe.fuse_lora()
+    theirs = unet_probe(pipe.unet)
+    fresh = diffusers_pipeline(sd1_folder)
+    state = dict(fresh.unet.state_dict())
+    for key in [k for k in lora if k.endswith("lora_A.weight")]:
+        name = key.removeprefix("unet.").removesuffix(".lora_A.weight") + ".weight"
+        delta = formats.lora_delta(lora[key], lora[key.replace("lora_A", "lora_B")], alpha=4)  # scale 1
+        state[name] = state[name] + torch.from_numpy(delta).reshape(state[name].shape)
+    fresh.unet.load_state_dict(state)
+    torch.testing.assert_close(unet_probe(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
+    assert (theirs - unet_probe(diffusers_pipeline(sd1_folder).unet)).abs().max() > 1e-3
