@@ -11,7 +11,6 @@ from safetensors.numpy import load_file
 from safetensors import safe_open
 
 import sdkit
-from sdkit.checkpoint import open_checkpoint
 from sdkit.config import SchedulerConfig
 from sdkit.samplers.schedules import alphas_cumprod
 from sdkit.train import data, formats, loss, schedule
@@ -302,3 +301,62 @@ def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
     assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "log.jsonl")]
     assert main([str(sd1_folder), str(tmp_path / "missing"), "--out", str(out), "--backend", "torch"]) == 2
     assert "sdkit-train: error: data" in capsys.readouterr().err
+
+
+def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
+    """SDXL: kohya's lora_unet_ / lora_te1_ / lora_te2_ names reach diffusers' UNet and both text encoders; the
+    UNet's output is the hand-merged one."""
+    out = tmp_path / "xl.safetensors"
+    sdkit.train(sdxl_folder, photos, method="lora", out=out, steps=3, rank=4, text_encoder=True, learning_rate=1e-2,
+                backend="torch", progress=False, resolution=64)
+    assert load_file(str(out)).keys() >= {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
+                                          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"}
+    pipe = diffusers_pipeline(sdxl_folder)
+    ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
+    probe = lambda: [pipe.text_encoder(ids).last_hidden_state, pipe.text_encoder_2(ids).last_hidden_state]
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 192, generator=g)
+    added = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    unet = lambda u: u(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
+    with torch.no_grad():
+        before = probe()
+        pipe.load_lora_weights(str(out))
+        pipe.fuse_lora()
+        after, theirs = probe(), unet(pipe.unet)
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(after, before))
+    fresh = diffusers_pipeline(sdxl_folder)
+    state, _ = merged_state(sdxl_folder, "unet", out)
+    fresh.unet.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    with torch.no_grad():
+        torch.testing.assert_close(unet(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_peft_format_lora_reads_in_diffusers(sd1_folder, photos, tmp_path):
+    """lora_format="peft": diffusers' own keys, alpha / rank folded into lora_B; the UNet output is the merged one."""
+    out = tmp_path / "peft.safetensors"
+    sdkit.train(sd1_folder, photos, method="lora", out=out, steps=3, rank=4, alpha=2, lora_format="peft",
+                learning_rate=1e-2, backend="torch", progress=False)
+    lora = load_file(str(out))
+    assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight" in lora
+    kohya_file = tmp_path / "kohya" / "k.safetensors"  # the same run (seed) in kohya's format: the same deltas
+    sdkit.train(sd1_folder, photos, method="lora", out=kohya_file, steps=3, rank=4, alpha=2, learning_rate=1e-2,
+                backend="torch", progress=False)
+    kohya = load_file(str(kohya_file))
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    p = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    np.testing.assert_allclose(formats.lora_delta(lora[f"{p}.lora_A.weight"], lora[f"{p}.lora_B.weight"], 4),
+                               formats.lora_delta(kohya[f"{k}.lora_down.weight"], kohya[f"{k}.lora_up.weight"], 2),
+                               atol=1e-7)
+    pipe = diffusers_pipeline(sd1_folder)
+    pipe.load_lora_weights(str(out))
+    pipe.fuse_lora()
+    theirs = unet_probe(pipe.unet)
+    fresh = diffusers_pipeline(sd1_folder)
+    state = dict(fresh.unet.state_dict())
+    for key in [k for k in lora if k.endswith("lora_A.weight")]:
+        name = key.removeprefix("unet.").removesuffix(".lora_A.weight") + ".weight"
+        delta = formats.lora_delta(lora[key], lora[key.replace("lora_A", "lora_B")], alpha=4)  # scale 1
+        state[name] = state[name] + torch.from_numpy(delta).reshape(state[name].shape)
+    fresh.unet.load_state_dict(state)
+    torch.testing.assert_close(unet_probe(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
+    assert (theirs - unet_probe(diffusers_pipeline(sd1_folder).unet)).abs().max() > 1e-3

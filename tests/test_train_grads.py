@@ -64,7 +64,7 @@ def unet_pair(request):
 def test_unet_gradients_match_diffusers(unet_pair):
     ckpt, ours, theirs = unet_pair
     x, t, context, added, w = unet_inputs(ckpt.unet)
-    x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))
+    x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))  # gradients reach the inputs too
     c1, c2 = (context.clone().requires_grad_(True) for _ in range(2))
     (ours(x1, t, c1, added) * w).sum().backward()
     (theirs(x2, t, encoder_hidden_states=c2, added_cond_kwargs=added).sample * w).sum().backward()

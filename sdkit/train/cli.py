@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
     p.add_argument("--conv", action="store_true", help="LoCon: also the UNet's convolutions")
     p.add_argument("--text-encoder", action="store_true", help="LoRA on the text encoders too")
+    p.add_argument("--lora-format", choices=["kohya", "peft"], default="kohya",
+                   help="kohya (A1111, ComfyUI, Civitai) or peft (diffusers' save_lora_weights)")
     p.add_argument("--target", help="regular expression narrowing the LoRA's layers, e.g. 'attn2'")
     p.add_argument("--full", action="store_true", help="dreambooth: train the whole UNet instead of a LoRA")
     p.add_argument("--instance-prompt", help="caption for images without a .txt (dreambooth: 'a photo of sks dog')")
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             a.model, a.data, method=a.method, out=a.out, steps=a.steps, backend=a.backend, device=a.device,
             dtype=a.dtype, seed=a.seed, resolution=a.resolution, batch_size=a.batch_size, grad_accum=a.grad_accum,
             learning_rate=a.lr, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps, rank=a.rank, alpha=a.alpha,
-            conv=a.conv, text_encoder=a.text_encoder, target=a.target, instance_prompt=a.instance_prompt,
+            conv=a.conv, text_encoder=a.text_encoder, lora_format=a.lora_format, target=a.target,
+            instance_prompt=a.instance_prompt,
             class_data=a.class_data, class_prompt=a.class_prompt, prior_loss_weight=a.prior_loss_weight,
             full=a.full, token=a.token, init_word=a.init_word, vectors=a.vectors, caption_dropout=a.caption_dropout,
             noise_offset=a.noise_offset, min_snr_gamma=a.min_snr_gamma, weight_decay=a.weight_decay,

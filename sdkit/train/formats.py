@@ -1,10 +1,10 @@
 """What training writes, in the formats other tools read.
 
-- LoRA, kohya sd-scripts' format (networks/lora.py; what A1111, ComfyUI, Forge and Civitai load): per adapted
+- LoRA, by default kohya sd-scripts' format (networks/lora.py; what A1111, ComfyUI, Forge and Civitai load): per adapted
   module `lora_unet_<diffusers path with _>` (text encoders: `lora_te_`, SDXL `lora_te1_` / `lora_te2_`, then
   transformers' path `text_model_encoder_layers_...`) with `.lora_down.weight` (r, in[, kh, kw]),
   `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (scalar); the delta is up @ down * alpha / r. Metadata: the
-  `ss_*` keys sd-scripts writes.
+  `ss_*` keys sd-scripts writes. On request PEFT's / diffusers' format (save_peft).
 - Textual inversion, A1111's .safetensors: `emb_params` (n, C); SDXL `clip_l` and `clip_g`.
 - Full fine-tune: the UNet's weights under their canonical (diffusers) names, written into a diffusers folder.
 """
@@ -63,7 +63,8 @@ def lora_targets(ckpt: Checkpoint, conv: bool = False, text_encoder: bool = Fals
     return out
 
 
-def lora_init(targets: list[Target], rank: int, rng: np.random.Generator) -> dict[Target, tuple[np.ndarray, np.ndarray]]:
+def lora_init(targets: list[Target], rank: int,
+              rng: np.random.Generator) -> dict[Target, tuple[np.ndarray, np.ndarray]]:
     """kohya's (and PEFT's) initialisation: down ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (torch's kaiming_uniform,
     a=sqrt(5)), up = 0, so training starts from the base model exactly. Drawn by numpy: same on every backend."""
     out = {}
@@ -84,7 +85,7 @@ def kohya_name(target: Target, text_encoders: tuple[str, ...]) -> str:
     return f"{prefix}_text_model_" + target.module.replace(".", "_")
 
 
-def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray, np.ndarray]], rank: int,
+def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray, np.ndarray]],
               alpha: float, metadata: dict[str, str]) -> None:
     tensors = {}
     names = tuple(ckpt.text_encoder_names)
@@ -94,6 +95,17 @@ def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray,
         tensors[f"{key}.lora_up.weight"] = np.ascontiguousarray(up, np.float32)
         tensors[f"{key}.alpha"] = np.array(alpha, np.float32)
     save_file(tensors, str(path), metadata=metadata)
+
+
+def save_peft(path: Path, lora: dict[Target, tuple[np.ndarray, np.ndarray]], alpha: float) -> None:
+    """diffusers' / PEFT's LoRA file (what `save_lora_weights` writes): `<component>.<module>.lora_A.weight` (down)
+    and `.lora_B.weight` (up); it has no alpha, so alpha / rank is folded into lora_B."""
+    tensors = {}
+    for t, (down, up) in lora.items():
+        key = f"{t.component}.{t.module}" if t.component == "unet" else f"{t.component}.text_model.{t.module}"
+        tensors[f"{key}.lora_A.weight"] = np.ascontiguousarray(down, np.float32)
+        tensors[f"{key}.lora_B.weight"] = np.ascontiguousarray(up * np.float32(alpha / down.shape[0]), np.float32)
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def lora_metadata(ckpt: Checkpoint, rank: int, alpha: float, conv: bool, text_encoder: bool, steps: int,

@@ -46,6 +46,7 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           seed: int = 0, resolution: int | None = None, batch_size: int = 1, grad_accum: int = 1,
           learning_rate: float | None = None, lr_schedule: str = "constant", warmup_steps: int = 0,
           rank: int = 16, alpha: float | None = None, conv: bool = False, text_encoder: bool = False,
+          lora_format: str = "kohya",
           target: str | None = None, instance_prompt: str | None = None, class_data: str | Path | None = None,
           class_prompt: str | None = None, prior_loss_weight: float = 1.0, full: bool = False,
           token: str | None = None, init_word: str = "*", vectors: int = 1, caption_dropout: float = 0.0,
@@ -55,8 +56,9 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           sample_steps: int = 20, progress: bool = True) -> Record:
     """Train `model` on a folder of captioned images; write the result to `out` and return a Record.
 
-    method: "lora" (kohya-format .safetensors; rank, alpha (default rank), conv: LoCon, text_encoder: also the
-    text encoders, target: a regular expression narrowing the layers), "dreambooth" (instance_prompt for
+    method: "lora" (kohya-format .safetensors, or lora_format="peft" for diffusers' / PEFT's; rank, alpha
+    (default rank), conv: LoCon, text_encoder: also the text encoders, target: a regular expression narrowing
+    the layers), "dreambooth" (instance_prompt for
     uncaptioned images, class_data / class_prompt for prior preservation; a LoRA unless full=True),
     "textual_inversion" (A1111 .safetensors; `token`, default the output's stem, is the word captions use,
     started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet; out: a diffusers folder).
@@ -74,6 +76,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
                         ("vectors", vectors)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if lora_format not in ("kohya", "peft"):
+        raise ValueError(f"lora_format {lora_format!r} is not known; use kohya or peft")
     if not 0 <= caption_dropout < 1:
         raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}")
     out = Path(out)
@@ -177,22 +181,26 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
                 record.outputs += sampler(step + 1, plan, token)
     except KeyboardInterrupt:
         checkpoints.save(state_file, trainer, step, *snapshot)  # `step` itself did not finish: it reruns
-        _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed)
+        _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed,
+              lora_format)
         raise Cancelled(f"interrupted at step {step + 1} of {steps}: state saved to {state_file}; run again with "
                         f"resume to continue") from None
     finally:
         bar.close()
         log_file.close()
-    _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed)
+    _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed, lora_format)
     record.outputs = [str(out), str(log)] + record.outputs
     return record
 
 
-def _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed) -> None:
-    if plan.lora is not None:
+def _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed,
+          lora_format) -> None:
+    if plan.lora is not None and lora_format == "peft":
+        formats.save_peft(out, trainer.lora_weights(), plan.alpha)
+    elif plan.lora is not None:
         meta = formats.lora_metadata(ckpt, rank, plan.alpha, conv, text_encoder, steps, lr, resolution,
                                      len(examples), seed, out.stem)
-        formats.save_lora(out, ckpt, trainer.lora_weights(), rank, plan.alpha, meta)
+        formats.save_lora(out, ckpt, trainer.lora_weights(), plan.alpha, meta)
     elif plan.embeddings is not None:
         formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family)
     else:
