@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import backends, hub
+from . import backends, hashes, hub
 from .adapters.embeddings import Embeddings, folders as _embedding_folders
 from .adapters.lora import Library as _LoRAs, lora_folders as _lora_folders
 from .checkpoint import Checkpoint, open_checkpoint
@@ -23,14 +23,15 @@ from .metadata import save
 from .pipeline import Pipeline
 from .samplers import NAMES as SAMPLERS
 from .batch import batch  # after .pipeline; the name is the function, its modules are sdkit.batch.*
+from .train import train  # the function; its package stays importable as sdkit.train.data etc.
 
 try:
     __version__ = version("sdkit-diffusion")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["load", "batch", "outpaint", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save", "SAMPLERS",
-           "SdkitError", "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
+__all__ = ["load", "train", "batch", "outpaint", "Pipeline", "Memory", "Checkpoint", "read_parameters", "save",
+           "SAMPLERS", "SdkitError", "CheckpointError", "HubError", "BackendError", "Cancelled", "__version__"]
 
 
 def load(model: str | Path, backend: str = "auto", device: str | None = None, dtype: str | None = None, *,
@@ -62,10 +63,12 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     library = Embeddings(_embedding_folders(embedding_dirs))
     loras = _LoRAs(_lora_folders(lora_dirs))
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
-    path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
-    name = str(model) if not Path(model).exists() else None
+    # the VAE first: a mistyped path fails before a model download
     vae_path = hub.resolve_vae(str(vae), prefer_fp16=engine.dtype == "float16") if vae is not None else None
     vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
+    path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
+    name = str(model) if not Path(model).exists() else None
     ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
                            vae=vae_path, vae_name=vae_name)
+    hashes.start_for(ckpt)  # Model hash / VAE hash for the images' metadata, in the background
     return Pipeline(ckpt, engine, memory, library, loras)

@@ -23,8 +23,7 @@ vae-ft-mse-840000 and sdxl_vae ship them, with or without `first_stage_model.`, 
 checkpoint lends its VAE) or a diffusers folder (an AutoencoderKL's, or a pipeline's vae/). The checkpoint's
 scaling factor stays, as in A1111 and diffusers: a VAE's config says nothing about the UNet's latents.
 
-Pickled checkpoints (.ckpt, .pt, .bin, .pth) are refused without being
-opened: unpickling can run code.
+Pickled checkpoints (.ckpt, .pt, .bin, .pth) are refused without being opened: unpickling can run code.
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         init, mask = mask
     targets = _targets(args.output, prompt, seeds)
     model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
-    vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else _stored_vae(stored, model)
+    vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else stored_vae(stored, model)
     notes += _other_model(stored, model)
 
     if init is None and args.strength is not None:
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         from huggingface_hub.utils import disable_progress_bars
         disable_progress_bars()
     else:
-        print(f"loading {model}", file=sys.stderr)
+        print(f"loading {model}" + (f" with VAE {vae}" if vae else ""), file=sys.stderr)
     memory = sdkit.Memory(SWITCH[args.vae_slicing], SWITCH[args.vae_tiling], args.attention_chunk)
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
@@ -390,12 +390,13 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
     raise ValueError(f"{image}: its model {model!r} is neither a local path nor a Hub repo id; pass -m MODEL")
 
 
-def _stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
+def stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
     """(the VAE to load, notes) for the VAE an image names: a path or Hub repo id as is, else a .safetensors file
     of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
     note) when it is not found: the model's own VAE is used."""
     name, stored_hash = stored["VAE"], stored.get("VAE hash")
-    if Path(name).expanduser().exists() or (hub.REPO_ID.fullmatch(name) and not Path(name).suffix):
+    hub_id = hub.REPO_ID.fullmatch(name) and not name.endswith((*PICKLES, ".safetensors"))
+    if Path(name).expanduser().exists() or hub_id:
         found = Path(name).expanduser()
     else:
         near = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None

@@ -4,6 +4,8 @@ the sha256 of the whole file (Civitai looks models up by it).
 Hashing a 2-7 GB checkpoint takes seconds, so each file's sha256 is computed once and kept in a JSON cache,
 $SDKIT_CACHE_DIR/hashes.json (default $XDG_CACHE_HOME/sdkit or ~/.cache/sdkit), keyed by the absolute path and
 valid while the file's size and modification time are unchanged (A1111's cache.json keeps sha256 and mtime).
+`sdkit.load` starts hashing a file it has not seen in a background thread (hashlib and file reads release the
+GIL), so the first image does not wait for it and generate() timings stay free of it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 AUTOV2 = 10  # hex digits A1111 writes of a model's or VAE's sha256
 
 _known: dict[str, tuple[int, int, str]] = {}  # path -> (size, mtime_ns, sha256): this process's share of the cache
+_running: dict[str, threading.Thread] = {}  # path -> the thread hashing it (start)
+_lock = threading.Lock()  # one hashing (and cache update) at a time
 
 
 def cache_file() -> Path:
@@ -25,9 +30,30 @@ def cache_file() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdkit" / "hashes.json"
 
 
+def start(path: str | Path) -> None:
+    """Hash a file in a background thread (a daemon: it never holds up the interpreter's exit); sha256() waits
+    for it."""
+    key = str(Path(path).resolve())
+    if key not in _running or not _running[key].is_alive():
+        _running[key] = threading.Thread(target=_quietly, args=(key,), name=f"sdkit hash {key}", daemon=True)
+        _running[key].start()
+
+
+def _quietly(path: str) -> None:
+    try:
+        sha256(path)
+    except OSError:  # gone or unreadable: parameters() says nothing of it, sha256() would raise it
+        pass
+
+
 def sha256(path: str | Path) -> str:
     """The file's sha256 (hex), from the cache when the file has not changed since it was hashed."""
     path = Path(path).resolve()
+    with _lock:
+        return _sha256(path)
+
+
+def _sha256(path: Path) -> str:
     stat, key = path.stat(), str(path)
     if key not in _known:
         entry = _read_cache().get(key)
@@ -86,3 +112,10 @@ def parameters(checkpoint) -> dict[str, str]:
             out["VAE hash"] = autov2(checkpoint.vae_file)
         out["VAE"] = checkpoint.vae_name
     return out
+
+
+def start_for(checkpoint) -> None:
+    """Start hashing what parameters() will need: the checkpoint's file and the VAE's (folders have no hash)."""
+    for file in (checkpoint.path, checkpoint.vae_file):
+        if file is not None and file.is_file():
+            start(file)

@@ -26,6 +26,10 @@ from .metadata import Infotext, split_infotext, to_keywords
 _EXIF_IFD, _USER_COMMENT, _MAKER_NOTE, _MAKE, _MODEL = 0x8769, 0x9286, 0x927C, 0x010F, 0x0110
 
 
+class NoParameters(ValueError):
+    """An image that carries no generation parameters at all (a photo), as opposed to one sdkit refuses."""
+
+
 def read_parameters(path_or_image: str | Path | Image.Image) -> dict:
     """The generation parameters stored in an image (PNG, JPEG, WEBP), as generate()'s keywords.
 
@@ -54,7 +58,7 @@ def _find(image: Image.Image, where: str) -> Infotext:
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a record with unexpected types
         raise ValueError(f"{where!r}: its generation metadata is malformed ({type(e).__name__}: {e})") from None
     if info is None:
-        raise ValueError(f"{where!r} has no generation parameters (no 'parameters' PNG text chunk, no EXIF "
+        raise NoParameters(f"{where!r} has no generation parameters (no 'parameters' PNG text chunk, no EXIF "
                          "UserComment, nor another tool's metadata)")
     return info
 

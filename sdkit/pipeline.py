@@ -27,6 +27,7 @@ from .memory import Memory, Workload, choose
 from .tokenizer import Tokenizer
 
 Callback = Callable[[int, int, Array], "bool | None"]
+Hook = Callable[[int, Array, float, Array], "Array | None"]
 
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 IMG2IMG_STRENGTH = 0.8  # generate()'s strength with init_image and no mask (1.0 with a mask)
@@ -99,7 +100,8 @@ class Pipeline:
                  negative_aesthetic_score: float | None = None,
                  clip_skip: int | None = None, prompt_syntax: str = "a1111",
                  loras: dict | None = None, mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4,
-                 inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True) -> list[Image.Image]:
+                 inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True,
+                 hook: Hook | None = None, output: str = "pil") -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -120,7 +122,12 @@ class Pipeline:
         the compositing mask; `inpaint_area` "whole" or "masked" (A1111's "only masked": the mask's box plus
         `inpaint_padding` pixels generated at width x height and pasted back); `composite`: paste the result over
         the input through the blurred mask, so pixels outside it keep the input's bytes (False: the raw decode).
+        `hook(step, x, sigma, denoised)` runs after each sampler step (sdkit.samplers.hook.report): x the
+        latents (backend array, (B, C, h, w)) at noise level sigma, denoised their clean estimate; an array it
+        returns replaces x. `output="latent"` returns the final latents, before the VAE, as numpy (B, C, h, w).
         """
+        if output not in ("pil", "latent"):
+            raise ValueError(f"output must be 'pil' or 'latent', got {output!r}")
         init = images.open_image(init_image) if init_image is not None else None
         if mask_image is not None and init is None:
             raise ValueError("mask_image needs init_image: the picture whose white-masked part is repainted")
@@ -168,7 +175,9 @@ class Pipeline:
         self.unet.attention_chunk = mem.attention_chunk
         model = self._guided_model(context, added, req, plan.num_evaluations, callback, concat)
         noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
-        x = samplers.sample(plan, model, x, noise)
+        x = samplers.sample(plan, model, x, noise, hook)
+        if output == "latent":
+            return self.backend.numpy(x)
 
         pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
         inpainting = {} if job is None else dict(mask_blur=mask_blur, inpaint_area=inpaint_area,
@@ -183,10 +192,10 @@ class Pipeline:
         return self.checkpoint.unet.in_channels > self.checkpoint.vae.latent_channels
 
     def token_usage(self, text: str, prompt_syntax: str = "a1111") -> tuple[int, int]:
-        """A1111's token counter for `text` (without <lora:...> tags): (tokens used, tokens its chunks hold),
-        e.g. (80, 150); BREAK and this pipeline's embeddings (one token per vector) counted."""
+        """A1111's token counter for `text`: (tokens used, tokens its chunks hold), e.g. (80, 150); BREAK and
+        this pipeline's embeddings (one token per vector) counted, <lora:...> tags not."""
         find = conditioning.matcher(self.towers[0], self.embeddings)
-        return conditioning.token_usage(text, self.tokenizers[0], prompt_syntax, find)
+        return conditioning.token_usage(lora.tags(text)[0], self.tokenizers[0], prompt_syntax, find)
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
                  num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:

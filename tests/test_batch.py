@@ -109,6 +109,9 @@ def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
     assert "2 bad rows: bad.csv:1: unknown column 'colour'; bad.csv:3: seed 'x' is not an integer" in err
     assert not out.exists()  # nothing started
     assert batch_cli([str(tmp_path / "p.txt"), "-o", str(out), "--param", "steps"]) == 2
+    with pytest.raises(RowsError, match=r"2 rows without a model \(rows\[0\], rows\[1\]\)"):
+        sdkit.batch([{"prompt": "a"}, {"prompt": "b"}], out)
+    assert not out.exists()
 
 
 def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folder):
@@ -155,7 +158,8 @@ def test_local_batch_same_pixels_failed_rows_and_rerun(tmp_path, pipe, sd1_folde
 
 
 def _run_cli(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop")))
+    path = os.pathsep.join(str(ROOT / p) for p in ("", "backends", "desktop"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     return subprocess.Popen([sys.executable, "-c", "import sys; from sdkit.batch.cli import main; "
                             "sys.exit(main(sys.argv[1:]))", *args], env=env, stderr=subprocess.PIPE, text=True)
 
@@ -171,42 +175,92 @@ def _wait_for_lines(out: Path, n: int, process=None, thread=None, timeout: float
     raise AssertionError(f"no {n} manifest lines in {timeout} s")
 
 
-def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_folder):
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance (head on 127.0.0.1, 2 CPUs) for this module; its GCS address, for other drivers."""
+    import ray  # the test extra installs it
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_folder, runner, request):
     (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(6)))
     out = tmp_path / "out"
     args = [str(tmp_path / "p.txt"), "-o", str(out), "-m", str(sd1_folder), "-q", "--backend", "torch",
-            *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 8}).items())]
+            *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 6}).items())]
+    if runner == "ray":  # a second driver on the module's cluster: two 1-CPU workers
+        args += ["--ray", request.getfixturevalue("ray_cluster"), "--cpus-per-worker", "1"]
     first = _run_cli(args)
-    _wait_for_lines(out, 2, first)
+    _wait_for_lines(out, 2, first, timeout=120)
     first.send_signal(signal.SIGINT)
     assert first.wait(60) == 130, first.stderr.read()
     made = len(manifest(out))
     assert 2 <= made < 6
     second = _run_cli([*args, "--resume"])
-    assert second.wait(120) == 0, second.stderr.read()
+    assert second.wait(180) == 0, second.stderr.read()
     assert f"{6 - made} images made, {made} already done, 0 failed" in second.stderr.read()
     check_exactly_once(out, 6, pipe)
 
 
-def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder):
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        out = tmp_path / "out"
-        rows_ = [{"prompt": f"picture {i}", "seed": i} for i in range(8)]
-        result = {}
-        run = threading.Thread(target=lambda: result.update(summary=sdkit.batch(
-            rows_, out, sd1_folder, params=ARGS | {"steps": 6}, ray="auto", cpus_per_worker=1, backend="torch",
-            progress=False)))
-        run.start()
-        first = _wait_for_lines(out, 1, thread=run, timeout=120)[0]
-        os.kill(int(first["worker"].split(":")[1]), signal.SIGKILL)
-        run.join(240)
-        assert not run.is_alive()
-        summary = result["summary"]
-        assert (summary.done, summary.failed) == (8, [])
-        entries = check_exactly_once(out, 8, pipe)
-        workers = {e["worker"] for e in entries}
-        assert len(workers) >= 3  # two actors, one of them restarted in a new process
-    finally:
-        ray.shutdown()
+def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder, ray_cluster):
+    out = tmp_path / "out"
+    rows_ = [{"prompt": f"picture {i}", "seed": i} for i in range(6)]
+    result = {}
+    run = threading.Thread(target=lambda: result.update(summary=sdkit.batch(
+        rows_, out, sd1_folder, params=ARGS | {"steps": 4}, ray="auto", cpus_per_worker=1, backend="torch",
+        progress=False)))  # ray="auto" in a process with a Ray session: that session's cluster
+    run.start()
+    first = _wait_for_lines(out, 1, thread=run, timeout=120)[0]
+    os.kill(int(first["worker"].split(":")[1]), signal.SIGKILL)
+    run.join(240)
+    assert not run.is_alive()
+    summary = result["summary"]
+    assert (summary.done, summary.failed) == (6, [])
+    entries = check_exactly_once(out, 6, pipe)
+    workers = {e["worker"] for e in entries}
+    assert len(workers) >= 3  # two actors, one of them restarted in a new process
+
+
+def test_fsspec_url_output_and_resume_elsewhere(tmp_path, monkeypatch, sd1_folder):
+    import fsspec  # installed with huggingface_hub
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = "memory://sdkit-test-batch/out"
+    rows_ = [{"prompt": "a cat", "seed": 1}, {"prompt": "a dog", "seed": 2}]
+    summary = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
+    assert (summary.done, summary.failed) == (2, [])
+    fs = fsspec.filesystem("memory")
+    entries = [json.loads(line) for line in fs.cat_file("/sdkit-test-batch/out/manifest.jsonl").splitlines()]
+    assert [e["file"] for e in entries] == ["00001-1.png", "00002-2.png"]
+    for e in entries:
+        assert hashlib.sha256(fs.cat_file(f"/sdkit-test-batch/out/{e['file']}")).hexdigest() == e["sha256"]
+    # resumed where the driver's local copy is missing: the URL's manifest says both are done
+    import shutil
+    shutil.rmtree(tmp_path / "cache")
+    again = sdkit.batch(rows_, url, sd1_folder, params=ARGS, progress=False)
+    assert (again.done, again.skipped) == (0, 2)
+    fs.rm("/sdkit-test-batch", recursive=True)
+
+
+def test_local_workers_on_two_devices(tmp_path, pipe, sd1_folder):
+    """Two local workers (threads; "cpu" twice stands in for two GPUs) share the rows, each made once."""
+    out = tmp_path / "out"
+    summary = sdkit.batch([{"prompt": f"picture {i}", "seed": i} for i in range(4)], out, sd1_folder,
+                          params=ARGS, devices=["cpu", "cpu"], backend="torch", progress=False)
+    assert (summary.done, summary.failed) == (4, [])
+    check_exactly_once(out, 4, pipe)
+
+
+def test_rows_grouped_by_model_and_size(tmp_path, sd1_folder):
+    """Interleaved models and sizes are made group by group, so each worker loads a model once per group."""
+    other = tmp_path / "other-sd1"
+    other.symlink_to(sd1_folder)  # another model name, the same weights
+    rows_ = [{"prompt": "a", "seed": i, "model": str(m), "width": w}
+             for i, (m, w) in enumerate([(sd1_folder, 32), (other, 40), (sd1_folder, 40), (other, 32),
+                                         (sd1_folder, 32)])]
+    summary = sdkit.batch(rows_, tmp_path / "out", params=ARGS | {"height": 32}, progress=False)
+    assert (summary.done, summary.failed) == (5, [])
+    order = [(e["parameters"]["model"], e["parameters"]["width"]) for e in manifest(tmp_path / "out")]
+    assert order == sorted(order, key=lambda g: (str(g[0]), g[1]))  # contiguous groups
+    assert [e["row"] for e in manifest(tmp_path / "out")] == [1, 5, 3, 4, 2]

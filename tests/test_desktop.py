@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported: no display needed
 
 import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -254,11 +255,12 @@ def test_use_these_settings_restores_the_selected_image(qtbot, window, sd1_folde
     assert (window.prompt.text(), s.steps, s.seed) == ("first", 2, 11)
 
 
-def test_token_counter_warns_when_text_will_be_cut(window):
+def test_token_counter_shows_chunks(window):
+    """A1111's counter: tokens used / tokens the 75-token chunks hold; LoRA tags are not text."""
     window.prompt.set_text("a photo of a cat")
     assert window.prompt.counter.text() == "5/75 tokens"
-    window.prompt.set_text("cat " * 80)
-    assert window.prompt.counter.text().startswith("80/75 tokens") and "cut" in window.prompt.counter.text()
+    window.prompt.set_text("cat " * 80 + "<lora:detail:0.5>")
+    assert window.prompt.counter.text() == "80/150 tokens, 2 chunks"
     window.negative.set_text("")
     assert window.negative.counter.text() == "0/75 tokens"
 
@@ -355,3 +357,89 @@ def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_fold
     generate(qtbot, window)
     wide = window.session.results[-1].image
     assert wide.size == (128, 64) and np.array_equal(np.asarray(wide)[:, :56], np.asarray(init)[:, :56])
+
+
+def test_dropped_files_that_are_refused_never_become_the_init_image(window, tmp_path, sd1_folder):
+    """A pickle, an image whose record sdkit refuses and a file that is no image show an error; a LoRA becomes a
+    tag, a VAE the VAE; none of them the init image or the model."""
+    from safetensors.numpy import save_file
+
+    window.picker.model.setCurrentText(str(sd1_folder))
+    (tmp_path / "model.ckpt").write_bytes(b"not opened")
+    drop(window, tmp_path / "model.ckpt")
+    assert window.error.isVisible() and "pickles" in window.error.text()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Dream", '"a cat" -s 20')  # InvokeAI 2.x, which sdkit refuses
+    Image.new("RGB", (64, 64)).save(tmp_path / "invoke.png", pnginfo=info)
+    drop(window, tmp_path / "invoke.png")
+    assert window.error.isVisible() and "InvokeAI 2.x" in window.error.text()
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    drop(window, tmp_path / "broken.png")
+    assert window.error.isVisible() and "cannot be read as an image" in window.error.text()
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 8), np.float32),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": np.ones((), np.float32)},
+              str(tmp_path / "detail.safetensors"))
+    window.prompt.set_text("a fox")
+    window.prompt.edit.moveCursor(window.prompt.edit.textCursor().MoveOperation.End)
+    drop(window, tmp_path / "detail.safetensors")
+    assert window.prompt.text() == "a fox, <lora:detail:1>"
+    vae = sd1_folder / "vae" / "diffusion_pytorch_model.safetensors"
+    drop(window, vae)
+    assert window.picker.choice().vae == str(vae)
+    assert window.form.init_image is None and window.picker.model.currentText() == str(sd1_folder)
+
+
+def test_browser_inserts_lora_tags_and_embeddings_with_their_weight(window, tmp_path, monkeypatch):
+    for folder, name in (("loras", "detail"), ("embeddings", "EasyNegative")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.safetensors").write_bytes(b"")
+    monkeypatch.setenv("SDKIT_LORA_DIRS", str(tmp_path / "loras"))
+    monkeypatch.setenv("SDKIT_EMBEDDING_DIRS", str(tmp_path / "embeddings"))
+    browser = window.networks
+    browser.refresh()
+    assert [browser.lists[i].item(0).text() for i in (0, 1)] == ["detail", "EasyNegative"]
+    window.prompt.set_text("")
+    browser.weight.setValue(0.6)
+    browser.lists[0].setCurrentRow(0)
+    browser._insert()
+    assert window.prompt.text() == "<lora:detail:0.6>"
+    browser.tabs.setCurrentIndex(1)
+    browser.lists[1].setCurrentRow(0)
+    browser.target.setCurrentIndex(1)
+    browser.weight.setValue(1.0)
+    browser._insert()
+    assert window.negative.text() == "EasyNegative"
+
+
+def test_vae_picker_and_clip_skip_reach_generate_and_come_back_from_a_png(qtbot, window, sd1_folder, tmp_path,
+                                                                          monkeypatch):
+    """The picked VAE and clip skip make the picture (and its record); dropping that PNG restores both, the VAE
+    found by name in $SDKIT_VAE_DIRS; an explicit empty negative prompt stays "", not None."""
+    import shutil
+
+    vaes = tmp_path / "vaes"
+    vaes.mkdir()
+    vae = Path(shutil.copy(sd1_folder / "vae" / "diffusion_pytorch_model.safetensors", vaes / "my-vae.safetensors"))
+    fill(window, sd1_folder, prompt="a fox")
+    window.picker.set_vae(str(vae))
+    window.form.clip_skip.setValue(2)
+    generate(qtbot, window)
+    params = window.session.results[0].params
+    assert (params["clip_skip"], params["VAE"]) == (2, "my-vae.safetensors")
+    assert window.picker.info.text().endswith(" · VAE my-vae.safetensors")
+    text = window.session.results[0].image.info["parameters"].replace("a fox\n", "a fox\nNegative prompt: \n")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "made.png", pnginfo=info)
+
+    window.picker.set_vae(None)
+    window.form.clip_skip.setValue(1)
+    window.negative.set_text("rain")
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(vaes))
+    drop(window, tmp_path / "made.png")
+    assert window.picker.choice().vae == str(vae) and window.form.clip_skip.value() == 2
+    window._sync_session()
+    assert window.session.job()[1]["negative_prompt"] == ""
+    monkeypatch.delenv("SDKIT_VAE_DIRS")
+    drop(window, tmp_path / "made.png")
+    assert window.picker.choice().vae is None and "my-vae.safetensors" in window.status.text()

@@ -6,7 +6,8 @@ import pytest
 pytest.importorskip("PySide6")  # sdkit_desktop.worker below needs it; the session model itself does not
 
 from sdkit_desktop import download, preview  # noqa: E402
-from sdkit_desktop.session import ModelChoice, Session, Settings, size_presets, snap8  # noqa: E402
+from sdkit_desktop.session import (ModelChoice, Session, Settings, embedding_text, lora_tag,  # noqa: E402
+                                   network_files, size_presets, snap8, vae_files)
 from sdkit_desktop.worker import describe  # noqa: E402
 
 import sdkit  # noqa: E402
@@ -17,7 +18,9 @@ SAMPLERS = ("ddim", "euler_a", "dpmpp_2m_karras")
 def test_generate_kwargs_text_to_image_and_image_to_image():
     s = Settings(prompt="a cat", width=64, height=96, seed=5, strength=0.4)
     assert s.generate_kwargs() == dict(prompt="a cat", negative_prompt=None, width=64, height=96, steps=30,
-                                       guidance_scale=7.5, sampler="dpmpp_2m_karras", seed=5, num_images=1)
+                                       guidance_scale=7.5, sampler="dpmpp_2m_karras", seed=5, num_images=1,
+                                       clip_skip=1)
+    assert Settings(negative_prompt="").generate_kwargs()["negative_prompt"] == ""  # SDXL: not None's zeros
     kw = Settings(init_image="in.png", strength=0.4).generate_kwargs()
     assert (kw["init_image"], kw["strength"]) == ("in.png", 0.4)
 
@@ -122,3 +125,35 @@ def test_download_progress_counts_partial_files(tmp_path, monkeypatch):
     (blobs / "b.incomplete").write_bytes(b"x" * 500)
     assert download.cached_bytes("org/model") == 1500
     assert [download.human_bytes(n) for n in (5, 1500, 2_300_000_000)] == ["5 B", "1.5 KB", "2.3 GB"]
+
+
+def test_restored_images_set_negative_prompt_and_clip_skip_even_when_absent():
+    """An image with an explicit empty negative prompt restores "" (not None); one without a negative prompt or
+    clip skip clears the current ones."""
+    s = Settings(negative_prompt="fog", clip_skip=2)
+    assert s.with_parameters({"prompt": "a", "negative_prompt": ""}, SAMPLERS).negative_prompt == ""
+    cleared = s.with_parameters({"prompt": "a"}, SAMPLERS)
+    assert (cleared.negative_prompt, cleared.clip_skip) == (None, 1)
+    assert s.with_parameters({"prompt": "a", "clip_skip": 3}, SAMPLERS).clip_skip == 3
+    assert Settings.from_dict(Settings(negative_prompt="", clip_skip=2).to_dict()) == Settings(negative_prompt="",
+                                                                                                 clip_skip=2)
+
+
+def test_lora_embedding_and_vae_files_of_the_configured_folders(tmp_path, monkeypatch):
+    import os
+
+    for folder, names in (("a", ["detail.safetensors", "style.safetensors", "old.pt", ".hidden.safetensors"]),
+                          ("b", ["detail.safetensors", "more.safetensors"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).write_bytes(b"")
+    monkeypatch.setenv("SDKIT_LORA_DIRS", os.pathsep.join([str(tmp_path / "a"), str(tmp_path / "b"),
+                                                           str(tmp_path / "missing")]))
+    assert network_files("SDKIT_LORA_DIRS") == {"detail": str(tmp_path / "a" / "detail.safetensors"),
+                                                "style": str(tmp_path / "a" / "style.safetensors"),
+                                                "more": str(tmp_path / "b" / "more.safetensors")}
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "b"))
+    assert vae_files() == [str(tmp_path / "b" / "detail.safetensors"), str(tmp_path / "b" / "more.safetensors")]
+    assert (lora_tag("detail", 1.0), lora_tag("detail", -0.5)) == ("<lora:detail:1>", "<lora:detail:-0.5>")
+    assert (embedding_text("EasyNegative", 1.0), embedding_text("EasyNegative", 1.2)) == (
+        "EasyNegative", "(EasyNegative:1.2)")

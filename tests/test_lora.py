@@ -53,8 +53,9 @@ def kohya_file(path, parts, seed, rank=4, alpha=2.0, dora=False):
             down, up = factors(shape, rank, g)
             tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
                         f"{key}.alpha": torch.tensor(alpha)}
-            if dora:
-                tensors[f"{key}.dora_scale"] = 1 + 0.1 * torch.randn(1, shape[1], generator=g)
+            if dora:  # LyCORIS' shape: (1, in) for a Linear, (1, in, 1, 1) for a conv
+                tensors[f"{key}.dora_scale"] = 1 + 0.1 * torch.randn(1, shape[1], *[1] * (len(shape) - 2),
+                                                                     generator=g)
     save_file(tensors, path)
     return path
 
@@ -75,6 +76,14 @@ def sd1_loras(sd1_folder, tmp_path_factory):
     kohya_file(folder / "locon.safetensors", [("lora_unet_", modules(theirs.unet, conv=True))], seed=2, rank=2,
                alpha=1.0)
     return folder, theirs
+
+
+def fresh(theirs):
+    """The shared diffusers pipeline without adapters (a failed test may have left some)."""
+    loaded = {a for names in theirs.get_list_adapters().values() for a in names}
+    if loaded:
+        theirs.delete_adapters(sorted(loaded))
+    return theirs
 
 
 def run_theirs(theirs, adapters, weights, prompt=PROMPT, negative=NEGATIVE):
@@ -116,7 +125,7 @@ def test_kohya_sd1_as_diffusers(sd1_folder, sd1_loras, backend):
     if backend == "mlx":
         pytest.importorskip("mlx.core")
     folder, theirs = sd1_loras
-    theirs.load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
+    fresh(theirs).load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
     theirs.load_lora_weights(folder, weight_name="locon.safetensors", adapter_name="locon")
     pipe = sdkit.load(sd1_folder, backend=backend, device="cpu", dtype="float32", lora_dirs=folder)
     base = pipe.generate(PROMPT, NEGATIVE, width=WIDTH, height=HEIGHT, steps=STEPS, sampler="pndm", seed=SEED)
@@ -134,7 +143,7 @@ def test_kohya_sd1_as_diffusers(sd1_folder, sd1_loras, backend):
 def test_text_encoder_and_unet_weights_apart(sd1_folder, sd1_loras):
     """<lora:NAME:W_TE:W_UNET>: the text encoder's weight first (A1111), against diffusers' per-component weights."""
     folder, theirs = sd1_loras
-    theirs.load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
+    fresh(theirs).load_lora_weights(folder, weight_name="style.safetensors", adapter_name="style")
     pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
     ours = run_ours(pipe, "pndm", prompt=PROMPT + " <lora:style:0.3:1.2>")
     expected = run_theirs(theirs, ["style"], [{"text_encoder": 0.3, "unet": 1.2}])
@@ -160,6 +169,7 @@ def test_diffusers_formats(sd1_folder, sd1_loras, tmp_path):
     """PEFT's lora_A / lora_B under unet. / text_encoder., against diffusers; the older .lora.down.weight and
     attention-processor names give the same weights."""
     _, theirs = sd1_loras
+    fresh(theirs)
     g = torch.Generator().manual_seed(4)
     peft, old = {}, {}
     for prefix, mods in theirs.lora_modules.items():
@@ -240,19 +250,30 @@ def unet_weights(pipe, names):
     return {n: (lambda a: a.transpose(0, 3, 1, 2) if a.ndim == 4 else a)(np.array(params[n])) for n in names}
 
 
-def test_dora_formula(sd1_folder, tmp_path):
-    """DoRA: W' = W + w (m (W + s dW) / ||W + s dW|| - W), norms over each input column (LyCORIS' dora_scale
-    (1, in)), s = alpha / rank."""
-    pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32")
-    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"
-    key = "lora_unet_" + name.removesuffix(".weight").replace(".", "_")
-    kohya_file(tmp_path / "dora.safetensors", [("", {key: (32, 64)})], seed=6, dora=True)
-    t = {k.split(".", 1)[1]: v for k, v in load_file(tmp_path / "dora.safetensors").items()}
-    base = torch.from_numpy(unet_weights(pipe, [name])[name])
-    merged = base + t["lora_up.weight"] @ t["lora_down.weight"] * 2.0 / 4
-    expected = base + 0.7 * (merged * t["dora_scale"] / (merged.norm(dim=0, keepdim=True) + 1.1920929e-07) - base)
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_dora_formula(sd1_folder, tmp_path, backend):
+    """DoRA: W' = W + w (m (W + s dW) / ||W + s dW|| - W), s = alpha / rank; LyCORIS' dora_scale (1, in) holds
+    one magnitude per input channel, the norm taken over all other axes (ComfyUI's weight_decompose)."""
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    pipe = sdkit.load(sd1_folder, backend=backend, device="cpu", dtype="float32")
+    names = {"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight": (32, 64),
+             "up_blocks.1.resnets.0.conv1.weight": (32, 96, 3, 3)}
+    keys = {"lora_unet_" + n.removesuffix(".weight").replace(".", "_"): s for n, s in names.items()}
+    kohya_file(tmp_path / "dora.safetensors", [("", keys)], seed=6, dora=True)
+    tensors = load_file(tmp_path / "dora.safetensors")
+    before = unet_weights(pipe, names)
     pipe.generate(PROMPT, steps=1, width=WIDTH, height=HEIGHT, loras={tmp_path / "dora.safetensors": 0.7})
-    np.testing.assert_allclose(unet_weights(pipe, [name])[name], expected.numpy(), rtol=0, atol=1e-5)
+    after = unet_weights(pipe, names)
+    for (name, shape), key in zip(names.items(), keys):
+        t = {role: tensors[f"{key}.{role}"] for role in ("lora_up.weight", "lora_down.weight", "dora_scale")}
+        base = torch.from_numpy(before[name])
+        merged = base + (t["lora_up.weight"].flatten(1) @ t["lora_down.weight"].flatten(1)).reshape(shape) * 2.0 / 4
+        norm = merged.transpose(0, 1).reshape(shape[1], -1).norm(dim=1)  # (in,)
+        norm = norm.reshape(1, shape[1], *[1] * (len(shape) - 2)) + torch.finfo(torch.float32).eps
+        scale = t["dora_scale"].reshape(norm.shape)
+        expected = base + 0.7 * (merged * scale / norm - base)
+        np.testing.assert_allclose(after[name], expected.numpy(), rtol=0, atol=1e-5, err_msg=name)
 
 
 # ---- compiled graphs, restore ----
@@ -357,3 +378,39 @@ def test_patching_in_place_keeps_storage(sd1_folder, sd1_loras):
     assert len(changed) == len({layer.name for layer in style.layers if layer.component == "unet"})
     pipe.unet.patch({})
     assert all(torch.equal(v, model.state_dict()[k]) for k, (_, v) in before.items())
+
+
+def test_tucker_factors():
+    """LoCon's and LoHa's Tucker-factored 3x3 convs, against ComfyUI's formulas (comfy/weight_adapter)."""
+    g = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=g)
+    down, mid, up = r(4, 6, 1, 1), r(4, 4, 3, 3), r(5, 4, 1, 1)
+    # comfy/weight_adapter/lora.py: the core folded into down, then up @ down
+    folded = torch.mm(down.transpose(0, 1).flatten(1), mid.transpose(0, 1).flatten(1)).reshape(6, 4, 3, 3)
+    expected = (up.flatten(1) @ folded.transpose(0, 1).flatten(1)).reshape(5, 6, 3, 3) * 2.0 / 4
+    layer = lora.Layer("unet", "w", (5, 6, 3, 3), {"down": down.numpy(), "mid": mid.numpy(), "up": up.numpy(),
+                                                    "alpha": np.float32(2.0)})
+    np.testing.assert_allclose(layer.delta(1.0), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+    w1a, w1b, t1, w2a, w2b, t2 = r(4, 5), r(4, 6), r(4, 4, 3, 3), r(4, 5), r(4, 6), r(4, 4, 3, 3)
+    core = lambda t, a, b: torch.einsum("i j k l, j r, i p -> p r k l", t, b, a)  # comfy/weight_adapter/loha.py
+    expected = core(t1, w1a, w1b) * core(t2, w2a, w2b) * 1.0 / 4
+    tensors = {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_t1": t1, "hada_w2_a": w2a, "hada_w2_b": w2b, "hada_t2": t2}
+    layer = lora.Layer("unet", "w", (5, 6, 3, 3), {k: v.numpy() for k, v in tensors.items()} | {"alpha": np.ones(())})
+    np.testing.assert_allclose(layer.delta(-0.5), -0.5 * expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_same_loras_again_patch_nothing(sd1_folder, sd1_loras, monkeypatch):
+    """Evictable components (residency.py) stay built while patched: a second call with the same LoRAs computes
+    no delta, and the base weights come back after."""
+    folder, _ = sd1_loras
+    pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", lora_dirs=folder)
+    assert pipe.unet.lazy.residency is not None  # the case in point: weights read zero-copy, evictable
+    calls, delta = [], lora.Layer.delta
+    monkeypatch.setattr(lora.Layer, "delta", lambda self, *a: calls.append(self.name) or delta(self, *a))
+    run = lambda **kw: pipe.generate(PROMPT, steps=1, width=WIDTH, height=HEIGHT, seed=1, **kw)[0].tobytes()
+    base = run()
+    first = run(loras={"style": 0.5})
+    n = len(calls)
+    assert n > 0 and run(loras={"style": 0.5}) == first and len(calls) == n
+    assert run() == base and pipe.unet.lazy.residency is not None

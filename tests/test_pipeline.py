@@ -48,6 +48,24 @@ def test_callback_once_per_unet_evaluation(pipe, sampler, evaluations):
     assert calls == [(i + 1, evaluations, (1, 4, 8, 8)) for i in range(evaluations)]
 
 
+def test_latent_output_and_hook(pipe):
+    """output="latent": the latents the VAE would decode, numpy (B, C, h, w); the hook sees each step's
+    backend array and can replace it (a hook that keeps x changes nothing)."""
+    kw = dict(width=64, height=48, steps=3, sampler="euler", seed=3, num_images=2)
+    latents = pipe.generate("a cat", output="latent", **kw)
+    assert isinstance(latents, np.ndarray) and latents.shape == (2, 4, 6, 8) and latents.dtype == np.float32
+    seen = []
+    again = pipe.generate("a cat", output="latent", hook=lambda i, x, sigma, x0: seen.append((i, sigma)) or x, **kw)
+    assert np.array_equal(latents, again) and [i for i, _ in seen] == [0, 1, 2] and seen[-1][1] == 0
+    zeroed = pipe.generate("a cat", output="latent", hook=lambda i, x, sigma, x0: x * 0, **kw)
+    assert not zeroed.any()
+    image, = pipe.generate("a cat", **{**kw, "num_images": 1})
+    decoded = pipe.vae.decode(pipe.backend.asarray(latents[:1]))  # (1, H, W, 3) uint8
+    assert np.abs(pixels(image) - decoded[0].astype(np.int16)).max() <= 1
+    with pytest.raises(ValueError, match="output must be 'pil' or 'latent', got 'np'"):
+        pipe.generate("a cat", output="np", **kw)
+
+
 def test_cancel_within_one_evaluation_and_pipeline_keeps_working(pipe):
     calls = []
 

@@ -4,6 +4,8 @@ diffusers lets it) and by sdkit.samplers (numpy float64)."""
 
 import json
 import math
+import sys
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -92,19 +94,25 @@ def run_diffusers(name, config: dict, steps, strength, x0, noise, seed, schedule
         x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(x0)))
     else:
         x = noise * scheduler.init_noise_sigma
-    kwargs = {"generator": torch.Generator().manual_seed(seed)} if name == "euler_a" else {}
-    seen = []
-    for t in timesteps:
-        seen.append(float(t))
-        out = unet(scheduler.scale_model_input(x, t), float(t))
-        x = scheduler.step(out, t, x, **kwargs).prev_sample
+    seen, noise = [], step_noise(seed)
+    # stochastic samplers: each step's noise from the stream sdkit gets too (in place of torch's generator)
+    with mock.patch.object(sys.modules[cls.__module__], "randn_tensor", lambda *a, **kw: torch.from_numpy(noise()),
+                           create=True):
+        for t in timesteps:
+            seen.append(float(t))
+            out = unet(scheduler.scale_model_input(x, t), float(t))
+            x = scheduler.step(out, t, x).prev_sample
     return x.double().numpy(), seen, float(scheduler.init_noise_sigma)
+
+
+def step_noise(seed: int):
+    """The per-step noise both sides draw: an endless stream of standard-normal arrays."""
+    rng = np.random.default_rng(seed + 1000)
+    return lambda: rng.standard_normal(SHAPE)
 
 
 def run_sdkit(name, config: dict, steps, strength, x0, noise, seed, schedule=None):
     p = samplers.plan(name, SchedulerConfig.from_diffusers(config), steps, strength, schedule)
-    generator = torch.Generator().manual_seed(seed)  # euler_a's per-step noise: the stream diffusers draws
-    step_noise = lambda: torch.randn(SHAPE, generator=generator, dtype=torch.float64).numpy()
     seen = []
 
     def model(x, t):
@@ -113,7 +121,7 @@ def run_sdkit(name, config: dict, steps, strength, x0, noise, seed, schedule=Non
         return unet(x, t)
 
     x = noise * p.init_noise_sigma if strength == 1 else samplers.add_noise(p, x0, noise)
-    x = samplers.sample(p, model, x, step_noise)
+    x = samplers.sample(p, model, x, step_noise(seed))
     assert p.num_evaluations == len(seen) == len(p.timesteps)
     return x, seen, p.init_noise_sigma
 
@@ -293,3 +301,29 @@ def test_same_code_runs_on_torch_and_mlx(name):
     mx = pytest.importorskip("mlx.core")
     ours = np.array(run(lambda a: mx.array(a.astype(np.float32)), mx.sin))
     assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-5
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("name", samplers.NAMES)
+def test_hook_sees_every_step_and_can_replace_x(name, strength):
+    """hook(step, x, sigma, denoised) once per step, 0-based, noise levels falling to (about) zero; returning
+    None or x changes nothing; another array replaces x (what inpainting's blend does)."""
+    config = SchedulerConfig.from_diffusers(BASES["sd15"])
+    p = samplers.plan(name, config, 6, strength)
+    rng = np.random.default_rng(3)
+    x, steps = rng.standard_normal(SHAPE) * p.init_noise_sigma, [rng.standard_normal(SHAPE) for _ in range(99)]
+
+    def run(hook):
+        queue = iter(steps)
+        return samplers.sample(p, unet, x, lambda: next(queue), hook)
+
+    seen = []
+    plain = run(None)
+    last = run(lambda i, x, sigma, x0: seen.append((i, sigma, x.shape, x0.shape)) or x)
+    assert np.array_equal(plain, last)
+    assert [s[0] for s in seen] == list(range(int(6 * strength)))
+    sigmas = [s[1] for s in seen]
+    assert sigmas == sorted(sigmas, reverse=True) and sigmas[-1] < 0.1 and all(s[2:] == (SHAPE, SHAPE) for s in seen)
+    finals = []
+    replaced = run(lambda i, x, sigma, x0: finals.append(x * 0.5) or finals[-1])
+    assert np.array_equal(replaced, finals[-1]) and not np.allclose(replaced, plain)

@@ -253,3 +253,41 @@ def test_cli_vae_and_from_restores_it(vaes, sd1_single_file, tmp_path, gen, monk
         f"sdkit-gen: warning: VAE {vaes.ldm.name!r} is not next to the model nor in $SDKIT_VAE_DIRS: the model's "
         "own VAE is used (pass --vae FILE)"]
     assert "VAE" not in sdkit.read_parameters(tmp_path / "lost.png")
+    code, out, err = gen("a", "-m", sd1_single_file, *FAST, "--vae", "missing.safetensors")
+    assert (code, out) == (2, "") and err.endswith(
+        "\nsdkit-gen: error: vae: no such file or folder: missing.safetensors (nor is it a Hub repo id like "
+        "'owner/name')\n")
+
+
+def test_load_hashes_in_the_background(vaes, sd1_single_file, monkeypatch):
+    """sdkit.load starts hashing the checkpoint and VAE files, so generate() finds the digests ready."""
+    from sdkit import hashes
+
+    monkeypatch.setattr(hashes, "_known", {})
+    monkeypatch.setattr(hashes, "_running", {})
+    sdkit.load(sd1_single_file, backend="torch", device="cpu", vae=vaes.ldm)
+    assert set(hashes._running) == {str(sd1_single_file.resolve()), str(vaes.ldm.resolve())}
+    for thread in hashes._running.values():
+        thread.join(60)
+    assert {k for k in hashes._known} == set(hashes._running)
+
+
+def test_stored_vae_names_find_their_safetensors_file(tmp_path, monkeypatch):
+    """A1111 writes the VAE's file name; a .ckpt name finds the .safetensors conversion beside it (the pickle is
+    never chosen), a file next to the model comes first, a Hub repo id is used as is."""
+    from sdkit.cli import stored_vae
+
+    for folder in ("models", "vaes"):
+        (tmp_path / folder).mkdir()
+    model = tmp_path / "models" / "model.safetensors"
+    for file in (model, tmp_path / "vaes" / "kl-f8.safetensors", tmp_path / "vaes" / "kl-f8.ckpt",
+                 tmp_path / "vaes" / "other.safetensors", tmp_path / "models" / "other.safetensors"):
+        file.write_bytes(b"x")
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "vaes"))
+    assert stored_vae({"VAE": "kl-f8.ckpt"}, str(model)) == (str(tmp_path / "vaes" / "kl-f8.safetensors"), [])
+    assert stored_vae({"VAE": "other.safetensors"}, str(model)) == (str(tmp_path / "models" / "other.safetensors"), [])
+    for repo in ("stabilityai/sd-vae-ft-mse", "owner/vae-v1.5"):
+        assert stored_vae({"VAE": repo}, str(model)) == (repo, [])
+    monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="SDKIT_VAE_DIRS: .*missing.* is not a folder"):
+        stored_vae({"VAE": "kl-f8.ckpt"}, str(model))

@@ -76,6 +76,11 @@ class MLXBackend:
         return VAE(lambda d: self._load(lambda: AutoencoderKL(config), weights, "vae", d), self.mx_dtype,
                    self.mx_device)
 
+    def trainer(self, checkpoint, plan):
+        """A trainer for sdkit.train (sdkit.train.plan says what it does)."""
+        from .train import Trainer
+        return Trainer(checkpoint, plan, self.mx_device, self.mx_dtype)
+
     def asarray(self, x: np.ndarray) -> mx.array:
         return mx.array(np.asarray(x, dtype=np.float32))
 

@@ -60,6 +60,11 @@ class TorchBackend:
     def is_available(cls) -> bool:
         return True  # torch imported; the CPU always works
 
+    @classmethod
+    def devices(cls) -> list[str]:
+        """The devices sdkit.batch runs a worker on by default: every CUDA GPU, else the fastest device."""
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or [str(_resolve_device(None))]
+
     def text_encoder(self, config: TextEncoderConfig, weights: Weights) -> TextEncoder:
         build = lambda: load(lambda: CLIPTextModel(config), weights, "text encoder", self.torch_device,
                              self.torch_dtype)
@@ -81,6 +86,11 @@ class TorchBackend:
         load_in = lambda dtype: load(lambda: AutoencoderKL(config), weights, "vae", self.torch_device,
                                      dtype).to(memory_format=self.vae_format)
         return VAE(load_in, self.torch_dtype, self.torch_device, self._residency(weights))
+
+    def trainer(self, checkpoint, plan):
+        """A trainer for sdkit.train (sdkit.train.plan says what it does)."""
+        from .train import Trainer
+        return Trainer(checkpoint, plan, self.torch_device, self.torch_dtype)
 
     def asarray(self, x: np.ndarray) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=self.torch_device)
@@ -115,8 +125,10 @@ class TextEncoder:
         self.patcher = patcher
 
     def patch(self, patches) -> None:
-        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none."""
+        """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none.
+        A patched module stays built (residency.py), so later calls with the same LoRAs patch nothing."""
         self.patcher.set(self.lazy.module, patches)
+        self.lazy.pin(bool(patches))
 
     @property
     def model(self) -> CLIPTextModel:
@@ -154,8 +166,10 @@ class UNet:
 
     def patch(self, patches) -> None:
         """LoRA patches ({weight name: sdkit.adapters.lora.Patch}) in place of the previous ones; {}: none.
-        In place, so a CUDA graph or compiled graph reads the patched weights."""
+        In place, so a CUDA graph or compiled graph reads the patched weights; a patched module stays built
+        (residency.py), so later calls with the same LoRAs patch nothing."""
         self.patcher.set(self.lazy.module, patches)
+        self.lazy.pin(bool(patches))
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, t: float, context: torch.Tensor,

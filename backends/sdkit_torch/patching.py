@@ -24,7 +24,7 @@ class Patcher:
         if module is not None:
             self.applied(module)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # a module built under inference mode holds inference tensors
     def applied(self, module: nn.Module) -> nn.Module:
         """Patch a freshly built (base) module with the set in force; returns it."""
         self.saved = {}
@@ -37,7 +37,7 @@ class Patcher:
             p.copy_(base + torch.from_numpy(delta).to(p.device))  # summed in float32, stored in p's dtype
         return module
 
-    @torch.no_grad()
+    @torch.inference_mode()  # a module built under inference mode holds inference tensors
     def _restore(self, module: nn.Module) -> None:
         params = dict(module.named_parameters())
         for name, original in self.saved.items():

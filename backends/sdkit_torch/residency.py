@@ -29,8 +29,17 @@ class Lazy:
     def __init__(self, build: Callable[[], nn.Module], residency: Residency | None):
         self.build = build
         self.residency = residency
+        self.evictable = residency  # set aside while pinned
         self.module: nn.Module | None = build()
         self._take_place()
+
+    def pin(self, pinned: bool) -> None:
+        """Keep the module built (a LoRA-patched one: building it again would mean patching it again at every
+        call), or let it be evicted again."""
+        r = self.evictable
+        if r is not None and pinned and r.current is self:
+            r.current = None
+        self.residency = None if pinned else r
 
     def get(self) -> nn.Module:
         self._take_place()  # first, so the component it evicts is freed before this one is built

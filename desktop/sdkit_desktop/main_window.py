@@ -11,6 +11,12 @@ from PySide6.QtCore import QSettings, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
                                QPushButton, QScrollArea, QVBoxLayout, QWidget)
+from sdkit import identify
+from sdkit.checkpoint import PICKLES, read_header
+from sdkit.cli import stored_vae
+from sdkit.conditioning import token_usage
+from sdkit.families import VAE_PREFIX
+from sdkit.image_metadata import NoParameters
 from sdkit.tokenizer import Tokenizer
 
 from .download import cached_bytes, human_bytes
@@ -18,6 +24,7 @@ from .session import ModelChoice, Session, Settings, size_presets
 from .widgets.gallery import Gallery, ImageView, to_qimage
 from .widgets.mask_editor import MaskEditor
 from .widgets.model_picker import ModelPicker
+from .widgets.networks import NetworkBrowser
 from .widgets.prompt import PromptEdit
 from .widgets.settings_panel import SettingsPanel
 from .worker import Loaded, Worker
@@ -46,10 +53,12 @@ class MainWindow(QMainWindow):
         self._elapsed = 0.0
         self._mask = None  # the running generation's inpainting mask
 
-        count = Tokenizer.bundled("clip-l").count
+        clip_l = Tokenizer.bundled("clip-l")  # counts for SD1 and SDXL until a model is loaded
+        usage = lambda text: token_usage(text, clip_l)
         self.picker = ModelPicker()
-        self.prompt = PromptEdit("Prompt: what the picture shows", count)
-        self.negative = PromptEdit("Negative prompt: what to avoid", count)
+        self.prompt = PromptEdit("Prompt: what the picture shows", usage)
+        self.negative = PromptEdit("Negative prompt: what to avoid", usage)
+        self.networks = NetworkBrowser()
         self.form = SettingsPanel(tuple(sdkit.SAMPLERS))
         self.mask_editor = MaskEditor()
         self.generate_button = QPushButton("Generate")
@@ -81,8 +90,8 @@ class MainWindow(QMainWindow):
     def _layout(self) -> None:
         left = QVBoxLayout()
         for title, widget in (("Model", self.picker), ("Prompt", self.prompt), ("Negative prompt", self.negative),
-                              ("Settings", self.form), ("Inpaint (paint what to repaint over the init image)",
-                                                       self.mask_editor)):
+                              ("LoRAs and embeddings", self.networks), ("Settings", self.form),
+                              ("Inpaint (paint what to repaint over the init image)", self.mask_editor)):
             box = QGroupBox(title)
             QVBoxLayout(box).addWidget(widget)
             left.addWidget(box)
@@ -118,6 +127,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
         self.form.init_changed.connect(self.mask_editor.set_image)
+        self.networks.insert.connect(lambda text, negative: (self.negative if negative else self.prompt).insert(text))
         self.generate_button.clicked.connect(self.generate)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.generate)
         self.cancel_button.clicked.connect(self.cancel)
@@ -200,27 +210,66 @@ class MainWindow(QMainWindow):
         if model:
             self.picker.model.setCurrentText(model)
         note = f" (made with {name}, not among your recent models)" if name and not model else ""
-        self.status.setText(f"Settings restored from {source}{note}")
+        vae, notes = None, []
+        if "VAE" in params:
+            try:
+                vae, notes = stored_vae(params, self.picker.model.currentText())
+            except ValueError as e:  # $SDKIT_VAE_DIRS names a folder that is not there
+                notes = [str(e)]
+        self.picker.set_vae(vae)
+        self.status.setText(f"Settings restored from {source}{note}" + "".join(f"; {n}" for n in notes))
 
     def open_path(self, path: Path) -> None:
-        """A dropped file: a checkpoint becomes the model, a PNG with settings restores them, another image
-        becomes the init image."""
+        """A dropped file: a checkpoint becomes the model, a VAE the VAE, a LoRA or an embedding a tag in the
+        prompt, a PNG with settings restores them, an image without any becomes the init image. Anything else
+        (a pickle, an image whose metadata sdkit refuses, a file that is no image) is an error, never the init
+        image."""
         self.error.hide()
-        if path.is_dir() or path.suffix == ".safetensors":
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            self._open_safetensors(path)
+        elif path.is_dir():
             self.picker.model.setCurrentText(str(path))
             self.status.setText(f"Model set to {path.name}; press Load or Generate")
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
+        elif suffix in PICKLES:
+            self.show_error(f"{path.name}: {suffix} files are Python pickles, which can run code when opened; sdkit "
+                            "never opens them. Use the .safetensors release")
+        elif suffix in IMAGE_SUFFIXES:
             try:
                 params = sdkit.read_parameters(path)
-            except ValueError:
-                params = {}
-            if params.get("prompt") is not None:
-                self.restore_parameters(params, path.name)
-            else:
+            except NoParameters:
                 self.form.set_init_image(str(path))
                 self.status.setText(f"Init image: {path.name} (image to image; set the strength)")
+            except ValueError as e:  # another tool's record sdkit refuses, or not an image
+                self.show_error(str(e))
+            else:
+                self.restore_parameters(params, path.name)
         else:
-            self.show_error(f"{path.name}: drop a .safetensors checkpoint, a model folder, or a PNG/JPEG image")
+            self.show_error(f"{path.name}: drop a .safetensors checkpoint, VAE, LoRA or embedding, a model folder, "
+                            "or a PNG/JPEG/WEBP image")
+
+    def _open_safetensors(self, path: Path) -> None:
+        try:
+            keys = list(read_header(path))
+        except sdkit.CheckpointError as e:
+            self.show_error(str(e))
+            return
+        kind = identify.foreign(keys)
+        vae = identify.lone_component(keys) == "a VAE on its own" or all(k.startswith(VAE_PREFIX) for k in keys)
+        if keys and vae:
+            self.picker.set_vae(str(path))
+            self.status.setText(f"VAE set to {path.name}; press Load or Generate")
+        elif kind and kind[0] == "a LoRA":
+            self.prompt.insert(f"<lora:{path.stem}:1>")
+            self.status.setText(f"LoRA tag for {path.name} added to the prompt")
+        elif kind and kind[0] == "a textual-inversion embedding":
+            self.prompt.insert(path.stem)
+            self.status.setText(f"Embedding {path.stem} added to the prompt (its folder must be an embedding folder)")
+        elif kind:
+            self.show_error(f"{path.name}: this is {kind[0]}; {kind[1]}")
+        else:
+            self.picker.model.setCurrentText(str(path))
+            self.status.setText(f"Model set to {path.name}; press Load or Generate")
 
     def show_error(self, message: str) -> None:
         self.error.setText(message)
@@ -233,11 +282,12 @@ class MainWindow(QMainWindow):
         self._loaded = info.choice
         self.session.remember(info.choice.model, info.name)
         self.picker.set_recent(self.session.recent)
+        vae = f" · VAE {Path(info.choice.vae).name}" if info.choice.vae else ""
         self.picker.info.setText(f"{info.name} · {info.family.upper()} · {info.default_size[1]}×"
-                                 f"{info.default_size[0]} · {info.backend}")
+                                 f"{info.default_size[0]} · {info.backend}{vae}")
         self.form.set_presets(size_presets(info.family, info.default_size))
-        self.prompt.set_counter(info.tokenizer.count)
-        self.negative.set_counter(info.tokenizer.count)
+        self.prompt.set_counter(info.usage)
+        self.negative.set_counter(info.usage)
         if self._apply_native_size:
             h, w = info.default_size
             self.form.width_box.setValue(w)
@@ -311,16 +361,18 @@ class MainWindow(QMainWindow):
                                 "so far (the model is cached for next time)")
 
     def _sync_session(self) -> None:
-        """Read the form into the session."""
-        s = dataclasses.replace(self.session.settings, prompt=self.prompt.text(),
-                                negative_prompt=self.negative.text())
+        """Read the form into the session. An empty negative box is no negative prompt, unless it shows an image's
+        explicit empty one."""
+        explicit_empty = self.session.settings.negative_prompt == ""
+        negative = self.negative.text() or ("" if explicit_empty else None)
+        s = dataclasses.replace(self.session.settings, prompt=self.prompt.text(), negative_prompt=negative)
         self.session.settings = self.mask_editor.settings(self.form.settings(s))
         self.session.mask = self.mask_editor.mask
         self.session.model = self.picker.choice()
 
     def _show_settings(self, s: Settings) -> None:
         self.prompt.set_text(s.prompt)
-        self.negative.set_text(s.negative_prompt)
+        self.negative.set_text(s.negative_prompt or "")
         self.form.set_settings(s)
 
     # Persistence and window events.

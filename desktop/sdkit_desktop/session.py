@@ -7,6 +7,7 @@ the recent models and this session's results. Widgets read and write these, noth
 from __future__ import annotations
 
 import dataclasses
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ MAX_RECENT = 10
 BACKENDS = ("auto", "torch", "mlx")
 DEVICES = {"auto": (), "torch": ("cuda", "mps", "cpu"), "mlx": ("gpu", "cpu")}
 DTYPES = ("float32", "float16", "bfloat16")
+VAE_DIRS = "SDKIT_VAE_DIRS"  # as sdkit-gen --from reads it
 
 
 
@@ -30,7 +32,9 @@ class Settings:
     """Every field of the form that goes into a generate() call."""
 
     prompt: str = ""
-    negative_prompt: str = ""
+    # None: no negative prompt (an empty box); "" only when an image recorded an explicit empty one, which SDXL
+    # encodes as text where None is zeros
+    negative_prompt: str | None = None
     width: int = 512
     height: int = 512
     steps: int = 30
@@ -44,21 +48,24 @@ class Settings:
     mask_blur: int = 4  # inpainting (a mask drawn over the init image, or Extend canvas)
     inpaint_area: str = "whole"
     inpaint_padding: int = 32
+    clip_skip: int = 1  # A1111's: 1 the text encoder's last layer, 2 the penultimate
 
     def generate_kwargs(self) -> dict:
-        """Keyword arguments for Pipeline.generate(); an empty negative prompt is generate()'s default None."""
-        kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt or None, width=self.width, height=self.height,
+        """Keyword arguments for Pipeline.generate()."""
+        kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width, height=self.height,
                   steps=self.steps, guidance_scale=self.guidance_scale, sampler=self.sampler, seed=self.seed,
-                  num_images=self.num_images)
+                  num_images=self.num_images, clip_skip=self.clip_skip)
         if self.init_image:
             kw.update(init_image=self.init_image, strength=self.strength)
         return kw
 
     def with_parameters(self, params: dict, samplers: tuple[str, ...]) -> Settings:
         """These settings with every field an image's metadata (sdkit.read_parameters) records; the seed
-        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current one."""
-        keys = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "seed", "strength")
+        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current one; an image
+        without a negative prompt or clip skip clears them."""
+        keys = ("prompt", "width", "height", "steps", "guidance_scale", "seed", "strength")
         new = {k: params[k] for k in keys if params.get(k) is not None}
+        new |= {"negative_prompt": params.get("negative_prompt"), "clip_skip": params.get("clip_skip") or 1}
         if params.get("sampler") in samplers:
             new["sampler"] = params["sampler"]
         return dataclasses.replace(self, **new, seed_locked="seed" in new or self.seed_locked)
@@ -88,6 +95,8 @@ class ModelChoice:
     backend: str = "auto"
     device: str | None = None
     dtype: str | None = None
+
+    vae: str | None = None  # a VAE file, folder or Hub id replacing the model's (sdkit.load's vae=)
 
     @property
     def is_hub_id(self) -> bool:
@@ -139,6 +148,13 @@ class Session:
         self.results.extend(Result(im, p, mask) for im, p in zip(images, params))
 
 
+def vae_files() -> list[str]:
+    """The .safetensors files in the folders of $SDKIT_VAE_DIRS (the VAE picker's list); folders that are not
+    there are skipped (sdkit-gen names them)."""
+    dirs = [Path(d).expanduser() for d in os.environ.get(VAE_DIRS, "").split(os.pathsep) if d]
+    return [str(f) for d in dirs if d.is_dir() for f in sorted(d.glob("*.safetensors")) if not f.name.startswith(".")]
+
+
 def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
     """(width, height) presets for a model: its family's training buckets (SDXL's equal-area ones) when it is
     at its family's native size, else its native square, then portrait and landscape at 2:3 and 3:4 with the
@@ -158,3 +174,25 @@ def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
 def snap8(value: int) -> int:
     """The nearest multiple of 8 (at least 8): the sizes the VAE can encode."""
     return max(8, (value + 4) // 8 * 8)
+
+
+def network_files(env: str) -> dict[str, str]:
+    """stem -> path of the .safetensors files in the folders of `env` ($SDKIT_LORA_DIRS, $SDKIT_EMBEDDING_DIRS):
+    the names a prompt uses them by, first folder first, as sdkit finds them (pickles are never used)."""
+    found: dict[str, str] = {}
+    for d in (Path(d).expanduser() for d in os.environ.get(env, "").split(os.pathsep) if d):
+        if d.is_dir():
+            for f in sorted(d.glob("*.safetensors")):
+                if not f.name.startswith("."):
+                    found.setdefault(f.stem, str(f))
+    return found
+
+
+def lora_tag(name: str, weight: float) -> str:
+    """A1111's prompt tag for a LoRA: <lora:NAME:WEIGHT>."""
+    return f"<lora:{name}:{weight:g}>"
+
+
+def embedding_text(name: str, weight: float) -> str:
+    """An embedding is used by its name; another weight than 1 as A1111's (NAME:WEIGHT)."""
+    return name if weight == 1 else f"({name}:{weight:g})"

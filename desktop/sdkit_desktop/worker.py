@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import sdkit
 from PySide6.QtCore import QObject, Signal, Slot
@@ -32,7 +32,7 @@ class Loaded:
     family: str
     default_size: tuple[int, int]  # (height, width)
     backend: str  # resolved name, device, dtype, e.g. "torch cpu float32"
-    tokenizer: Any  # sdkit.tokenizer.Tokenizer, for the token counter
+    usage: Callable[[str], tuple[int, int]]  # the token counter: Pipeline.token_usage
 
 
 class Worker(QObject):
@@ -104,10 +104,11 @@ class Worker(QObject):
         gc.collect()  # free the old model's memory before the new one arrives
         what = "Downloading {} from the Hub and loading it…" if choice.is_hub_id else "Loading {}…"
         self.status.emit(what.format(choice.model))
-        self.pipe = self._load(choice.model, backend=choice.backend, device=choice.device, dtype=choice.dtype)
+        vae = {"vae": choice.vae} if choice.vae else {}
+        self.pipe = self._load(choice.model, backend=choice.backend, device=choice.device, dtype=choice.dtype, **vae)
         b = self.pipe.backend
         self.info = Loaded(choice, self.pipe.checkpoint.name, self.pipe.checkpoint.family, self.pipe.default_size,
-                           f"{b.name} {b.device} {b.dtype}", self.pipe.tokenizers[0])
+                           f"{b.name} {b.device} {b.dtype}", self.pipe.token_usage)
         return True
 
     def _callback(self, start: float):

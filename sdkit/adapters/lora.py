@@ -85,8 +85,9 @@ class Layer:
         if m.shape[0] == self.shape[0] and m.size == self.shape[0]:  # one magnitude per output row
             norm = np.linalg.norm(merged.reshape(self.shape[0], -1), axis=1).reshape(-1, *[1] * (merged.ndim - 1))
             m = m.reshape(norm.shape)
-        else:  # one per input column (LyCORIS: (1, I) or (1, I, kh, kw))
-            norm = np.linalg.norm(merged, axis=0, keepdims=True)
+        else:  # one per input channel (LyCORIS: (1, I) or (1, I, 1, 1)), the norm over all other axes
+            axes = tuple(a for a in range(merged.ndim) if a != 1)
+            norm = np.sqrt(np.square(merged).sum(axis=axes, keepdims=True))  # (1, I) or (1, I, 1, 1)
             m = m.reshape(norm.shape)
         decomposed = merged * (m / (norm + np.finfo(np.float32).eps))
         return weight * (decomposed - base)
@@ -97,8 +98,8 @@ class Layer:
         if "down" in t:
             down, up = t["down"], t["up"]
             rank = down.shape[0]
-            if "mid" in t:  # Tucker: mid (r, r, kh, kw) between up and down (1x1 convs)
-                dw = np.einsum("ijkl,ip,jq->pqkl", t["mid"], up.reshape(up.shape[0], -1), down.reshape(rank, -1))
+            if "mid" in t:  # Tucker: a core mid (r, r, kh, kw) between 1x1 convs up (O, r) and down (r, I)
+                dw = np.einsum("bakl,ob,ai->oikl", t["mid"], up.reshape(up.shape[0], -1), down.reshape(rank, -1))
             else:
                 dw = up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)  # (O, I * kh * kw)
         elif "hada_w1_a" in t:
@@ -261,13 +262,16 @@ class Library:
         by name."""
         found: dict[str, Path] = {}
         for folder in self.dirs:
+            here: dict[str, Path] = {}
             for entry in sorted(os.scandir(folder), key=lambda e: e.name):
                 suffix = os.path.splitext(entry.name)[1].lower()
-                if suffix in (SUFFIX, *PICKLES) and not entry.name.startswith(".") and entry.is_file():
-                    stem = entry.name[: -len(suffix)]
-                    if stem not in found or (suffix == SUFFIX and found[stem].parent == Path(folder)
-                                             and found[stem].suffix.lower() != SUFFIX):
-                        found[stem] = Path(entry.path)
+                if suffix not in (SUFFIX, *PICKLES) or entry.name.startswith(".") or not entry.is_file():
+                    continue  # not a LoRA, or a hidden file (macOS's ._name AppleDouble companions)
+                stem = entry.name[: -len(suffix)]
+                if stem not in here or suffix == SUFFIX:  # a .safetensors file over a pickle of the same stem
+                    here[stem] = Path(entry.path)
+            for stem, path in here.items():
+                found.setdefault(stem, path)
         return found
 
     def resolve(self, name_or_path: str | os.PathLike) -> Path:

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help=".txt (one prompt per line), .csv or .jsonl whose columns are "
                                                   "generate()'s arguments (prompt, seed, steps, width, ...) and model")
     p.add_argument("-o", "--output", required=True, help="folder for the images and manifest.jsonl (with --ray: "
-                                                         "one every node can write)")
+                                                         "one every node can write), or an fsspec URL (s3://...)")
     p.add_argument("-m", "--model", help="the model of rows without a model column")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a default for every row, e.g. steps=20 (repeatable)")
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per row, seeds seed, seed + 1, ... (default 1)")
     p.add_argument("--resume", action="store_true", help="go on with an interrupted batch (rerunning the same "
                                                          "command does so too)")
-    p.add_argument("--devices", help="local workers, one per device: cuda:0,cuda:1 (default: one on the fastest "
-                                     "device; on a CPU it uses all cores)")
+    p.add_argument("--devices", help="local workers, one per device: cuda:0,cuda:1 (default: every CUDA GPU, else "
+                                     "one worker on the fastest device; on a CPU it uses all cores)")
     p.add_argument("--ray", metavar="auto|HOST:PORT", help="run on a Ray cluster: one worker per GPU (or per "
                                                            "node, or per --cpus-per-worker CPUs)")
     p.add_argument("--cpus-per-worker", type=_positive_int, metavar="N",

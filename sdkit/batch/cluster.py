@@ -28,8 +28,8 @@ def import_ray():
 
 
 def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], stop: threading.Event, *,
-        address: str = "auto",
-        backend: str = "auto", dtype: str | None = None, cpus_per_worker: int | None = None) -> None:
+        address: str = "auto", backend: str = "auto", dtype: str | None = None,
+        cpus_per_worker: int | None = None) -> None:
     """address: "auto" (the cluster this machine belongs to, else a new local one) or HOST:PORT. A Ray
     session already open in this process is used as it is. When `stop` is set, the actors are killed (the
     units they were making are not recorded, so a rerun makes them)."""
@@ -76,7 +76,9 @@ def _actors(ray, out: str, backend: str, dtype: str | None, cpus_per_worker: int
         place = NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
         for _ in range(cpus // per if per else 0):
             options = dict(num_cpus=per, scheduling_strategy=place, **restarts)
-            actors.append(actor.options(**options).remote(out, backend, "cpu", dtype))
+            # device None: the CPU here (Ray hides the GPUs from actors that did not ask for one), Metal on Apple
+            # silicon nodes with MLX (Ray does not count Apple GPUs)
+            actors.append(actor.options(**options).remote(out, backend, None, dtype))
     if not actors:
         raise ValueError(f"the Ray cluster has no node with {cpus_per_worker or 1} free CPUs for a worker")
     return actors

@@ -1,5 +1,6 @@
 """Local runner: one worker per device in this process (a thread each), results handed to the driver in order
-of completion. One device (the default: the fastest one present; on a CPU it uses all cores) runs inline."""
+of completion. By default the backend's `devices()` (torch: every CUDA GPU, else the fastest device; a
+backend without it: its default device); on a CPU one worker uses all cores. One device runs inline."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import queue
 import threading
 from typing import Callable, Iterable
 
+from .. import backends
 from ..errors import Cancelled
 from .rows import Unit
 from .worker import Worker
 
 
 def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], stop: threading.Event, *,
-        devices: Iterable[str | None], backend: str = "auto", dtype: str | None = None) -> None:
+        devices: Iterable[str] | None = None, backend: str = "auto", dtype: str | None = None) -> None:
     """Until every unit is done or `stop` is set (then the images being made are cancelled within a step)."""
-    devices = list(devices) or [None]
+    devices = list(devices or _default_devices(backend))
     todo = sorted(units, key=lambda u: u.group)  # a group reuses its loaded pipeline
     if len(devices) == 1:
         worker = Worker(out, backend, devices[0], dtype)
@@ -57,3 +59,8 @@ def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], st
             running -= 1
         else:
             on_result(*item)
+
+
+def _default_devices(backend: str) -> list[str | None]:
+    cls = backends.get(backend)
+    return cls.devices() if hasattr(cls, "devices") else [None]

@@ -15,10 +15,12 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from . import storage
 from .rows import Unit
 
 MANIFEST = "manifest.jsonl"
@@ -30,25 +32,32 @@ def image_name(unit: Unit) -> str:
     return f"{unit.row:05d}-{unit.params['seed']}.png"
 
 
-def write_png(folder: Path, name: str, image: Image.Image) -> str:
-    """Write `image` (with its parameters text) as folder/name, atomically and durably; its sha256 (hex)."""
+def write_png(out: str, name: str, image: Image.Image) -> str:
+    """Write `image` (with its parameters text) as out/name (a folder or a URL), atomically and durably; its
+    sha256 (hex)."""
     info = PngImagePlugin.PngInfo()
     if image.info.get("parameters"):
         info.add_text("parameters", image.info["parameters"])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     data = buffer.getvalue()
-    _write_atomic(folder / name, data)
+    if storage.is_url(out):
+        storage.put(out, name, data)
+    else:
+        _write_atomic(Path(out) / name, data)
     return hashlib.sha256(data).hexdigest()
 
 
 class Manifest:
-    """manifest.jsonl in `folder`: which units are done, and appending one line per finished unit."""
+    """manifest.jsonl in the output folder `out`: which units are done, and appending one line per finished
+    unit. For a URL, the driver's copy is in storage.local_folder(out), uploaded as it grows."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, out: str | Path):
+        self.url = str(out) if storage.is_url(out) else None
+        self.folder = storage.local_folder(self.url) if self.url else Path(out)
         self.path = self.folder / MANIFEST
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._uploaded = 0.0
         self._lock = open(self.folder / LOCK, "a")
         try:  # one driver per folder: two would both make the rows neither has recorded yet
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -58,6 +67,11 @@ class Manifest:
                              "output folder") from None
         for stale in self.folder.glob(".*.tmp"):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
+        if self.url and not self.path.exists():  # resumed on another machine than the one that began it
+            for name in (STATE, MANIFEST):
+                data = storage.get(self.url, name)
+                if data is not None:
+                    _write_atomic(self.folder / name, data)
         self.salt = self._salt()
         self.done: dict[tuple[int, int], dict] = {}
         self._kept: list[str] = []  # the done lines, as read
@@ -97,13 +111,21 @@ class Manifest:
         os.fsync(self._file.fileno())
         if not entry["error"]:
             self.done[unit.key] = entry
+        if self.url and time.monotonic() - self._uploaded > storage.UPLOAD_EVERY:
+            self._upload()
         return entry
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+            if self.url:
+                self._upload()
         self._lock.close()  # releases the lock
+
+    def _upload(self) -> None:
+        storage.put(self.url, MANIFEST, self.path.read_bytes())
+        self._uploaded = time.monotonic()
 
     def _salt(self) -> int:
         state = self.folder / STATE
@@ -111,6 +133,8 @@ class Manifest:
             return json.loads(state.read_text())["salt"]
         salt = secrets.randbits(32)
         _write_atomic(state, json.dumps({"salt": salt}).encode())
+        if self.url:
+            storage.put(self.url, STATE, state.read_bytes())
         return salt
 
 

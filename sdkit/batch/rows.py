@@ -10,6 +10,7 @@ import csv
 import inspect
 import json
 import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,17 +59,17 @@ def read(rows: str | Path | list[dict], defaults: dict | None = None,
          model: str | None = None) -> list[tuple[str, int, dict]]:
     """(FILE:LINE, line, arguments) for each row: the file's values over `defaults` (--param), converted to
     generate()'s types; RowsError listing every bad row."""
-    base = Path(".")
+    cwd = base = Path.cwd()  # paths made absolute: workers on other nodes have another working folder
     if isinstance(rows, (str, Path)):
         path = Path(rows)
-        base = path.parent
+        base = path.parent.absolute()
         raw = _read_file(path)
     else:
         raw = [(f"rows[{i}]", i + 1, r) for i, r in enumerate(rows)]
     errors, out = [], []
     try:
         given = {"model": model} if model is not None else {}
-        defaults = _convert(given, base) | _convert(defaults or {}, Path("."))
+        defaults = _convert(given | (defaults or {}), cwd)
     except ValueError as e:
         errors.append(f"--param {e}")
         defaults = {}
@@ -206,6 +207,8 @@ def _typed(key: str, value, base: Path):
         if not isinstance(parts, (list, tuple)) or len(parts) != 2:
             raise ValueError
         return tuple(int(p) for p in parts)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if not isinstance(value, str):
         raise TypeError
     if key in _PATH:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import rows as rows_
+from . import rows as rows_, storage
 from .manifest import Manifest
 from .rows import Unit
 
@@ -45,9 +45,10 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
 
     rows: a .txt (one prompt per line), .csv or .jsonl file whose columns are generate()'s arguments (and
     `model`), or a list of such dicts. params: defaults for every row. model: the default model.
-    devices: local workers, one per device (default: one on the fastest device; on a CPU it uses all cores).
+    devices: local workers, one per device (default: one per CUDA GPU, else one on the fastest device, which
+    on a CPU uses all cores).
     ray: "auto" or "HOST:PORT" to run one worker per GPU (or per node, or per `cpus_per_worker` CPUs) of a Ray
-    cluster; `out` must then be a folder every node can write.
+    cluster; `out` must then be a folder every node can write, or an fsspec URL (s3://...; see storage.py).
     Rerunning with the same rows and `out` resumes: done images are kept, failed and unfinished ones are made.
     Bad rows raise rows.RowsError (all of them listed) before any work; a row that fails at run time (a
     missing model, an unreadable init image) is recorded in manifest.jsonl and the Summary, and the rest go on.
@@ -57,8 +58,9 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
     table = rows_.read(rows, params, None if model is None else str(model))
     missing = [source for source, _, p in table if "model" not in p]
     if missing:
-        raise rows_.RowsError(f"{missing[0]}: no model (give one, or a model column)")
-    out = Path(out).absolute()
+        raise rows_.RowsError(f"{len(missing)} rows without a model ({', '.join(missing[:5])}"
+                              f"{', ...' if len(missing) > 5 else ''}): give the default model (-m) or a model column")
+    out = str(out) if storage.is_url(out) else str(Path(out).absolute())
     manifest = Manifest(out)
     units = rows_.units(table, repeat, manifest.salt)
     try:
@@ -83,11 +85,11 @@ def batch(rows: str | Path | list[dict], out: str | Path, model: str | Path | No
         with _interruptible() as stop:
             if todo and ray is not None:
                 from . import cluster
-                cluster.run(todo, str(out), on_result, stop, address=ray, backend=backend, dtype=dtype,
+                cluster.run(todo, out, on_result, stop, address=ray, backend=backend, dtype=dtype,
                             cpus_per_worker=cpus_per_worker)
             elif todo:
                 from . import local
-                local.run(todo, str(out), on_result, stop, devices=devices or [None], backend=backend, dtype=dtype)
+                local.run(todo, out, on_result, stop, devices=devices, backend=backend, dtype=dtype)
     finally:
         summary.seconds = time.perf_counter() - start
         bar.close()

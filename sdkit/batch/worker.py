@@ -10,7 +10,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 from ..errors import Cancelled
 from .manifest import image_name, write_png
@@ -19,9 +18,9 @@ from .rows import Unit
 
 class Worker:
     def __init__(self, out: str, backend: str = "auto", device: str | None = None, dtype: str | None = None):
-        self.out = Path(out)
+        self.out = out  # a folder or an fsspec URL
         self.backend, self.device, self.dtype = backend, device, dtype
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{device or 'auto'}"
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{device or 'auto'}"  # host:pid:device, for the manifest
         self.model: str | None = None
         self.pipe = None  # the pipeline of self.model
         self.failed: dict[str, str] = {}  # model -> why it cannot be loaded (each is tried once)
@@ -52,6 +51,7 @@ class Worker:
             self.pipe = self.model = None  # free the previous model before loading the next
             try:
                 self.pipe = sdkit.load(model, backend=self.backend, device=self.device, dtype=self.dtype)
+                self.name = f"{socket.gethostname()}:{os.getpid()}:{self.pipe.backend.device}"
             except Exception as e:  # noqa: BLE001
                 self.failed[model] = f"model {model!r}: {_message(e)}"
                 raise ValueError(self.failed[model]) from None

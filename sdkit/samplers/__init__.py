@@ -50,17 +50,18 @@ def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, 
     return sampler.plan(sampler.name, config, steps, start, schedule)
 
 
-def add_noise(plan: Plan, x0, noise):
-    """The image-to-image start: x0 noised to the plan's first noise level (diffusers' scheduler.add_noise)."""
-    sigma = plan.start_sigma
+def add_noise(plan: Plan, x0, noise, sigma: float | None = None):
+    """x0 noised to level sigma in the plan's convention (diffusers' scheduler.add_noise); sigma None: the plan's
+    first level, where image-to-image starts. A hook blends with it at the level it is given."""
+    sigma = plan.start_sigma if sigma is None else sigma
     if plan.variance_preserving:  # sqrt(ᾱ) x0 + sqrt(1 - ᾱ) noise
         alpha = 1 / (sigma * sigma + 1) ** 0.5
         return x0 * alpha + noise * (sigma * alpha)
     return x0 + noise * sigma
 
 
-def sample(plan: Plan, model, x, noise):
+def sample(plan: Plan, model, x, noise, hook=None):
     """Run the sampler: plan.num_evaluations calls model(x_in, t: float) -> raw model output (eps or v, as the
     config's prediction_type says, guidance applied); noise() -> standard-normal array like x (stochastic
-    samplers)."""
-    return SAMPLERS[plan.sampler].sample(plan, model, x, noise)
+    samplers); hook(step, x, sigma, denoised) after each step, whose returned array replaces x (hook.report)."""
+    return SAMPLERS[plan.sampler].sample(plan, model, x, noise, hook)

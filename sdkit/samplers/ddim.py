@@ -6,6 +6,7 @@ import numpy as np
 
 from ..config import SchedulerConfig
 from . import prediction
+from .hook import report
 from .schedules import Plan, alphas_cumprod, spaced_timesteps, to_sigma
 
 
@@ -27,11 +28,12 @@ def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: s
                 start_sigma=float(sigmas[0, 0]), init_noise_sigma=1.0, variance_preserving=True)
 
 
-def sample(plan: Plan, model, x, noise):
+def sample(plan: Plan, model, x, noise, hook=None):
     """x_prev = sqrt(ᾱ_prev) x0 + sqrt(1 - ᾱ_prev) eps (eq. 12 with sigma_t = 0)."""
-    for t, (sigma, sigma_prev) in zip(plan.timesteps, plan.sigmas):
+    for i, (t, (sigma, sigma_prev)) in enumerate(zip(plan.timesteps, plan.sigmas.tolist())):
         out = model(x, float(t))
-        alpha_prev, s_prev = prediction.alpha_s(float(sigma_prev))
-        x0 = prediction.x0(out, x, float(sigma), plan.prediction_type)
-        x = x0 * alpha_prev + prediction.eps(out, x, float(sigma), plan.prediction_type) * s_prev
+        alpha_prev, s_prev = prediction.alpha_s(sigma_prev)
+        x0 = prediction.x0(out, x, sigma, plan.prediction_type)
+        x = x0 * alpha_prev + prediction.eps(out, x, sigma, plan.prediction_type) * s_prev
+        x = report(hook, i, x, sigma_prev, x0)
     return x

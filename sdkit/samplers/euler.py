@@ -10,6 +10,7 @@ import numpy as np
 
 from ..config import SchedulerConfig
 from .prediction import denoise
+from .hook import report
 from .schedules import SIGMA_SCHEDULES, Plan, alphas_cumprod, sigma_to_t, spaced_timesteps, to_sigma
 
 
@@ -35,17 +36,18 @@ def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: s
                 init_noise_sigma=float(init), variance_preserving=False, start=start)
 
 
-def euler(plan: Plan, model, x, noise):
+def euler(plan: Plan, model, x, noise, hook=None):
     """Euler's method (Karras et al. 2022, Algorithm 2 without churn)."""
     sigmas = plan.sigmas.tolist()
     for i, t in enumerate(plan.timesteps, plan.start):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = (x - denoise(model, x, sigma, float(t), plan.prediction_type)) / sigma
-        x = x + d * (sigma_next - sigma)
+        x0 = denoise(model, x, sigma, float(t), plan.prediction_type)
+        x = x + (x - x0) / sigma * (sigma_next - sigma)
+        x = report(hook, i - plan.start, x, sigma_next, x0)
     return x
 
 
-def euler_ancestral(plan: Plan, model, x, noise):
+def euler_ancestral(plan: Plan, model, x, noise, hook=None):
     """Euler ancestral (k-diffusion's sample_euler_ancestral, eta = 1): an Euler step down to sigma_down, then
     fresh noise of std sigma_up, so that sigma_down^2 + sigma_up^2 = sigma_next^2."""
     sigmas = plan.sigmas.tolist()
@@ -53,23 +55,25 @@ def euler_ancestral(plan: Plan, model, x, noise):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
         sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
-        d = (x - denoise(model, x, sigma, float(t), plan.prediction_type)) / sigma
-        x = x + d * (sigma_down - sigma)
+        x0 = denoise(model, x, sigma, float(t), plan.prediction_type)
+        x = x + (x - x0) / sigma * (sigma_down - sigma)
         if sigma_next > 0:
             x = x + noise() * sigma_up
+        x = report(hook, i - plan.start, x, sigma_next, x0)
     return x
 
 
-def heun(plan: Plan, model, x, noise):
+def heun(plan: Plan, model, x, noise, hook=None):
     """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 without churn); the step to sigma = 0 is Euler."""
     kind, t, sigmas = plan.prediction_type, plan.timesteps, plan.sigmas.tolist()
     for j, i in enumerate(range(plan.start, len(sigmas) - 1)):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        d = (x - denoise(model, x, sigma, float(t[2 * j]), kind)) / sigma
+        x0 = denoise(model, x, sigma, float(t[2 * j]), kind)
+        d = (x - x0) / sigma
         if sigma_next == 0:
-            x = x + d * (sigma_next - sigma)
+            x = report(hook, j, x + d * (sigma_next - sigma), sigma_next, x0)
             continue
         x_next = x + d * (sigma_next - sigma)
         d_next = (x_next - denoise(model, x_next, sigma_next, float(t[2 * j + 1]), kind)) / sigma_next
-        x = x + (d + d_next) / 2 * (sigma_next - sigma)
+        x = report(hook, j, x + (d + d_next) / 2 * (sigma_next - sigma), sigma_next, x0)
     return x

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import polynomial as P
 
+from .hook import report
 from .prediction import denoise
 
 ORDER = 4
@@ -24,7 +25,7 @@ def coefficients(sigmas: np.ndarray, i: int, order: int) -> list[float]:
     return weights
 
 
-def lms(plan, model, x, noise):
+def lms(plan, model, x, noise, hook=None):
     """x_next = x + sum_j w_j d_{i-j}, d = (x - x0) / sigma, over up to 4 past derivatives.
 
     Like diffusers, the order grows with the position in the whole schedule, also when image-to-image
@@ -32,8 +33,9 @@ def lms(plan, model, x, noise):
     derivatives = []  # newest first
     sigmas = plan.sigmas.tolist()
     for i, t in enumerate(plan.timesteps, plan.start):
-        d = (x - denoise(model, x, sigmas[i], float(t), plan.prediction_type)) / sigmas[i]
-        derivatives = [d] + derivatives[: ORDER - 1]
+        x0 = denoise(model, x, sigmas[i], float(t), plan.prediction_type)
+        derivatives = [(x - x0) / sigmas[i]] + derivatives[: ORDER - 1]
         for w, d in zip(coefficients(plan.sigmas, i, min(i + 1, ORDER)), derivatives):
             x = x + d * w
+        x = report(hook, i - plan.start, x, sigmas[i + 1], x0)
     return x

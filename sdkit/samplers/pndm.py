@@ -12,6 +12,7 @@ import numpy as np
 from ..config import SchedulerConfig
 from . import prediction
 from .ddim import final_sigma
+from .hook import report
 from .schedules import Plan, alphas_cumprod, spaced_timesteps, to_sigma
 
 PRK_STEPS = 3  # pseudo Runge-Kutta steps before the multistep ones when skip_prk_steps is false
@@ -62,12 +63,15 @@ def transfer(x, out, sigma: float, sigma_prev: float, kind: str):
     return x * (a_prev / a) ** 0.5 - e * ((a_prev - a) / denom)
 
 
-def sample(plan: Plan, model, x, noise):
-    """PRK warm-up (plan.warmup evaluations), then PLMS: eps' = (55 e_0 - 59 e_-1 + 37 e_-2 - 9 e_-3) / 24."""
+def sample(plan: Plan, model, x, noise, hook=None):
+    """PRK warm-up (plan.warmup evaluations), then PLMS: eps' = (55 e_0 - 59 e_-1 + 37 e_-2 - 9 e_-3) / 24.
+    The hook sees each completed step: every 4th PRK evaluation, and not the opening PLMS step's first try."""
     kind = plan.prediction_type
     ets = []  # model outputs at the start of each step, newest last
+    step = 0
     for c, (t, (sigma, sigma_prev)) in enumerate(zip(plan.timesteps, plan.sigmas.tolist())):
         out = model(x, float(t))
+        x0 = prediction.x0(out, x, sigma, kind) if hook is not None else None
         if c < plan.warmup:  # Runge-Kutta: every evaluation transfers from the step's start x_start
             k = c % 4
             if k == 0:
@@ -78,6 +82,8 @@ def sample(plan: Plan, model, x, noise):
             else:
                 out = rk + out / 6
             x = transfer(x_start, out, sigma, sigma_prev, kind)
+            if k == 3:
+                x, step = report(hook, step, x, sigma_prev, x0), step + 1
             continue
         if c == 1:  # second evaluation of the opening step: average the two outputs (Heun)
             out, x = (out + ets[-1]) / 2, x_start
@@ -92,4 +98,6 @@ def sample(plan: Plan, model, x, noise):
             else:
                 out = (ets[-1] * 55 - ets[-2] * 59 + ets[-3] * 37 - ets[-4] * 9) / 24
         x = transfer(x, out, sigma, sigma_prev, kind)
+        if not (c == 0 and plan.warmup == 0 and plan.num_evaluations > 1):  # not the opening step's first try
+            x, step = report(hook, step, x, sigma_prev, x0), step + 1
     return x

@@ -52,6 +52,11 @@ SAMPLERS = {s.name: s for s in [
             schedules=_SIGMA_SCHEDULES, a1111_automatic="karras"),
     Sampler("unipc", "UniPC", dpmpp.multistep_plan, unipc.unipc, "UniPCMultistepScheduler",
             schedules=_SIGMA_SCHEDULES),
+    Sampler("dpmpp_2m_sde", "DPM++ 2M SDE", dpmpp.multistep_plan, dpmpp.dpmpp_sde, "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++"}, _SIGMA_SCHEDULES, stochastic=True, a1111_automatic="exponential"),
+    Sampler("dpmpp_3m_sde", "DPM++ 3M SDE", dpmpp.multistep_plan, dpmpp.dpmpp_3m_sde, "DPMSolverMultistepScheduler",
+            {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, _SIGMA_SCHEDULES, stochastic=True,
+            a1111_automatic="exponential"),
 ]}
 NAMES = tuple(SAMPLERS)
 # Other names generate() takes: name -> (sampler, schedule it implies)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from . import prediction
+from .hook import report
 from .schedules import Plan
 
 
@@ -14,7 +15,7 @@ def _lambda(sigma: float) -> float:
     return -math.log(sigma)  # log(alpha / s), the half log-SNR
 
 
-def unipc(plan: Plan, model, x, noise):
+def unipc(plan: Plan, model, x, noise, hook=None):
     """Each evaluation at x_i first corrects x_i (UniC, reusing that evaluation), then predicts x_{i+1} (UniP).
 
     With hh = -(lambda_next - lambda) and B = e^hh - 1, both start from the DPM-Solver++ first-order step
@@ -40,12 +41,13 @@ def unipc(plan: Plan, model, x, noise):
         order = 1 if j == 0 or i == len(sigmas) - 2 else 2
         x_last = x
         if sigmas[i + 1] == 0:  # lambda = inf: the step lands on the prediction
-            x = m
+            x = report(hook, j, m, 0.0, m)
             continue
         x, c = _transfer(x, m, sigmas[i], sigmas[i + 1])
         if order == 2:  # UniP-2: rho = 1/2
             rk = (_lambda(sigmas[i - 1]) - _lambda(sigmas[i])) / (_lambda(sigmas[i + 1]) - _lambda(sigmas[i]))
             x = x - (ms[-2] - m) * (c * 0.5 / rk)
+        x = report(hook, j, x, sigmas[i + 1], m)
     return x
 
 

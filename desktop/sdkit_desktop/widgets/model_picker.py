@@ -1,4 +1,5 @@
-"""Which model, on which backend and device: a path or Hub repo id (with recent ones), and a Load button."""
+"""Which model, on which backend and device: a path or Hub repo id (with recent ones), the VAE (the model's own,
+or a file from $SDKIT_VAE_DIRS, any file, folder or Hub id), and a Load button."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QLabel, QPushButton,
                                QSizePolicy, QWidget)
 
-from ..session import BACKENDS, DEVICES, DTYPES, ModelChoice
+from ..session import BACKENDS, DEVICES, DTYPES, ModelChoice, vae_files
 
 DEFAULT = "default"
+OWN_VAE = "the model's own"
 
 
 class ModelPicker(QWidget):
@@ -35,6 +37,14 @@ class ModelPicker(QWidget):
         self.dtype.addItems([DEFAULT, *DTYPES])
         self.backend.currentTextChanged.connect(self._fill_devices)
         self._fill_devices(self.backend.currentText())
+        self.vae = QComboBox()
+        self.vae.setEditable(True)
+        self.vae.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.vae.setToolTip("A VAE replacing the model's: a .safetensors file (vae-ft-mse-840000, sdxl_vae, ...), "
+                            "a diffusers folder or a Hub repo id; listed: the files in $SDKIT_VAE_DIRS")
+        self.set_vaes(vae_files())
+        open_vae = QPushButton("File…")
+        open_vae.clicked.connect(self._open_vae)
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self.load_clicked)
         self.info = QLabel("No model loaded")
@@ -52,20 +62,38 @@ class ModelPicker(QWidget):
             grid.addWidget(QLabel(label), 1, col)
             grid.addWidget(box, 2, col)
         grid.addWidget(self.load_button, 2, 3)
-        grid.addWidget(self.info, 3, 0, 1, 4)
+        vae = QHBoxLayout()
+        vae.addWidget(QLabel("VAE"))
+        vae.addWidget(self.vae, 1)
+        vae.addWidget(open_vae)
+        grid.addLayout(vae, 3, 0, 1, 4)
+        grid.addWidget(self.info, 4, 0, 1, 4)
 
     def choice(self) -> ModelChoice | None:
         model = self.model.currentText().strip()
         if not model:
             return None
         pick = lambda box: None if box.currentText() == DEFAULT else box.currentText()
-        return ModelChoice(model, self.backend.currentText(), pick(self.device), pick(self.dtype))
+        vae = self.vae.currentText().strip()
+        return ModelChoice(model, self.backend.currentText(), pick(self.device), pick(self.dtype),
+                           None if vae in ("", OWN_VAE) else vae)
 
     def set_choice(self, choice: ModelChoice) -> None:
         self.model.setCurrentText(choice.model)
         self.backend.setCurrentText(choice.backend)
         self.device.setCurrentText(choice.device or DEFAULT)
         self.dtype.setCurrentText(choice.dtype or DEFAULT)
+        self.set_vae(choice.vae)
+
+    def set_vae(self, vae: str | None) -> None:
+        """None: the model's own."""
+        self.vae.setCurrentText(vae or OWN_VAE)
+
+    def set_vaes(self, files: list[str]) -> None:
+        current = self.vae.currentText()
+        self.vae.clear()
+        self.vae.addItems([OWN_VAE, *files])
+        self.vae.setCurrentText(current or OWN_VAE)
 
     def set_recent(self, models: list[str]) -> None:
         current = self.model.currentText()
@@ -82,6 +110,11 @@ class ModelPicker(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Open a checkpoint", "", "Checkpoints (*.safetensors)")
         if path:
             self.model.setCurrentText(path)
+
+    def _open_vae(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a VAE", "", "VAE files (*.safetensors)")
+        if path:
+            self.vae.setCurrentText(path)
 
     def _open_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder")

@@ -1,4 +1,5 @@
-"""The generation settings form: size, steps, guidance, sampler, seed, batch, and the image-to-image input."""
+"""The generation settings form: size, steps, guidance, sampler, clip skip, seed, batch, and the image-to-image
+input."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class SettingsPanel(QWidget):
         self.sampler = QComboBox()
         self.sampler.addItems(samplers)
         self.num_images = QSpinBox(minimum=1, maximum=16)
+        self.clip_skip = QSpinBox(minimum=1, maximum=12)
+        self.clip_skip.setToolTip("A1111's clip skip: 1 the text encoder's last layer, 2 the penultimate (anime "
+                                  "models' habit); SD1/SD2 only, SDXL ignores it as A1111 does")
 
         self.seed = QLineEdit()
         self.seed.setValidator(QRegularExpressionValidator(r"\d{0,10}"))
@@ -68,6 +72,7 @@ class SettingsPanel(QWidget):
         form.addRow("Steps", self.steps)
         form.addRow("Guidance", self.guidance)
         form.addRow("Sampler", self.sampler)
+        form.addRow("Clip skip", self.clip_skip)
         form.addRow("Seed", seed)
         form.addRow("Images", self.num_images)
         form.addRow("Init image", init)
@@ -81,7 +86,7 @@ class SettingsPanel(QWidget):
             base, width=self.width_box.value(), height=self.height_box.value(), steps=self.steps.value(),
             guidance_scale=self.guidance.value(), sampler=self.sampler.currentText(), seed=seed,
             seed_locked=self.seed_lock.isChecked(), num_images=self.num_images.value(),
-            init_image=self.init_image, strength=self.strength.value() / 100)
+            init_image=self.init_image, strength=self.strength.value() / 100, clip_skip=self.clip_skip.value())
 
     def set_settings(self, s: Settings) -> None:
         self.width_box.setValue(s.width)
@@ -90,6 +95,7 @@ class SettingsPanel(QWidget):
         self.steps.setValue(s.steps)
         self.guidance.setValue(s.guidance_scale)
         self.sampler.setCurrentText(s.sampler)
+        self.clip_skip.setValue(s.clip_skip)
         self.seed.setText(str(s.seed))
         self.seed_lock.setChecked(s.seed_locked)
         self.num_images.setValue(s.num_images)

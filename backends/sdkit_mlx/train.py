@@ -1,0 +1,175 @@
+"""Training on the MLX backend: mlx.nn.value_and_grad over a module holding what trains (LoRA layers around
+the targeted ones, new embedding rows, or the whole UNet), AdamW from mlx.optimizers with torch's bias
+correction, so the same seed and data give torch's loss curve. Latents are NCHW at the boundary, NHWC inside."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from sdkit.checkpoint import Checkpoint
+from sdkit.train.plan import Batch, Plan
+
+from .clip import CLIPTextModel
+from .loading import load
+from .unet import UNet2DConditionModel
+
+
+class LoRA(nn.Module):
+    """base(x) + up(down(x)) * alpha / rank (Hu et al. 2021) around a frozen Linear or Conv2d; down and up in
+    float32 whatever the base's dtype. down / up come in torch's layout (sdkit.train.formats.lora_init)."""
+
+    def __init__(self, base: nn.Module, down: np.ndarray, up: np.ndarray, alpha: float):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / down.shape[0]
+        r = down.shape[0]
+        if isinstance(base, nn.Conv2d):
+            _, kh, kw, c_in = base.weight.shape
+            self.down = nn.Conv2d(c_in, r, (kh, kw), stride=base.stride, padding=base.padding, bias=False)
+            self.up = nn.Linear(r, base.weight.shape[0], bias=False)  # the 1x1 conv, over NHWC channels
+            self.down.weight = mx.array(down.transpose(0, 2, 3, 1))  # (r, kh, kw, in)
+        else:
+            self.down = nn.Linear(base.weight.shape[1], r, bias=False)
+            self.up = nn.Linear(r, base.weight.shape[0], bias=False)
+            self.down.weight = mx.array(down.reshape(r, -1))
+        self.up.weight = mx.array(up.reshape(up.shape[0], r))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.base(x) + (self.up(self.down(x.astype(mx.float32))) * self.scale).astype(x.dtype)
+
+
+class Vectors(nn.Module):
+    """New embedding rows per text encoder (textual inversion): encoder name -> (n, C)."""
+
+    def __init__(self, rows: dict[str, mx.array]):
+        super().__init__()
+        for name, v in rows.items():
+            setattr(self, name, v)
+
+
+class Trained(nn.Module):
+    """Everything the loss reads, in one module so value_and_grad differentiates its unfrozen part."""
+
+    def __init__(self, unet: nn.Module, text: dict[str, nn.Module], embeddings: Vectors):
+        super().__init__()
+        self.unet = unet
+        self.text = text
+        self.embeddings = embeddings
+
+
+class Trainer:
+    def __init__(self, ckpt: Checkpoint, plan: Plan, device: mx.Device, dtype: mx.Dtype):
+        self.plan, self.device, self.dtype = plan, device, dtype
+        self.shapes = {name: ref.shape for name, ref in ckpt.weights["unet"].items()}
+        with mx.stream(device):
+            unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet",
+                        mx.float32 if plan.finetune else dtype)
+            text = {}
+            if plan.text_trained:
+                for config, name in zip(ckpt.text_encoders, ckpt.text_encoder_names):
+                    text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder", dtype)
+            embeddings = {name: text[name].embeddings.token_embedding.weight[mx.array(rows)].astype(mx.float32)
+                          for name, rows in (plan.embeddings or {}).items()}
+            self.model = Trained(unet, text, Vectors(embeddings))
+            self.model.freeze()
+            if plan.finetune:
+                unet.unfreeze()
+            if embeddings:
+                self.model.embeddings.unfreeze()
+            modules = {"unet": unet, **text}
+            self.lora = {}
+            for target, (down, up) in (plan.lora or {}).items():
+                *path, leaf = target.module.split(".")
+                owner = modules[target.component]
+                for part in path:
+                    owner = owner[int(part)] if isinstance(owner, list) else getattr(owner, part)
+                base = owner[int(leaf)] if isinstance(owner, list) else getattr(owner, leaf)
+                wrapped = LoRA(base, down, up, plan.alpha)
+                wrapped.base.freeze()
+                if isinstance(owner, list):
+                    owner[int(leaf)] = wrapped
+                else:
+                    setattr(owner, leaf, wrapped)
+                self.lora[target] = wrapped
+            self.model.train()
+            mx.eval(self.model.parameters())
+        self.optimizer = optim.AdamW(plan.learning_rate, betas=list(plan.betas), eps=plan.eps,
+                                     weight_decay=plan.weight_decay, bias_correction=True)
+        self.grad = nn.value_and_grad(self.model, self._loss)
+        self.sum = None  # accumulated gradients
+
+    def _loss(self, model: Trained, x, t, target, w, context, pooled, ids, time_ids):
+        if context is None:
+            contexts = []
+            for name, encoder in model.text.items():
+                c, pooled = encoder(ids[name], extra=model.embeddings.get(name), **self.plan.text_layer)
+                contexts.append(c)
+            context = mx.concatenate(contexts, axis=-1)
+        added = None if time_ids is None else {"text_embeds": pooled.astype(self.dtype), "time_ids": time_ids}
+        pred = model.unet(x.astype(model.unet.conv_in.weight.dtype), t, context.astype(self.dtype), added)
+        per_sample = mx.square(pred.astype(mx.float32) - target).mean(axis=(1, 2, 3))  # (B,)
+        return (per_sample * w).mean()
+
+    def accumulate(self, batch: Batch, scale: float) -> float:
+        nhwc = lambda a: mx.array(a.transpose(0, 2, 3, 1))
+        arr = lambda a: None if a is None else mx.array(a)
+        with mx.stream(self.device):
+            ids = None if batch.ids is None else {k: mx.array(v.astype(np.int32)) for k, v in batch.ids.items()}
+            loss, grads = self.grad(self.model, nhwc(batch.noisy), mx.array(batch.t), nhwc(batch.target),
+                                    mx.array(batch.weights), arr(batch.context), arr(batch.pooled), ids,
+                                    arr(batch.time_ids))
+            grads = tree_map(lambda g: g * scale, grads)
+            self.sum = grads if self.sum is None else tree_map(mx.add, self.sum, grads)
+            mx.eval(loss, self.sum)
+        return loss.item()
+
+    def step(self, lr: float) -> None:
+        with mx.stream(self.device):
+            self.optimizer.learning_rate = lr
+            self.optimizer.update(self.model, self.sum)
+            mx.eval(self.model.parameters(), self.optimizer.state)
+        self.sum = None
+
+    def attach(self, pipe) -> None:
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained: uncompiled, as
+        mx.compile would capture today's weights as constants."""
+        pipe.unet.model = self.model.unet
+        pipe.unet.dtype = self.model.unet.conv_in.weight.dtype
+        pipe.unet.forward = pipe.unet._forward
+
+    def lora_weights(self) -> dict:
+        out = {}
+        for t, m in self.lora.items():
+            down, up = np.array(m.down.weight), np.array(m.up.weight)
+            if down.ndim == 4:
+                down = down.transpose(0, 3, 1, 2)  # (r, in, kh, kw)
+            elif len(t.shape) == 4:
+                down = down.reshape(down.shape[0], *t.shape[1:])
+            out[t] = down, up[:, :, None, None] if len(t.shape) == 4 else up
+        return out
+
+    def embedding_vectors(self) -> dict[str, np.ndarray]:
+        return {name: np.array(v) for name, v in self.model.embeddings.items()}
+
+    def unet_weights(self) -> dict[str, np.ndarray]:
+        """torch layout: convs (O, I, kh, kw); 1x1 convs the UNet runs as Linear keep their stored 4-D shape."""
+        out = {}
+        for name, w in tree_flatten(self.model.unet.parameters()):
+            a = np.array(w.astype(mx.float32))
+            out[name] = (a.transpose(0, 3, 1, 2) if a.ndim == 4 else a).reshape(self.shapes[name])
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {f"param.{k}": np.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}
+        out |= {f"adam.{k}": np.array(v) for k, v in tree_flatten(self.optimizer.state)}
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        params = [(k.removeprefix("param."), mx.array(v)) for k, v in state.items() if k.startswith("param.")]
+        self.model.update(tree_unflatten(params))
+        self.optimizer.state = tree_unflatten([(k.removeprefix("adam."), mx.array(v))
+                                               for k, v in state.items() if k.startswith("adam.")])

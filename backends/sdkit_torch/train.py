@@ -1,0 +1,164 @@
+"""Training on the torch backend: autograd through sdkit's own modules (their fast paths give way, autograd.py),
+LoRA layers wrapped around the targeted ones, AdamW from torch.optim. The core (sdkit.train) draws the data,
+noise and timesteps and says what to train (sdkit.train.plan.Plan); this file owns gradients and the optimizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sdkit.checkpoint import Checkpoint
+from sdkit.train.plan import Batch, Plan
+
+from .clip import CLIPTextModel
+from .loading import load
+from .unet import BasicTransformerBlock, ResnetBlock2D, UNet2DConditionModel
+
+
+class LoRA(nn.Module):
+    """base(x) + up(down(x)) * alpha / rank (Hu et al. 2021) around a frozen Linear or Conv2d; down and up kept in
+    float32 whatever the base's dtype."""
+
+    def __init__(self, base: nn.Module, down: np.ndarray, up: np.ndarray, alpha: float):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / down.shape[0]
+        if isinstance(base, nn.Conv2d):
+            self.down = nn.Conv2d(base.in_channels, down.shape[0], base.kernel_size, base.stride, base.padding,
+                                  bias=False, device=base.weight.device)
+            self.up = nn.Conv2d(down.shape[0], base.out_channels, 1, bias=False, device=base.weight.device)
+        else:
+            # Linear, or a Linear standing in for a stored 1x1 conv: the (r, in, 1, 1) weights flatten
+            self.down = nn.Linear(base.in_features, down.shape[0], bias=False, device=base.weight.device)
+            self.up = nn.Linear(down.shape[0], base.out_features, bias=False, device=base.weight.device)
+        with torch.no_grad():
+            self.down.weight.copy_(torch.from_numpy(down).reshape(self.down.weight.shape))
+            self.up.weight.copy_(torch.from_numpy(up).reshape(self.up.weight.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + (self.up(self.down(x.float())) * self.scale).to(x.dtype)
+
+
+class Trainer:
+    def __init__(self, ckpt: Checkpoint, plan: Plan, device: torch.device, dtype: torch.dtype):
+        self.plan, self.device, self.dtype = plan, device, dtype
+        self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device, dtype)
+        self.text = {}
+        if plan.text_trained:  # context computed each step, through trainable parts
+            for config, name in zip(ckpt.text_encoders, ckpt.text_encoder_names):
+                self.text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder", device,
+                                       dtype)
+        modules = {"unet": self.unet, **self.text}
+        self.lora = {}
+        for target, (down, up) in (plan.lora or {}).items():
+            parent, _, leaf = target.module.rpartition(".")
+            owner = modules[target.component].get_submodule(parent)
+            wrapped = LoRA(owner.get_submodule(leaf), down, up, plan.alpha)
+            if isinstance(owner, nn.ModuleList):
+                owner[int(leaf)] = wrapped
+            else:
+                setattr(owner, leaf, wrapped)
+            self.lora[target] = wrapped
+        self.embeddings = {}
+        for name, rows in (plan.embeddings or {}).items():
+            table = self.text[name].embeddings.token_embedding.weight
+            self.embeddings[name] = nn.Parameter(table[torch.as_tensor(rows, device=device)].detach().float().clone())
+        params = [p for m in self.lora.values() for p in (m.down.weight, m.up.weight)]
+        params += list(self.embeddings.values())
+        if plan.finetune:
+            self.unet = self.unet.float()  # trained in float32: half-precision Adam updates vanish
+            for p in self.unet.parameters():
+                p.data = p.data.clone()  # loaded weights may be read-only views of the file
+            params += list(self.unet.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=plan.learning_rate, betas=plan.betas, eps=plan.eps,
+                                           weight_decay=plan.weight_decay)
+        if plan.gradient_checkpointing:
+            _checkpoint_blocks(self.unet)
+        self.unet.train()
+
+    def accumulate(self, batch: Batch, scale: float) -> float:
+        """Forward and backward one micro-batch; gradients add up until step(). -> its (weighted) loss."""
+        t = lambda a: torch.as_tensor(a, device=self.device)
+        context, pooled = (t(batch.context), None if batch.pooled is None else t(batch.pooled)) \
+            if batch.context is not None else self._encode(batch.ids)
+        added = None
+        if batch.time_ids is not None:
+            added = {"text_embeds": pooled.to(self.dtype), "time_ids": t(batch.time_ids)}
+        x = t(batch.noisy).to(self.dtype)
+        pred = self.unet(x, t(batch.t).float(), context.to(self.dtype), added).float()
+        per_sample = (pred - t(batch.target)).square().mean(dim=(1, 2, 3))  # (B,)
+        loss = (per_sample * t(batch.weights)).mean()
+        (loss * scale).backward()
+        return float(loss.detach())
+
+    def _encode(self, ids: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        contexts, pooled = [], None
+        for name, model in self.text.items():
+            extra = self.embeddings.get(name)
+            c, pooled = model(torch.as_tensor(ids[name], device=self.device), extra=extra, **self.plan.text_layer)
+            contexts.append(c)
+        return torch.cat(contexts, dim=-1), pooled
+
+    def step(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def attach(self, pipe) -> None:
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained."""
+        pipe.unet.forward = self.unet
+        pipe.unet.dtype = self.unet.conv_in.weight.dtype
+
+    def lora_weights(self) -> dict:
+        return {t: (_np(m.down.weight, t.shape), _np(m.up.weight, t.shape, up=True)) for t, m in self.lora.items()}
+
+    def embedding_vectors(self) -> dict[str, np.ndarray]:
+        return {name: p.detach().float().cpu().numpy() for name, p in self.embeddings.items()}
+
+    def unet_weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().float().cpu().numpy() for k, v in self.unet.state_dict().items()}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Trained tensors and AdamW's moments, flat, for a resumable checkpoint."""
+        out = {f"param.{i}": p.detach().float().cpu().numpy() for i, p in enumerate(self.params)}
+        for i, p in enumerate(self.params):
+            s = self.optimizer.state.get(p)
+            if s:
+                out[f"adam.{i}.m"] = s["exp_avg"].cpu().numpy()
+                out[f"adam.{i}.v"] = s["exp_avg_sq"].cpu().numpy()
+                out[f"adam.{i}.step"] = np.array(float(s["step"]))
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                p.copy_(torch.from_numpy(state[f"param.{i}"]))
+                if f"adam.{i}.m" in state:
+                    self.optimizer.state[p] = {
+                        "exp_avg": torch.from_numpy(state[f"adam.{i}.m"]).to(p.device),
+                        "exp_avg_sq": torch.from_numpy(state[f"adam.{i}.v"]).to(p.device),
+                        "step": torch.tensor(float(state[f"adam.{i}.step"].reshape(-1)[0]))}
+
+
+def _np(w: torch.Tensor, shape: tuple[int, ...], up: bool = False) -> np.ndarray:
+    """A LoRA weight in kohya's layout: (r, in[, kh, kw]) / (out, r[, 1, 1]) for a conv target."""
+    a = w.detach().float().cpu().numpy()
+    if len(shape) == 4 and a.ndim == 2:
+        a = a[:, :, None, None] if up else a.reshape(a.shape[0], *shape[1:])
+    return a
+
+
+def _checkpoint_blocks(unet: nn.Module) -> None:
+    """Gradient checkpointing: resnets and transformer blocks recompute their activations in the backward pass
+    instead of holding them (about half the activation memory for a third more compute)."""
+    for module in unet.modules():
+        if isinstance(module, (ResnetBlock2D, BasicTransformerBlock)):
+            forward = module.forward
+            module.forward = lambda *a, _f=forward: checkpoint(_f, *a, use_reentrant=False)

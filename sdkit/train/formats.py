@@ -1,0 +1,148 @@
+"""What training writes, in the formats other tools read.
+
+- LoRA, kohya sd-scripts' format (networks/lora.py; what A1111, ComfyUI, Forge and Civitai load): per adapted
+  module `lora_unet_<diffusers path with _>` (text encoders: `lora_te_`, SDXL `lora_te1_` / `lora_te2_`, then
+  transformers' path `text_model_encoder_layers_...`) with `.lora_down.weight` (r, in[, kh, kw]),
+  `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (scalar); the delta is up @ down * alpha / r. Metadata: the
+  `ss_*` keys sd-scripts writes.
+- Textual inversion, A1111's .safetensors: `emb_params` (n, C); SDXL `clip_l` and `clip_g`.
+- Full fine-tune: the UNet's weights under their canonical (diffusers) names, written into a diffusers folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from ..checkpoint import Checkpoint
+
+# Linear / 1x1-conv layers inside the UNet's transformers (kohya's default LoRA targets)
+UNET_ATTENTION = re.compile(r"\.attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\."
+                            r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2))$")
+# LoCon adds the resnets' and resamplers' convolutions (kohya's conv_dim)
+UNET_CONV = re.compile(r"\.(resnets\.\d+\.(conv1|conv2|conv_shortcut)|downsamplers\.0\.conv|upsamplers\.0\.conv)$")
+TEXT = re.compile(r"^encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$")
+TEXT_PREFIX = {("text_encoder",): "lora_te", ("text_encoder", "text_encoder_2"): "lora_te1"}
+BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
+@dataclass(frozen=True)
+class Target:
+    component: str  # "unet", "text_encoder", "text_encoder_2"
+    module: str  # canonical module path, e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    shape: tuple[int, ...]  # its weight's (torch layout): (out, in) or (out, in, kh, kw)
+
+
+def lora_targets(ckpt: Checkpoint, conv: bool = False, text_encoder: bool = False,
+                 pattern: str | None = None) -> list[Target]:
+    """The modules a LoRA adapts: the UNet transformers' projections (and with `conv` its convolutions: LoCon),
+    the text encoders' attention and MLP (with `text_encoder`); `pattern`, a regular expression searched in
+    'component.module', narrows them."""
+    out = []
+    for component, weights in ckpt.weights.items():
+        if component == "unet":
+            rules = [UNET_ATTENTION] + ([UNET_CONV] if conv else [])
+        elif component.startswith("text_encoder") and text_encoder:
+            rules = [TEXT]
+        else:
+            continue
+        for name, ref in weights.items():
+            module = name.removesuffix(".weight")
+            if name.endswith(".weight") and any(r.search(module) for r in rules) and (
+                    pattern is None or re.search(pattern, f"{component}.{module}")):
+                out.append(Target(component, module, tuple(ref.shape)))
+    if not out:
+        raise ValueError(f"lora: no layer of this {ckpt.family} model matches target {pattern!r}")
+    return out
+
+
+def lora_init(targets: list[Target], rank: int, rng: np.random.Generator) -> dict[Target, tuple[np.ndarray, np.ndarray]]:
+    """kohya's (and PEFT's) initialisation: down ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (torch's kaiming_uniform,
+    a=sqrt(5)), up = 0, so training starts from the base model exactly. Drawn by numpy: same on every backend."""
+    out = {}
+    for t in targets:
+        fan_in = int(np.prod(t.shape[1:]))
+        down = rng.uniform(-1, 1, (rank, *t.shape[1:])).astype(np.float32) / np.float32(np.sqrt(fan_in))
+        up = np.zeros((t.shape[0], rank, *([1, 1] if len(t.shape) == 4 else [])), np.float32)
+        out[t] = down, up
+    return out
+
+
+def kohya_name(target: Target, text_encoders: tuple[str, ...]) -> str:
+    if target.component == "unet":
+        return "lora_unet_" + target.module.replace(".", "_")
+    prefix = TEXT_PREFIX.get(text_encoders, "lora_te")
+    if target.component == "text_encoder_2":
+        prefix = "lora_te2"
+    return f"{prefix}_text_model_" + target.module.replace(".", "_")
+
+
+def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray, np.ndarray]], rank: int,
+              alpha: float, metadata: dict[str, str]) -> None:
+    tensors = {}
+    names = tuple(ckpt.text_encoder_names)
+    for t, (down, up) in lora.items():
+        key = kohya_name(t, names)
+        tensors[f"{key}.lora_down.weight"] = np.ascontiguousarray(down, np.float32)
+        tensors[f"{key}.lora_up.weight"] = np.ascontiguousarray(up, np.float32)
+        tensors[f"{key}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def lora_metadata(ckpt: Checkpoint, rank: int, alpha: float, conv: bool, text_encoder: bool, steps: int,
+                  learning_rate: float, resolution: int, images: int, seed: int, name: str) -> dict[str, str]:
+    """The ss_* keys kohya sd-scripts writes (all strings), which A1111 and Civitai show."""
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(alpha),
+        "ss_network_args": json.dumps({"conv_dim": str(rank), "conv_alpha": str(alpha)} if conv else {}),
+        "ss_network_train_unet_only": str(not text_encoder),
+        "ss_base_model_version": BASE_VERSION[ckpt.family],
+        "ss_v2": str(ckpt.family == "sd2"),
+        "ss_sd_model_name": ckpt.name,
+        "ss_training_started_at": str(time.time()),
+        "ss_max_train_steps": str(steps),
+        "ss_learning_rate": str(learning_rate),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_num_train_images": str(images),
+        "ss_seed": str(seed),
+        "ss_output_name": name,
+        "ss_training_comment": "trained with sdkit",
+    }
+
+
+def lora_delta(down: np.ndarray, up: np.ndarray, alpha: float) -> np.ndarray:
+    """The weight delta a kohya LoRA module adds: up @ down * alpha / rank, in the weight's shape."""
+    rank = down.shape[0]
+    d = up.reshape(up.shape[0], rank) @ down.reshape(rank, -1)
+    return (d * (alpha / rank)).reshape(up.shape[0], *down.shape[1:]).astype(np.float32)
+
+
+def save_embedding(path: Path, vectors: dict[str, np.ndarray], family: str) -> None:
+    """vectors: per text encoder (n, C). A1111's layout: `emb_params`, or SDXL's `clip_l` / `clip_g`."""
+    if family == "sdxl":
+        tensors = {"clip_l": vectors["text_encoder"], "clip_g": vectors["text_encoder_2"]}
+    else:
+        tensors = {"emb_params": vectors["text_encoder"]}
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path))
+
+
+def save_finetune(path: Path, ckpt: Checkpoint, unet: dict[str, np.ndarray]) -> None:
+    """A diffusers folder: the source folder's files with the trained UNet (as a .safetensors file) in place."""
+    if not ckpt.path.is_dir():
+        raise ValueError(f"finetune: out must be a folder, and the model a diffusers folder to copy ({ckpt.path} "
+                         f"is a single file); convert it to a folder first")
+    if path.exists():
+        shutil.rmtree(path)
+    shutil.copytree(ckpt.path, path, ignore=lambda folder, names: [n for n in names if Path(folder).name == "unet"
+                                                                   and n.startswith("diffusion_pytorch_model")])
+    save_file({k: np.ascontiguousarray(v) for k, v in unet.items()},
+              str(path / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})

@@ -1,0 +1,302 @@
+"""sdkit.train: data layout, schedules and loss weighting (numpy), outputs read by diffusers (kohya LoRA with
+load_lora_weights, A1111 embeddings with load_textual_inversion), torch vs MLX loss curves, and overfitting."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file
+from safetensors import safe_open
+
+import sdkit
+from sdkit.checkpoint import open_checkpoint
+from sdkit.config import SchedulerConfig
+from sdkit.samplers.schedules import alphas_cumprod
+from sdkit.train import data, formats, loss, schedule
+
+from fixtures import diffusers_pipeline
+
+SD15 = SchedulerConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # the fixtures' schedule
+
+
+def write_images(folder, captions, size=(64, 64), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, caption in enumerate(captions):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        if caption is not None:
+            (folder / f"{i}.txt").write_text(caption)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: torch's second thread only waits on the first (10x slower under
+    load), so these run on one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("photos"), ["a photo of a red cube", "a photo of a blue ball"])
+
+
+# --- data, schedule, loss: numpy ------------------------------------------------------------------------------
+
+def test_scan_reads_captions_and_kohya_repeat_folders(tmp_path):
+    write_images(tmp_path, ["top caption"])
+    write_images(tmp_path / "10_sks dog", [None, "own caption"])
+    write_images(tmp_path / "notes", ["ignored"])
+    got = sorted((e.path.relative_to(tmp_path).as_posix(), e.caption, e.repeats) for e in data.scan(tmp_path))
+    assert got == [("0.png", "top caption", 1), ("10_sks dog/0.png", "sks dog", 10),
+                   ("10_sks dog/1.png", "own caption", 10)]
+
+
+def test_scan_names_an_uncaptioned_image(tmp_path):
+    write_images(tmp_path, [None])
+    with pytest.raises(ValueError, match=r"0\.png: no caption; add 0\.txt"):
+        data.scan(tmp_path)
+    assert data.scan(tmp_path, caption="a photo of sks dog")[0].caption == "a photo of sks dog"
+
+
+def test_buckets_and_nearest():
+    sizes = data.buckets(512)
+    assert sizes[0] == (512, 512)
+    assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512 and max(w / h, h / w) <= 2 for w, h in sizes)
+    assert (640, 384) in sizes and (384, 640) in sizes
+    assert data.nearest_bucket(1920, 1080, sizes) == (640, 384)
+    assert data.nearest_bucket(100, 100, sizes) == (512, 512)
+
+
+def test_epoch_batches_keep_one_bucket_and_repeats():
+    rng = np.random.default_rng(0)
+    buckets = [(64, 64), (64, 64), (128, 64)]
+    batches = data.epoch_batches(buckets, [2, 1, 3], 2, rng)
+    assert sorted(i for b in batches for i in b) == [0, 0, 1, 2, 2, 2]
+    assert all(len({buckets[i] for i in b}) == 1 for b in batches)
+
+
+def test_learning_rate_warmup_and_cosine():
+    assert schedule.learning_rate(0, 100, 1.0, warmup=4) == pytest.approx(0.2)
+    assert schedule.learning_rate(4, 100, 1.0, warmup=4, kind="cosine") == pytest.approx(1.0)
+    assert schedule.learning_rate(52, 100, 1.0, warmup=4, kind="cosine") == pytest.approx(0.5)
+    assert schedule.learning_rate(99, 100, 1.0, kind="constant") == 1.0
+    with pytest.raises(ValueError, match="lr_schedule 'linear' is not known"):
+        schedule.learning_rate(0, 10, 1.0, kind="linear")
+
+
+def test_targets_and_min_snr_match_diffusers_training_script():
+    """eps / v targets as DDPMScheduler.add_noise / get_velocity; min-SNR weights as diffusers'
+    compute_snr-based weighting in train_text_to_image.py."""
+    from diffusers import DDPMScheduler
+    ddpm = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ac = alphas_cumprod(SD15)
+    rng = np.random.default_rng(0)
+    x0, eps = rng.standard_normal((3, 4, 8, 8), dtype=np.float32), rng.standard_normal((3, 4, 8, 8), dtype=np.float32)
+    t = np.array([0, 500, 999])
+    tt = torch.from_numpy(t)
+    for prediction in ("epsilon", "v"):
+        noisy, target = loss.noisy_and_target(x0, eps, t, ac, prediction)
+        np.testing.assert_allclose(noisy, ddpm.add_noise(torch.from_numpy(x0), torch.from_numpy(eps), tt), atol=1e-5)
+        want = torch.from_numpy(eps) if prediction == "epsilon" else ddpm.get_velocity(
+            torch.from_numpy(x0), torch.from_numpy(eps), tt)
+        np.testing.assert_allclose(target, want, atol=1e-5)
+    snr = ac[t] / (1 - ac[t])
+    np.testing.assert_allclose(loss.weights(t, ac, "epsilon", 5.0), np.minimum(snr, 5) / snr, rtol=1e-6)
+    np.testing.assert_allclose(loss.weights(t, ac, "v", 5.0), np.minimum(snr, 5) / (snr + 1), rtol=1e-6)
+    assert (loss.weights(t, ac, "epsilon", None) == 1).all()
+
+
+# --- outputs read by diffusers ----------------------------------------------------------------------------------
+
+def unet_probe(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        return unet(x, 500, encoder_hidden_states=context).sample
+
+
+def merged_state(folder, component, lora_file):
+    """component's diffusers weights with the LoRA's deltas (formats.lora_delta) added by hand."""
+    lora = load_file(str(lora_file))
+    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component]
+    state = {}
+    path = next((folder / component).glob("*.safetensors"))
+    base = load_file(str(path))
+    changed = 0
+    for key, w in base.items():
+        name = key.removeprefix("text_model.").removesuffix(".weight")
+        k = prefix + ("text_model_" if component != "unet" else "") + name.replace(".", "_")
+        if key.endswith(".weight") and f"{k}.lora_down.weight" in lora:
+            w = w + formats.lora_delta(lora[f"{k}.lora_down.weight"], lora[f"{k}.lora_up.weight"],
+                                       float(lora[f"{k}.alpha"])).reshape(w.shape)
+            changed += 1
+        state[key] = w
+    return state, changed
+
+
+def test_lora_reads_in_diffusers_as_the_deltas_it_holds(sd1_folder, photos, tmp_path):
+    """A kohya LoRA of UNet and text encoder: diffusers' load_lora_weights gives the same UNet and text-encoder
+    outputs as adding up @ down * alpha / rank to the weights by hand, and they differ from the base model's."""
+    out = tmp_path / "my_lora.safetensors"
+    record = sdkit.train(sd1_folder, photos, method="lora", out=out, steps=4, rank=4, alpha=2, text_encoder=True,
+                         learning_rate=1e-2, backend="torch", progress=False)
+    with safe_open(str(out), "np") as f:
+        meta = f.metadata()
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_network_module"] == "networks.lora"
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [d["step"] for d in lines] == [1, 2, 3, 4] and [d["loss"] for d in lines] == record.losses
+
+    pipe = diffusers_pipeline(sd1_folder)
+    base = unet_probe(pipe.unet)
+    ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        base_text = pipe.text_encoder(ids).last_hidden_state
+    pipe.load_lora_weights(str(out))
+    pipe.fuse_lora()
+    with torch.no_grad():
+        theirs, theirs_text = unet_probe(pipe.unet), pipe.text_encoder(ids).last_hidden_state
+
+    unet_state, n_unet = merged_state(sd1_folder, "unet", out)
+    assert n_unet == sum(1 for k in load_file(str(out)) if k.startswith("lora_unet_") and k.endswith(".alpha"))
+    fresh = diffusers_pipeline(sd1_folder)
+    fresh.unet.load_state_dict({k: torch.from_numpy(v) for k, v in unet_state.items()})
+    text_state, _ = merged_state(sd1_folder, "text_encoder", out)
+    own = fresh.text_encoder.state_dict()  # transformers 5 names them without the file's 'text_model.'
+    text_state = {k if k in own else k.removeprefix("text_model."): torch.from_numpy(v) for k, v in text_state.items()}
+    fresh.text_encoder.load_state_dict({k: v for k, v in text_state.items() if k in own}, strict=True)
+    with torch.no_grad():
+        mine, mine_text = unet_probe(fresh.unet), fresh.text_encoder(ids).last_hidden_state
+    assert (theirs - base).abs().max() > 1e-3 and (theirs_text - base_text).abs().max() > 1e-3
+    torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mine_text, theirs_text, atol=1e-4, rtol=1e-4)
+
+
+def test_textual_inversion_reads_in_diffusers_and_sdkit_alike(sd1_folder, photos, tmp_path):
+    """An A1111 embedding: diffusers' load_textual_inversion and sdkit's embedding folders give the same
+    prompt context."""
+    out = tmp_path / "shinything.safetensors"
+    sdkit.train(sd1_folder, photos, method="textual_inversion", out=out, steps=3, init_word="cube",
+                learning_rate=1e-1, backend="torch", progress=False)
+    emb = load_file(str(out))
+    assert list(emb) == ["emb_params"] and emb["emb_params"].shape == (1, 64)
+
+    pipe = diffusers_pipeline(sd1_folder)
+    pipe.load_textual_inversion(str(out), token="shinything")
+    theirs = pipe.encode_prompt("a photo of shinything", "cpu", 1, False)[0]
+    ours = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32", embedding_dirs=[tmp_path])
+    from sdkit import conditioning
+    enc = conditioning.encode(["a photo of shinything"], ours.towers, ours.backend.numpy, embeddings=ours.embeddings)
+    assert enc.embeddings[0]  # sdkit found and used it
+    np.testing.assert_allclose(enc.contexts[0], theirs[0].detach().numpy(), atol=1e-4)
+    cube = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.encode("cube", add_special_tokens=False)[0]]
+    assert np.abs(emb["emb_params"][0] - cube.detach().numpy()).max() > 1e-3  # it trained away from its start
+
+
+# --- cross-backend and overfitting ------------------------------------------------------------------------------
+
+def test_torch_and_mlx_loss_curves_agree(sd1_folder, photos, tmp_path):
+    pytest.importorskip("mlx.core")
+    runs = {b: sdkit.train(sd1_folder, photos, method="lora", out=tmp_path / b / "l.safetensors", steps=20, rank=4,
+                           learning_rate=1e-2, backend=b, device="cpu", seed=3, progress=False, min_snr_gamma=5.0)
+            for b in ("torch", "mlx")}
+    torch_losses, mlx_losses = (np.array(runs[b].losses) for b in ("torch", "mlx"))
+    np.testing.assert_allclose(mlx_losses, torch_losses, rtol=1e-3)
+    assert np.abs(np.diff(torch_losses)).max() > 1e-3  # the curves move: LoRA updates reach the output
+
+
+def x0_error(unet, latents, context, prediction="epsilon", seed=0):
+    """How far the UNet's x0 estimate is from the image's latents, over fixed timesteps and noise."""
+    ac = torch.from_numpy(alphas_cumprod(SD15)).float()
+    g = torch.Generator().manual_seed(seed)
+    errs = []
+    for t in (100, 300, 500, 700):
+        eps = torch.randn(latents.shape, generator=g)
+        a = ac[t]
+        x_t = a.sqrt() * latents + (1 - a).sqrt() * eps
+        with torch.no_grad():
+            pred = unet(x_t, t, encoder_hidden_states=context).sample
+        errs.append(((x_t - (1 - a).sqrt() * pred) / a.sqrt() - latents).square().mean())
+    return float(torch.stack(errs).mean())
+
+
+# LoRA on MLX, fine-tuning on torch: the loss-curve test above ties each method's backends together
+@pytest.mark.parametrize("method, backend", [("finetune", "torch"), ("lora", "mlx")])
+def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend):
+    """A short run on one captioned image: the trained prompt's x0 estimates come much closer to the image's
+    latents than the untrained model's (read back by diffusers: the folder, or the LoRA through
+    load_lora_weights)."""
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    photo = write_images(tmp_path / "one", ["a photo of a red cube"])
+    out = tmp_path / ("tuned" if method == "finetune" else "cube.safetensors")
+    sdkit.train(sd1_folder, photo, method=method, out=out, steps=60, rank=8, conv=True, learning_rate=2e-3 if method ==
+                "finetune" else 2e-2, backend=backend, device="cpu", progress=False)
+    pipe = diffusers_pipeline(sd1_folder)
+    with torch.no_grad():
+        image = torch.from_numpy(data.load_image(photo / "0.png", (64, 64)))[None]
+        latents = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
+        ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
+        context = pipe.text_encoder(ids).last_hidden_state
+    before = x0_error(pipe.unet, latents, context)
+    if method == "finetune":
+        tuned = diffusers_pipeline(out)
+    else:
+        tuned = pipe
+        tuned.load_lora_weights(str(out))
+    after = x0_error(tuned.unet, latents, context)
+    assert after < 0.3 * before, (before, after)
+
+
+# --- long runs: resume, Ctrl-C, samples -------------------------------------------------------------------------
+
+def test_ctrl_c_saves_and_resume_continues_the_same_run(sd1_folder, photos, tmp_path, monkeypatch):
+    """Interrupted at step 4 of 6 (Ctrl-C inside the step), then resumed: the same losses and LoRA as one
+    uninterrupted run with that seed; samples appear every N steps."""
+    options = dict(method="lora", steps=6, rank=4, learning_rate=1e-2, backend="torch", seed=5, progress=False,
+                   caption_dropout=0.3, save_every=2)
+    whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", **options)
+
+    from sdkit_torch.train import Trainer
+    real_step, calls = Trainer.step, []
+
+    def step(self, lr):
+        calls.append(lr)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_step(self, lr)
+    monkeypatch.setattr(Trainer, "step", step)
+    out = tmp_path / "b" / "l.safetensors"
+    with pytest.raises(sdkit.Cancelled, match=r"interrupted at step 4 of 6: state saved to .*l\.safetensors\.state"):
+        sdkit.train(sd1_folder, photos, out=out, **options)
+    assert out.exists()  # the LoRA so far
+    monkeypatch.setattr(Trainer, "step", real_step)
+    resumed = sdkit.train(sd1_folder, photos, out=out, resume=True, sample_every=3,
+                          sample_prompts=["a photo of a red cube"], sample_steps=2, **options)
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+    a, b = load_file(str(tmp_path / "a" / "l.safetensors")), load_file(str(out))
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [p.rsplit("/", 1)[-1] for p in resumed.outputs[2:]] == ["step000006-0.png"]  # step 3 ran before
+
+
+def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
+    """sdkit-train: an uncaptioned instance folder with --instance-prompt, class images for prior preservation;
+    a usage error exits 2 with one line naming the argument."""
+    from sdkit.train.cli import main
+    instance = write_images(tmp_path / "sks", [None, None])
+    classes = write_images(tmp_path / "dogs", [None], seed=1)
+    out = tmp_path / "sks.safetensors"
+    code = main([str(sd1_folder), str(instance), "--method", "dreambooth", "--out", str(out), "--steps", "3",
+                 "--instance-prompt", "a photo of sks dog", "--class-data", str(classes), "--class-prompt",
+                 "a photo of a dog", "--rank", "2", "--backend", "torch"])
+    assert code == 0 and out.exists()
+    assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "log.jsonl")]
+    assert main([str(sd1_folder), str(tmp_path / "missing"), "--out", str(out), "--backend", "torch"]) == 2
+    assert "sdkit-train: error: data" in capsys.readouterr().err
