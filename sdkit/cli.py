@@ -4,8 +4,9 @@
     sdkit-gen "the same scene in winter" -m model.safetensors -i photo.png --strength 0.6
     sdkit-gen --from lighthouse-1.png -s 7        # an image's stored parameters (sdkit's, A1111's, ...), a new seed
 
---from restores the VAE an image names (A1111 writes its file name): a path or Hub repo id as stored, else a
-.safetensors file of that name (or stem) next to the model or in a folder of $SDKIT_VAE_DIRS; --vae overrides it.
+--from restores the VAE an image names (A1111 writes its file name): a path as stored, else a
+.safetensors file of that name (or stem) next to the model or in a folder of $SDKIT_VAE_DIRS, else a Hub repo id
+as stored; --vae overrides it.
 
 Exit status: 0 done, 1 runtime error (download, backend, disk), 2 usage error, 130 interrupted (Ctrl-C).
 """
@@ -42,8 +43,8 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
-HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "schedule", "seed",
-            "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
+HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
+            "schedule", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
             *micro_conditioning.ARGUMENTS, *INPAINT_KEYS}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--guidance", dest="guidance_scale", type=_guidance, metavar="GUIDANCE",
                    help=f"classifier-free guidance scale (default: the model's recommendation; "
                         f"{ORDINARY.guidance_scale} for ordinary models)")
+    p.add_argument("--guidance-rescale", type=_unit, metavar="PHI",
+                   help="CFG rescale in [0, 1] (default 0; 0.7 for v-prediction models on zero-terminal-SNR "
+                        "schedules)")
     p.add_argument("-s", "--seed", type=_seed, help="image i gets seed + i (default: random)")
     p.add_argument("--sampler", choices=[*sdkit.SAMPLERS, *ALIASES], metavar="NAME",
                    help=f"see --list-samplers (default: the model's recommendation; {ORDINARY.sampler} "
@@ -175,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     if prompt is None:
         raise ValueError("PROMPT is required unless --from or --list-samplers is given")
     kwargs = {k: getattr(args, k) if getattr(args, k) is not None else stored.get(k)
-              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "sampler", "seed",
+              for k in ("negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
+                        "seed",
                         "clip_skip")}
     if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
         kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
@@ -391,25 +396,27 @@ def _stored_model(stored: dict, image: Path | None) -> str | None:
 
 
 def stored_vae(stored: dict, model: str) -> tuple[str | None, list[str]]:
-    """(the VAE to load, notes) for the VAE an image names: a path or Hub repo id as is, else a .safetensors file
-    of that name or stem next to the model or in $SDKIT_VAE_DIRS, checked against a stored VAE hash; (None, a
-    note) when it is not found: the model's own VAE is used."""
+    """(the VAE to load, notes) for the VAE an image names: a path as is; else a .safetensors file of that name or
+    stem (a folder-qualified name, as SwarmUI writes, by its last part) next to the model or in $SDKIT_VAE_DIRS;
+    else a Hub repo id as is. Checked against a stored VAE hash; (None, a note) when it is not found: the model's
+    own VAE is used."""
     name, stored_hash = stored["VAE"], stored.get("VAE hash")
-    hub_id = hub.REPO_ID.fullmatch(name) and not name.endswith((*PICKLES, ".safetensors"))
-    if Path(name).expanduser().exists() or hub_id:
-        found = Path(name).expanduser()
-    else:
+    found = Path(name).expanduser() if Path(name).expanduser().exists() else None
+    if found is None:
         near = Path(model).expanduser().resolve().parent if Path(model).expanduser().exists() else None
-        wanted = [n for n in dict.fromkeys([name, Path(name).stem + ".safetensors"]) if not n.endswith(PICKLES)]
-        places = [d / n for d in [*filter(None, [near]), *folders(None, VAE_DIRS, VAE_DIRS)] for n in wanted]
+        names = [n for base in dict.fromkeys([name, Path(name).name])
+                 for n in dict.fromkeys([base, Path(base).stem + ".safetensors"]) if not n.endswith(PICKLES)]
+        places = [d / n for d in [*filter(None, [near]), *folders(None, VAE_DIRS, VAE_DIRS)] for n in names]
         found = next((p for p in places if p.exists()), None)
-        if found is None:
-            return None, [f"VAE {name!r} is not next to the model nor in ${VAE_DIRS}: the model's own VAE is used "
-                          "(pass --vae FILE)"]
+    if found is None:
+        if hub.REPO_ID.fullmatch(name) and not name.endswith((*PICKLES, ".safetensors")):
+            return name, []
+        return None, [f"VAE {name!r} is not next to the model nor in ${VAE_DIRS}: the model's own VAE is used "
+                      "(pass --vae FILE)"]
     if stored_hash and found.is_file() and hashes.autov2(found) != stored_hash:
         return str(found), [f"VAE {name!r}: {found} has hash {hashes.autov2(found)}, the image was made with "
                             f"{stored_hash}"]
-    return str(found) if found.exists() else name, []
+    return str(found), []
 
 
 def _other_model(stored: dict, model: str) -> list[str]:
@@ -575,6 +582,13 @@ def _sides(text: str) -> tuple[int, int, int, int]:
     if not any(sides):
         raise argparse.ArgumentTypeError("all four sides are 0; give the pixels to add, e.g. 0,0,256,0")
     return sides
+
+
+def _unit(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def _strength(text: str) -> float:

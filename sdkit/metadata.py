@@ -40,6 +40,7 @@ _KEYS = {
     "Clip skip": ("clip_skip", int),
     "Mask blur": ("mask_blur", int),
     "Masked area padding": ("inpaint_padding", int),  # A1111 1.6+; sdkit writes the older key the issue names
+    "CFG rescale": ("guidance_rescale", float),  # sdkit's key (A1111 has no CFG rescale of its own)
 }
 # The older key has a comma, which A1111's pair pattern cannot read: read as the newer one
 OLD_PADDING = "Only masked padding, pixels:"
@@ -104,6 +105,8 @@ def format_parameters(params: dict) -> str:
             pairs[key] = params[_KEYS[key][0]]
     if (params.get("clip_skip") or 1) > 1:  # A1111 writes it only when not the default
         pairs["Clip skip"] = params["clip_skip"]
+    if params.get("guidance_rescale"):
+        pairs["CFG rescale"] = params["guidance_rescale"]
     pairs |= {k: v for k, v in params.items()
               if k not in _OURS and k not in pairs and k != "Version" and v is not None}  # A1111 skips None
     pairs["Version"] = f"sdkit {__version__}"

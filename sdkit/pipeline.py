@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import conditioning, hashes, images, inpaint, metadata, micro_conditioning, samplers, tiling
 from .adapters import lora
+from .samplers import guidance
 from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
 from .families import FAMILIES
@@ -43,6 +44,7 @@ class Request:
     height: int
     steps: int
     guidance_scale: float
+    guidance_rescale: float  # 0: none
     sampler: str  # canonical name
     schedule: str | None  # None: the checkpoint's own timestep spacing
     seed: int
@@ -89,6 +91,7 @@ class Pipeline:
 
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width: int | None = None,
                  height: int | None = None, steps: int | None = None, guidance_scale: float | None = None,
+                 guidance_rescale: float = 0.0,
                  sampler: str | None = None, schedule: str | None = None, seed: int | None = None, num_images: int = 1,
                  init_image: Image.Image | str | Path | None = None, strength: float | None = None,
                  latents: np.ndarray | None = None, callback: Callback | None = None,
@@ -107,7 +110,10 @@ class Pipeline:
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
         few-step model's recipe, else 30, 7.5 and dpmpp_2m_karras = dpmpp_2m with schedule "karras").
         schedule: None (the checkpoint's own timestep spacing), "trailing", "karras", "exponential" or "beta";
-        which ones a sampler takes: sdkit.samplers.SAMPLERS[name].schedules.
+        which ones a sampler takes: sdkit.samplers.SAMPLERS[name].schedules. A zero-terminal-SNR model
+        (rescale_betas_zero_snr, a `ztsnr` marker) samples on its own schedule automatically.
+        guidance_rescale: CFG rescale in [0, 1] (diffusers' rescale_noise_cfg; 0.7 for v-prediction fine-tunes
+        on zero-terminal-SNR schedules, as their cards say).
         original_size ... negative_aesthetic_score: SDXL's micro-conditioning (sdkit.micro_conditioning).
         `callback(step, total, latents)` runs after each UNet evaluation (`latents`: the backend array the
         UNet saw); returning False raises sdkit.Cancelled, and an exception it raises propagates.
@@ -140,9 +146,9 @@ class Pipeline:
                      negative_original_size=negative_original_size,
                      negative_crops_coords_top_left=negative_crops_coords_top_left,
                      negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
-        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
-                            num_images, strength if init is not None else None, micro, clip_skip, prompt_syntax,
-                            loras)
+        req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale,
+                            sampler, schedule, seed, num_images, strength if init is not None else None, micro,
+                            clip_skip, prompt_syntax, loras)
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
         mem = self._fit(req, encode=init is not None)
@@ -200,8 +206,8 @@ class Pipeline:
         find = conditioning.matcher(self.towers[0], self.embeddings)
         return conditioning.token_usage(lora.tags(text)[0], self.tokenizers[0], prompt_syntax, find)
 
-    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, sampler, schedule, seed,
-                 num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
+    def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale, sampler,
+                 schedule, seed, num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -228,6 +234,8 @@ class Pipeline:
         _check_int("num_images", num_images, minimum=1)
         if not isinstance(guidance_scale, (int, float)) or math.isnan(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        if not isinstance(guidance_rescale, (int, float)) or not 0 <= guidance_rescale <= 1:
+            raise ValueError(f"guidance_rescale must be a number in [0, 1], got {guidance_rescale!r}")
         if seed is None:
             seed = secrets.randbits(32)
         _check_int("seed", seed, minimum=0)
@@ -251,7 +259,7 @@ class Pipeline:
         sampler, schedule = samplers.resolve(sampler, schedule)
         if schedule is None and self.checkpoint.scheduler.timestep_spacing == "trailing":
             schedule = "trailing"  # the same timesteps, named so in the image's metadata
-        return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale),
+        return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale), float(guidance_rescale),
                        sampler.name, schedule, seed, num_images, strength, values,
                        micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax,
                        found)
@@ -321,7 +329,7 @@ class Pipeline:
             out = self.unet(x, t, context, added, concat)
             if g > 1:
                 uncond, cond = out[:b], out[b:]
-                out = uncond + (cond - uncond) * g
+                out = guidance.rescale(guidance.guide(uncond, cond, g), cond, req.guidance_rescale)
             step += 1
             if callback is not None and callback(step, total, x) is False:
                 raise Cancelled(f"cancelled at step {step} of {total}")
@@ -337,6 +345,8 @@ class Pipeline:
             params["strength"] = req.strength
         if req.clip_skip > 1:
             params["clip_skip"] = req.clip_skip
+        if req.guidance_rescale and req.guidance_scale > 1:  # it acts only with guidance
+            params["guidance_rescale"] = req.guidance_rescale
         if req.loras:  # tags for those given as loras=, so that the prompt stored says them all (as A1111's)
             tagged = {name for name, *_ in lora.tags(req.prompt)[1]}
             params["prompt"] = req.prompt + "".join(lora.format_tag(name, w_te, w_unet) for name, _, w_te, w_unet

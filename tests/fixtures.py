@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,6 +48,15 @@ def _reference(name: str):
 SCHEDULERS = {name: (_reference(name), s.reference_config) for name, s in SAMPLERS.items()}
 SCHEDULERS |= {alias: (_reference(name), {**SAMPLERS[name].reference_config, **SCHEDULES[schedule][1]})
                for alias, (name, schedule) in ALIASES.items() if schedule}
+
+def step_noise_like_sdkit(monkeypatch, draw):
+    """Stochastic samplers: diffusers' per-step noise (randn_tensor(shape, ...) in each scheduler's module)
+    becomes draw(shape), the continuation of each image's own generator, as in sdkit."""
+    for name, s in SAMPLERS.items():
+        if s.stochastic:
+            monkeypatch.setattr(sys.modules[SCHEDULERS[name][0].__module__], "randn_tensor",
+                                lambda shape, *args, **kw: draw(tuple(shape)))
+
 
 # the published configs, as sdkit bundles them for single files (copies of the Hub repos' files)
 DATA = Path(__file__).resolve().parents[1] / "sdkit" / "data"

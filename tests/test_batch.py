@@ -21,6 +21,7 @@ from PIL import Image
 import sdkit
 from sdkit.batch import RowsError, rows
 from sdkit.batch.cli import main as batch_cli
+from sdkit.batch.dispenser import Dispenser
 from sdkit.batch.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +77,9 @@ def test_rows_from_txt_csv_jsonl_with_defaults_and_repeat(tmp_path):
     assert [line for _, line, _ in csv] == [2, 3]  # the header is line 1
     assert csv[0][2] == {"steps": 2, "prompt": "a cat", "seed": 5}  # an empty cell: the default
     assert csv[1][2] == {"steps": 4, "prompt": "a dog, running", "init_image": str(tmp_path / "x.png")}
-    jsonl = rows.read(tmp_path / "p.jsonl")
-    assert jsonl[0][2]["guidance_scale"] == 6.0 and jsonl[1][2]["original_size"] == (32, 48)
+    jsonl = rows.read(tmp_path / "p.jsonl", {"target_size": "48x32"})  # WxH, as the metadata writes it
+    assert jsonl[0][2]["guidance_scale"] == 6.0 and jsonl[1][2]["original_size"] == (32, 48)  # generate()'s (h, w)
+    assert jsonl[1][2]["target_size"] == (32, 48)
     assert [line for _, line, _ in jsonl] == [1, 3]
 
     units = rows.units(csv, repeat=3, salt=7)
@@ -89,17 +91,35 @@ def test_rows_from_txt_csv_jsonl_with_defaults_and_repeat(tmp_path):
     assert rows.parse_param("sampler=euler") == ("sampler", "euler")
 
 
+def test_newer_generate_arguments_typed(tmp_path, monkeypatch):
+    """LoRAs, masks and inpainting options (generate() arguments of the adapters and inpainting work) from CSV
+    text and JSON values; files next to the input made absolute."""
+    monkeypatch.setattr(rows, "COLUMNS", (*rows.COLUMNS, "loras", "mask_image", "mask_blur", "composite"))
+    (tmp_path / "style.safetensors").write_bytes(b"")
+    (tmp_path / "p.csv").write_text('prompt,loras,mask_image,mask_blur,composite\n'
+                                    'a,"{""style.safetensors"": 0.8, ""ink"": [0.5, 1]}",m.png,0,false\n'
+                                    'b,{},,x,maybe\n')
+    with pytest.raises(RowsError) as e:
+        rows.read(tmp_path / "p.csv")
+    assert "p.csv:3: mask_blur 'x' is not an integer" in str(e.value)
+    (tmp_path / "p.csv").write_text("\n".join(tmp_path.joinpath("p.csv").read_text().splitlines()[:2]))
+    (_, _, params), = rows.read(tmp_path / "p.csv")
+    assert params == {"prompt": "a", "loras": {str(tmp_path / "style.safetensors"): 0.8, "ink": (0.5, 1.0)},
+                      "mask_image": str(tmp_path / "m.png"), "mask_blur": 0, "composite": False}
+    assert rows.read([{"prompt": "a", "loras": {"ink": 1}, "composite": True}])[0][2]["loras"] == {"ink": 1.0}
+
+
 def test_bad_rows_all_listed_before_any_work(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("prompt,seed,colour\na cat,1,\na dog,x,\n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a cat", "steps": "many"}\n{"seed": 1}\n{"prompt": "ok"}\n'
-                                        '{"prompt": 3\n[1]\n{"prompt": "a", "colour": 1}\n')
+                                        '{"prompt": 3\n[1]\n{"prompt": "a", "colour": 1}\n"a string"\n')
     with pytest.raises(RowsError) as e:
         rows.read(tmp_path / "bad.jsonl", {"stepz": 1})
     message = str(e.value)
-    assert "\n" not in message and message.startswith("6 bad rows")
+    assert "\n" not in message and message.startswith("7 bad rows")
     for expected in ("--param unknown column 'stepz'", "bad.jsonl:1: steps 'many' is not an integer",
                      "bad.jsonl:2: no prompt", "bad.jsonl:4: not JSON", "bad.jsonl:5: a JSON object is needed",
-                     "bad.jsonl:6: unknown column 'colour'"):
+                     "bad.jsonl:6: unknown column 'colour'", "bad.jsonl:7: a JSON object is needed, got str"):
         assert expected in message
     assert "bad.jsonl:3" not in message
 
@@ -171,7 +191,7 @@ def _wait_for_lines(out: Path, n: int, process=None, thread=None, timeout: float
             return entries
         assert process is None or process.poll() is None, process.stderr.read()
         assert thread is None or thread.is_alive()
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError(f"no {n} manifest lines in {timeout} s")
 
 
@@ -186,7 +206,7 @@ def ray_cluster():
 
 @pytest.mark.parametrize("runner", ["local", "ray"])
 def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_folder, runner, request):
-    (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(6)))
+    (tmp_path / "p.txt").write_text("".join(f"picture {i}\n" for i in range(8)))
     out = tmp_path / "out"
     args = [str(tmp_path / "p.txt"), "-o", str(out), "-m", str(sd1_folder), "-q", "--backend", "torch",
             *(f"--param={k}={v}" for k, v in (ARGS | {"steps": 6}).items())]
@@ -197,11 +217,11 @@ def test_cli_interrupted_then_rerun_makes_every_row_once(tmp_path, pipe, sd1_fol
     first.send_signal(signal.SIGINT)
     assert first.wait(60) == 130, first.stderr.read()
     made = len(manifest(out))
-    assert 2 <= made < 6
+    assert 2 <= made < 8
     second = _run_cli([*args, "--resume"])
     assert second.wait(180) == 0, second.stderr.read()
-    assert f"{6 - made} images made, {made} already done, 0 failed" in second.stderr.read()
-    check_exactly_once(out, 6, pipe)
+    assert f"{8 - made} images made, {made} already done, 0 failed" in second.stderr.read()
+    check_exactly_once(out, 8, pipe)
 
 
 def test_ray_worker_killed_mid_run(tmp_path, pipe, sd1_folder, ray_cluster):
@@ -264,3 +284,38 @@ def test_rows_grouped_by_model_and_size(tmp_path, sd1_folder):
     order = [(e["parameters"]["model"], e["parameters"]["width"]) for e in manifest(tmp_path / "out")]
     assert order == sorted(order, key=lambda g: (str(g[0]), g[1]))  # contiguous groups
     assert [e["row"] for e in manifest(tmp_path / "out")] == [1, 5, 3, 4, 2]
+
+
+def test_ray_scheduler_keeps_each_worker_on_its_group():
+    """cluster._schedule and its Dispenser with a stand-in for Ray: a worker keeps to its group, or takes one
+    no other worker is on."""
+    from sdkit.batch import cluster
+
+    class Ref:
+        def __init__(self, actor, unit):
+            self.actor, self.unit = actor, unit
+
+    class Actor:
+        def __init__(self, name):
+            self.name, self.groups = name, []
+            self.run = self  # actor.run.remote(unit)
+
+        def remote(self, unit):
+            self.groups.append(unit.group)
+            return Ref(self, unit)
+
+    class FakeRay:  # completes the oldest submission first
+        def wait(self, refs, num_returns, timeout):
+            return refs[:1], refs[1:]
+
+        def get(self, ref):
+            return {"file": "x", "worker": ref.actor.name}
+
+    table = [(f"rows[{i}]", i + 1, {"prompt": "a", "model": m, "width": 32}) for i, m in enumerate("ABABABAB")]
+    actors = [Actor("0"), Actor("1")]
+    done = []
+    cluster._schedule(FakeRay(), actors, Dispenser(rows.units(table, salt=0), 2),
+                      lambda unit, result: done.append(unit.row), threading.Event())
+    assert sorted(done) == list(range(1, 9))
+    # each model loaded once: one worker makes the A rows, the other the B rows
+    assert [{g[0] for g in actor.groups} for actor in actors] == [{"A"}, {"B"}]

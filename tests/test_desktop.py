@@ -315,50 +315,6 @@ def test_scripted_mode_fails_with_a_message(tmp_path):
     assert run.returncode == 1 and "missing.safetensors" in run.stderr
 
 
-def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_folder, tmp_path, monkeypatch):
-    """Brush a stroke over the init image, undo / invert / clear, then generate: the picture is inpainted
-    (outside the blurred mask the init image's bytes); Extend canvas outpaints."""
-    from PySide6.QtTest import QTest
-
-    init = Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    init.save(tmp_path / "init.png")
-    fill(window, sd1_inpaint_folder)
-    editor = window.mask_editor
-    assert not editor.isEnabled()
-    window.form.set_init_image(str(tmp_path / "init.png"))
-    assert editor.isEnabled() and editor.mask.is_empty
-    canvas = editor.canvas
-    r = canvas.target()
-    at = lambda x, y: QPointF(r.x() + x * r.width() / 64, r.y() + y * r.height() / 64).toPoint()
-    editor.size.setValue(16)
-    QTest.mousePress(canvas, Qt.LeftButton, pos=at(20, 32))
-    QTest.mouseMove(canvas, at(44, 32))
-    QTest.mouseRelease(canvas, Qt.LeftButton, pos=at(44, 32))
-    drawn = np.asarray(editor.mask.image).copy()
-    assert drawn[32, 24:40].min() == 255 and drawn[5, 5] == 0
-    editor.invert_button.click()
-    assert np.asarray(editor.mask.image)[5, 5] == 255
-    editor.undo_button.click()
-    assert np.array_equal(np.asarray(editor.mask.image), drawn)
-
-    editor.blur.setValue(2)
-    generate(qtbot, window)
-    out = window.session.results[-1].image
-    assert out.size == (64, 64) and "Mask blur: 2" in out.info["parameters"]
-    monkeypatch.setattr(main_window.QFileDialog, "getSaveFileName", lambda *a: (str(tmp_path / "o.png"), "PNG"))
-    window.save_selected()
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.mask.png")), drawn)
-    far = np.ones((64, 64), bool)
-    far[12:53, 4:61] = False  # the stroke (8 px around the line) plus the blur's reach
-    assert np.array_equal(np.asarray(out)[far], np.asarray(init)[far])
-
-    editor.extend_buttons[2].click()  # 64 more pixels on the right
-    assert "64 px right" in editor.margins.text()
-    generate(qtbot, window)
-    wide = window.session.results[-1].image
-    assert wide.size == (128, 64) and np.array_equal(np.asarray(wide)[:, :56], np.asarray(init)[:, :56])
-
-
 def test_dropped_files_that_are_refused_never_become_the_init_image(window, tmp_path, sd1_folder):
     """A pickle, an image whose record sdkit refuses and a file that is no image show an error; a LoRA becomes a
     tag, a VAE the VAE; none of them the init image or the model."""
@@ -443,3 +399,47 @@ def test_vae_picker_and_clip_skip_reach_generate_and_come_back_from_a_png(qtbot,
     monkeypatch.delenv("SDKIT_VAE_DIRS")
     drop(window, tmp_path / "made.png")
     assert window.picker.choice().vae is None and "my-vae.safetensors" in window.status.text()
+
+
+def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_folder, tmp_path, monkeypatch):
+    """Brush a stroke over the init image, undo / invert / clear, then generate: the picture is inpainted
+    (outside the blurred mask the init image's bytes); Extend canvas outpaints."""
+    from PySide6.QtTest import QTest
+
+    init = Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    init.save(tmp_path / "init.png")
+    fill(window, sd1_inpaint_folder)
+    editor = window.mask_editor
+    assert not editor.isEnabled()
+    window.form.set_init_image(str(tmp_path / "init.png"))
+    assert editor.isEnabled() and editor.mask.is_empty
+    canvas = editor.canvas
+    r = canvas.target()
+    at = lambda x, y: QPointF(r.x() + x * r.width() / 64, r.y() + y * r.height() / 64).toPoint()
+    editor.size.setValue(16)
+    QTest.mousePress(canvas, Qt.LeftButton, pos=at(20, 32))
+    QTest.mouseMove(canvas, at(44, 32))
+    QTest.mouseRelease(canvas, Qt.LeftButton, pos=at(44, 32))
+    drawn = np.asarray(editor.mask.image).copy()
+    assert drawn[32, 24:40].min() == 255 and drawn[5, 5] == 0
+    editor.invert_button.click()
+    assert np.asarray(editor.mask.image)[5, 5] == 255
+    editor.undo_button.click()
+    assert np.array_equal(np.asarray(editor.mask.image), drawn)
+
+    editor.blur.setValue(2)
+    generate(qtbot, window)
+    out = window.session.results[-1].image
+    assert out.size == (64, 64) and "Mask blur: 2" in out.info["parameters"]
+    monkeypatch.setattr(main_window.QFileDialog, "getSaveFileName", lambda *a: (str(tmp_path / "o.png"), "PNG"))
+    window.save_selected()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.mask.png")), drawn)
+    far = np.ones((64, 64), bool)
+    far[12:53, 4:61] = False  # the stroke (8 px around the line) plus the blur's reach
+    assert np.array_equal(np.asarray(out)[far], np.asarray(init)[far])
+
+    editor.extend_buttons[2].click()  # 64 more pixels on the right
+    assert "64 px right" in editor.margins.text()
+    generate(qtbot, window)
+    wide = window.session.results[-1].image
+    assert wide.size == (128, 64) and np.array_equal(np.asarray(wide)[:, :56], np.asarray(init)[:, :56])

@@ -159,7 +159,7 @@ FOOOCUS_KEYWORDS = {
     "negative_prompt": "unrealistic, saturated, high contrast, anime, cartoon", "steps": 30, "guidance_scale": 4.0,
     "seed": 3457234239, "model": "juggernautXL_v8Rundiffusion", "width": 1152, "height": 896,
     "Model hash": "aeb7e9e689", "Version": "Fooocus v2.5.5",
-    "ADM Guidance": "(1.5, 0.8, 0.3)", "Sharpness": "2", "Sampler": "DPM++ 2M SDE", "Schedule type": "Karras"}
+    "ADM Guidance": "(1.5, 0.8, 0.3)", "Sharpness": "2", "sampler": "dpmpp_2m_sde", "schedule": "karras"}
 
 
 def test_fooocus_png(tmp_path):

@@ -71,7 +71,7 @@ def test_keys_other_features_write_pass_through_as_a1111_writes_them():
 
 
 A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "lms": "LMS",
-               "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC"}
+               "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE"}
 A1111_SCHEDULES = {None: "Uniform", "trailing": "SGM Uniform", "karras": "Karras", "exponential": "Exponential",
                    "beta": "Beta"}
 
@@ -80,7 +80,7 @@ A1111_SCHEDULES = {None: "Uniform", "trailing": "SGM Uniform", "karras": "Karras
                                               for schedule in s.schedules])
 def test_every_sampler_and_schedule_round_trips(sampler, schedule):
     text = metadata.format_parameters({**PARAMS, "sampler": sampler, "schedule": schedule})
-    assert f"Sampler: {A1111_NAMES.get(sampler, sampler)}, Schedule type: {A1111_SCHEDULES[schedule]}," in text
+    assert f"Sampler: {A1111_NAMES[sampler]}, Schedule type: {A1111_SCHEDULES[schedule]}," in text
     back = metadata.parse_parameters(text)
     assert (back["sampler"], back.get("schedule")) == (sampler, schedule)
 
@@ -192,6 +192,8 @@ def test_indented_lines_and_windows_line_ends_read_as_a1111_reads_them():
     ("Sampler: Euler a, Schedule type: SGM Uniform", ("euler_a", "trailing")),
     ("Sampler: PLMS", ("pndm", None)),
     ("Sampler: UniPC, Schedule type: Beta", ("unipc", "beta")),
+    ("Sampler: DPM++ 2M SDE, Schedule type: Automatic", ("dpmpp_2m_sde", "exponential")),
+    ("Sampler: DPM++ 3M SDE Karras", ("dpmpp_3m_sde", "karras")),
 ])
 def test_sampler_names_from_a1111(pairs, expected):
     p = metadata.parse_parameters(f"fox\nSteps: 20, {pairs}, Seed: 1")
@@ -266,3 +268,10 @@ def _text_chunks(path) -> dict[str, bytes]:
             found[data[pos + 8:pos + 8 + length].split(b"\0")[0].decode("latin-1")] = kind
         pos += 12 + length
     return found
+
+
+def test_cfg_rescale_round_trips_and_is_written_only_when_used():
+    text = metadata.format_parameters({**PARAMS, "guidance_rescale": 0.7})
+    assert ", CFG rescale: 0.7, " in text
+    assert metadata.parse_parameters(text)["guidance_rescale"] == 0.7
+    assert "CFG rescale" not in metadata.format_parameters({**PARAMS, "guidance_rescale": 0.0})

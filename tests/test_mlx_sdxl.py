@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as img2img_module
-from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import diffusers_pipeline, img2img_like_sdkit
+from fixtures import diffusers_pipeline, img2img_like_sdkit, step_noise_like_sdkit
 from PIL import Image
 from test_parity_torch import NEGATIVE, PROMPT, SEED, assert_close, draw, seeded_noise, use_scheduler
 
@@ -69,7 +68,7 @@ def test_euler_a_matches_diffusers(pipes, monkeypatch):
     shape = (4, 6, 8)
     rngs = seeded_noise(SEED, 1, shape)
     latents = draw(rngs, shape)
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **kw: draw(rngs, tuple(s[1:])))
+    step_noise_like_sdkit(monkeypatch, lambda s: draw(rngs, s[1:]))
     expected = theirs(PROMPT, width=64, height=48, num_inference_steps=STEPS, guidance_scale=7.5,
                       latents=latents).images
     assert_close(ours.generate(PROMPT, width=64, height=48, steps=STEPS, sampler="euler_a", seed=SEED), expected)

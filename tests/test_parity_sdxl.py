@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as img2img_module
-from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import diffusers_pipeline, img2img_like_sdkit
+from fixtures import diffusers_pipeline, img2img_like_sdkit, step_noise_like_sdkit
 from PIL import Image
 from test_parity_torch import NEGATIVE, PROMPT, SCHEDULERS, SEED, assert_close, draw, seeded_noise, use_scheduler
 
@@ -40,7 +39,7 @@ def test_txt2img(pipes, sampler, monkeypatch):
     shape = (4, height // 8, width // 8)
     rngs = seeded_noise(SEED, n, shape)
     latents = draw(rngs, shape)
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **kw: draw(rngs, tuple(s[1:])))
+    step_noise_like_sdkit(monkeypatch, lambda s: draw(rngs, s[1:]))
     expected = theirs(PROMPT, negative_prompt=negative, width=width, height=height, num_inference_steps=STEPS,
                       guidance_scale=7.5, num_images_per_prompt=n, latents=latents).images
     got = ours.generate(PROMPT, negative, width=width, height=height, steps=STEPS, sampler=sampler, seed=SEED,
@@ -100,7 +99,7 @@ def test_turbo_like_trailing_spacing_no_guidance_default_size(sdxl_folder, tmp_p
     theirs.scheduler = EulerAncestralDiscreteScheduler.from_config(theirs.scheduler.config)
     rngs = seeded_noise(SEED, 1, (4, 6, 6))
     latents = draw(rngs, (4, 6, 6))
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **kw: draw(rngs, tuple(s[1:])))
+    step_noise_like_sdkit(monkeypatch, lambda s: draw(rngs, s[1:]))
     expected = theirs(PROMPT, num_inference_steps=2, guidance_scale=0.0, latents=latents).images
     got = ours.generate(PROMPT, steps=2, sampler="euler_a", guidance_scale=0.0, seed=SEED)
     assert got[0].size == (48, 48)

@@ -2,6 +2,7 @@
 diffusers' pipeline loop (the oracle, torch float64 where
 diffusers lets it) and by sdkit.samplers (numpy float64)."""
 
+import inspect
 import json
 import math
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.schedulers import scheduling_lms_discrete
+from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 from fixtures import SCHEDULERS as ORACLES
 
 from sdkit import samplers
@@ -59,7 +61,7 @@ def config_dict(base: str, **overrides) -> dict:
 
 
 def float64_alphas_cumprod(c) -> torch.Tensor:
-    """diffusers' betas (scheduling_ddim.py and betas_for_alpha_bar), in float64."""
+    """diffusers' betas (scheduling_ddim.py and betas_for_alpha_bar, rescale_zero_terminal_snr), in float64."""
     n = c.num_train_timesteps
     if c.beta_schedule == "linear":
         betas = torch.linspace(c.beta_start, c.beta_end, n, dtype=torch.float64)
@@ -69,6 +71,8 @@ def float64_alphas_cumprod(c) -> torch.Tensor:
         alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
                              dtype=torch.float64)
+    if getattr(c, "rescale_betas_zero_snr", False):
+        betas = rescale_zero_terminal_snr(betas)
     return torch.cumprod(1 - betas, 0)
 
 
@@ -78,7 +82,10 @@ def run_diffusers(name, config: dict, steps, strength, x0, noise, seed, schedule
     scheduler = cls.from_config(config, **extra, **SCHEDULES[schedule][1])
     # diffusers' float32 ᾱ is off by up to ~1e-5, and some paths (PRK warm-up in img2img) amplify that: run its
     # logic on a float64 ᾱ, so that the comparison tests the sampler, not the rounding
+    finite = float(scheduler.alphas_cumprod[-1]) == 2**-24  # zero terminal SNR, made finite for this sampler
     scheduler.alphas_cumprod = float64_alphas_cumprod(scheduler.config)
+    if finite:
+        scheduler.alphas_cumprod[-1] = 2**-24
     if getattr(scheduler, "final_alpha_cumprod", 1) != 1:  # ddim, pndm without set_alpha_to_one
         scheduler.final_alpha_cumprod = scheduler.alphas_cumprod[0]
     scheduler.set_timesteps(steps)
@@ -164,6 +171,23 @@ def test_schedules_match_diffusers_options(name, schedule, base, prediction, ste
     use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas) on the sampler's scheduler."""
     check_parity(name, config_dict(base, prediction_type=prediction), steps, MODES[mode], seed=steps,
                  schedule=schedule)
+
+
+ZERO_SNR = [name for name, s in samplers.SAMPLERS.items() if "rescale_betas_zero_snr" in
+            inspect.signature(ORACLES[name][0].__init__).parameters]
+
+
+@pytest.mark.parametrize("steps,mode", runs([1, 4, 25], ["txt2img", "img2img_0.75"]))
+@pytest.mark.parametrize("schedule", [None, "trailing"])  # karras: diffusers fails on its repeated t = 999
+@pytest.mark.parametrize("name", ZERO_SNR)
+def test_zero_terminal_snr(name, schedule, steps, mode):
+    """rescale_betas_zero_snr (v-prediction fine-tunes, NoobAI-XL): ᾱ ends at 0; trailing timesteps reach it."""
+    config = config_dict("sdxl-base", prediction_type="v_prediction", rescale_betas_zero_snr=True)
+    check_parity(name, config, steps, MODES[mode], seed=steps, schedule=schedule)
+
+
+def test_zero_terminal_snr_samplers():
+    assert set(ZERO_SNR) >= {"ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "dpmpp_2m_sde"}
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
@@ -327,3 +351,21 @@ def test_hook_sees_every_step_and_can_replace_x(name, strength):
     finals = []
     replaced = run(lambda i, x, sigma, x0: finals.append(x * 0.5) or finals[-1])
     assert np.array_equal(replaced, finals[-1]) and not np.allclose(replaced, plain)
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
+def test_guidance_rescale_equals_diffusers_formula(phi):
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    from sdkit.samplers import guidance
+    rng = np.random.default_rng(4)
+    uncond, cond = rng.standard_normal((2, *SHAPE)) * [[[[[1.0]]]], [[[[1.3]]]]]
+    guided = guidance.guide(uncond, cond, 7.5)
+    expected = rescale_noise_cfg(torch.from_numpy(guided), torch.from_numpy(cond), phi).numpy()
+    np.testing.assert_allclose(guidance.rescale(guided, cond, phi), expected, rtol=1e-12, atol=1e-12)
+    ours = guidance.rescale(torch.from_numpy(guided), torch.from_numpy(cond), phi).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-12)
+    mx = pytest.importorskip("mlx.core")
+    ours = np.array(guidance.rescale(mx.array(guided.astype(np.float32)), mx.array(cond.astype(np.float32)), phi))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    assert phi == 0 or not np.allclose(expected, guided)

@@ -259,10 +259,12 @@ def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend):
 
 def test_ctrl_c_saves_and_resume_continues_the_same_run(sd1_folder, photos, tmp_path, monkeypatch):
     """Interrupted at step 4 of 6 (Ctrl-C inside the step), then resumed: the same losses and LoRA as one
-    uninterrupted run with that seed; samples appear every N steps."""
+    uninterrupted run with that seed (which ran with gradient checkpointing); samples appear every N steps."""
     options = dict(method="lora", steps=6, rank=4, learning_rate=1e-2, backend="torch", seed=5, progress=False,
                    caption_dropout=0.3, save_every=2)
-    whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", **options)
+    # gradient checkpointing recomputes activations: the same run, less memory
+    whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", gradient_checkpointing=True,
+                        **options)
 
     from sdkit_torch.train import Trainer
     real_step, calls = Trainer.step, []

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from fixtures import FAMILIES, perturb, relayout, vae_to_ldm
+from fixtures import perturb, relayout, vae_to_ldm
 from safetensors.torch import load_file, save_file
 from test_checkpoint import assert_one_line_error, assert_same_weights
 from test_cli import FAST, gen  # noqa: F401 (a fixture)
@@ -274,7 +274,7 @@ def test_load_hashes_in_the_background(vaes, sd1_single_file, monkeypatch):
 
 def test_stored_vae_names_find_their_safetensors_file(tmp_path, monkeypatch):
     """A1111 writes the VAE's file name; a .ckpt name finds the .safetensors conversion beside it (the pickle is
-    never chosen), a file next to the model comes first, a Hub repo id is used as is."""
+    never chosen), a file next to the model comes first, a Hub repo id not found as a file is used as is."""
     from sdkit.cli import stored_vae
 
     for folder in ("models", "vaes"):
@@ -288,6 +288,9 @@ def test_stored_vae_names_find_their_safetensors_file(tmp_path, monkeypatch):
     assert stored_vae({"VAE": "other.safetensors"}, str(model)) == (str(tmp_path / "models" / "other.safetensors"), [])
     for repo in ("stabilityai/sd-vae-ft-mse", "owner/vae-v1.5"):
         assert stored_vae({"VAE": repo}, str(model)) == (repo, [])
+    # SwarmUI's folder-qualified names are looked for by their last part first
+    assert stored_vae({"VAE": "OfficialStableDiffusion/kl-f8"}, str(model)) == (
+        str(tmp_path / "vaes" / "kl-f8.safetensors"), [])
     monkeypatch.setenv("SDKIT_VAE_DIRS", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="SDKIT_VAE_DIRS: .*missing.* is not a folder"):
         stored_vae({"VAE": "kl-f8.ckpt"}, str(model))

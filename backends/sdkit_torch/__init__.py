@@ -90,6 +90,8 @@ class TorchBackend:
     def trainer(self, checkpoint, plan):
         """A trainer for sdkit.train (sdkit.train.plan says what it does)."""
         from .train import Trainer
+        if self.residency.current is not None:  # the last component built for caching (text encoder, VAE)
+            self.residency.current.drop()
         return Trainer(checkpoint, plan, self.torch_device, self.torch_dtype)
 
     def asarray(self, x: np.ndarray) -> torch.Tensor:

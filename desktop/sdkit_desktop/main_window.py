@@ -126,8 +126,8 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
-        self.form.init_changed.connect(self.mask_editor.set_image)
         self.networks.insert.connect(lambda text, negative: (self.negative if negative else self.prompt).insert(text))
+        self.form.init_changed.connect(self.mask_editor.set_image)
         self.generate_button.clicked.connect(self.generate)
         QShortcut(QKeySequence("Ctrl+Return"), self, activated=self.generate)
         self.cancel_button.clicked.connect(self.cancel)

@@ -45,10 +45,10 @@ class Settings:
     num_images: int = 1
     init_image: str | None = None  # a path: image-to-image when set
     strength: float = 0.8
+    clip_skip: int = 1  # A1111's: 1 the text encoder's last layer, 2 the penultimate
     mask_blur: int = 4  # inpainting (a mask drawn over the init image, or Extend canvas)
     inpaint_area: str = "whole"
     inpaint_padding: int = 32
-    clip_skip: int = 1  # A1111's: 1 the text encoder's last layer, 2 the penultimate
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.generate()."""
@@ -95,7 +95,6 @@ class ModelChoice:
     backend: str = "auto"
     device: str | None = None
     dtype: str | None = None
-
     vae: str | None = None  # a VAE file, folder or Hub id replacing the model's (sdkit.load's vae=)
 
     @property
@@ -149,10 +148,8 @@ class Session:
 
 
 def vae_files() -> list[str]:
-    """The .safetensors files in the folders of $SDKIT_VAE_DIRS (the VAE picker's list); folders that are not
-    there are skipped (sdkit-gen names them)."""
-    dirs = [Path(d).expanduser() for d in os.environ.get(VAE_DIRS, "").split(os.pathsep) if d]
-    return [str(f) for d in dirs if d.is_dir() for f in sorted(d.glob("*.safetensors")) if not f.name.startswith(".")]
+    """The .safetensors files in the folders of $SDKIT_VAE_DIRS: the VAE picker's list."""
+    return list(network_files(VAE_DIRS).values())
 
 
 def size_presets(family: str, native: tuple[int, int]) -> list[tuple[int, int]]:
@@ -177,8 +174,9 @@ def snap8(value: int) -> int:
 
 
 def network_files(env: str) -> dict[str, str]:
-    """stem -> path of the .safetensors files in the folders of `env` ($SDKIT_LORA_DIRS, $SDKIT_EMBEDDING_DIRS):
-    the names a prompt uses them by, first folder first, as sdkit finds them (pickles are never used)."""
+    """stem -> path of the .safetensors files in the folders of `env` ($SDKIT_LORA_DIRS, $SDKIT_EMBEDDING_DIRS,
+    $SDKIT_VAE_DIRS): the names a prompt uses them by, first folder first, as sdkit finds them (pickles are never
+    used; folders that are not there are skipped: sdkit-gen names them)."""
     found: dict[str, str] = {}
     for d in (Path(d).expanduser() for d in os.environ.get(env, "").split(os.pathsep) if d):
         if d.is_dir():

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per row, seeds seed, seed + 1, ... (default 1)")
     p.add_argument("--resume", action="store_true", help="go on with an interrupted batch (rerunning the same "
                                                          "command does so too)")
-    p.add_argument("--devices", help="local workers, one per device: cuda:0,cuda:1 (default: every CUDA GPU, else "
-                                     "one worker on the fastest device; on a CPU it uses all cores)")
+    p.add_argument("--devices", "--device", help="local workers, one per device: cuda:0,cuda:1 (default: every "
+                                                 "CUDA GPU, else one worker on the fastest device; on a CPU it uses "
+                                                 "all cores)")
     p.add_argument("--ray", metavar="auto|HOST:PORT", help="run on a Ray cluster: one worker per GPU (or per "
                                                            "node, or per --cpus-per-worker CPUs)")
     p.add_argument("--cpus-per-worker", type=_positive_int, metavar="N",

@@ -1,7 +1,7 @@
 """Ray runner: one actor per GPU (or per node, or per N CPUs) holding a loaded pipeline.
 
-Units are handed out grouped by model and size, each actor preferring the group it ran last, so pipelines and
-compiled graphs are reused; two units per actor are in flight so none idles between images. An actor that
+Units are handed out grouped by model and size (dispenser.py), so pipelines and compiled graphs are reused and
+each model is loaded by few actors; two units per actor are in flight so none idles between images. An actor that
 dies (its process killed, its node lost) is restarted by Ray, on another node if its own is gone, and the
 units it held are run again (max_restarts, max_task_retries); a unit that kills its worker every time is
 recorded as failed.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
+from .dispenser import Dispenser
 from .rows import Unit
 from .worker import Worker
 
@@ -40,7 +41,7 @@ def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], st
     actors = []
     try:
         actors = _actors(ray, out, backend, dtype, cpus_per_worker)
-        _schedule(ray, actors, sorted(units, key=lambda u: u.group), on_result, stop)
+        _schedule(ray, actors, Dispenser(units, len(actors)), on_result, stop)
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -84,22 +85,19 @@ def _actors(ray, out: str, backend: str, dtype: str | None, cpus_per_worker: int
     return actors
 
 
-def _schedule(ray, actors: list, todo: list[Unit], on_result, stop: threading.Event) -> None:
+def _schedule(ray, actors: list, todo: Dispenser, on_result, stop: threading.Event) -> None:
     from ray.exceptions import RayActorError
 
     flying: dict = {}  # ObjectRef -> (actor index, unit)
-    last = [None] * len(actors)  # the group each actor ran last
 
     def submit(i: int) -> None:
-        unit = next((u for u in todo if u.group == last[i]), todo[0])
-        todo.remove(unit)
-        last[i] = unit.group
-        flying[actors[i].run.remote(unit)] = (i, unit)
+        unit = todo.next(i)
+        if unit is not None:
+            flying[actors[i].run.remote(unit)] = (i, unit)
 
     for _ in range(IN_FLIGHT):
         for i in range(len(actors)):
-            if todo:
-                submit(i)
+            submit(i)
     while flying and not stop.is_set():
         ready, _ = ray.wait(list(flying), num_returns=1, timeout=0.2)
         if not ready:
@@ -111,5 +109,4 @@ def _schedule(ray, actors: list, todo: list[Unit], on_result, stop: threading.Ev
             why = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             result = {"error": f"its worker died making it ({RETRIES + 1} tries): {why}"}
         on_result(unit, result)
-        if todo:
-            submit(i)
+        submit(i)

@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 from .. import backends
 from ..errors import Cancelled
+from .dispenser import Dispenser
 from .rows import Unit
 from .worker import Worker
 
@@ -18,38 +19,30 @@ def run(units: list[Unit], out: str, on_result: Callable[[Unit, dict], None], st
         devices: Iterable[str] | None = None, backend: str = "auto", dtype: str | None = None) -> None:
     """Until every unit is done or `stop` is set (then the images being made are cancelled within a step)."""
     devices = list(devices or _default_devices(backend))
-    todo = sorted(units, key=lambda u: u.group)  # a group reuses its loaded pipeline
+    todo = Dispenser(units, len(devices))  # grouped: a worker reuses its loaded pipeline
     if len(devices) == 1:
         worker = Worker(out, backend, devices[0], dtype)
-        for unit in todo:
-            if stop.is_set():
-                return
+        while not stop.is_set() and (unit := todo.next(0)) is not None:
             try:
                 on_result(unit, worker.run(unit, stop))
             except Cancelled:
                 return
         return
 
-    work: queue.Queue[Unit] = queue.Queue()
-    for unit in todo:
-        work.put(unit)
     results: queue.Queue = queue.Queue()
 
-    def loop(device: str | None) -> None:
+    def loop(i: int) -> None:
         try:
-            worker = Worker(out, backend, device, dtype)
-            while not stop.is_set():
-                try:
-                    unit = work.get_nowait()
-                except queue.Empty:
-                    break
+            worker = Worker(out, backend, devices[i], dtype)
+            while not stop.is_set() and (unit := todo.next(i)) is not None:
                 results.put((unit, worker.run(unit, stop)))
         except Cancelled:
             pass
         finally:
             results.put(None)  # this thread is finished
 
-    threads = [threading.Thread(target=loop, args=(d,), daemon=True, name=f"sdkit-batch {d}") for d in devices]
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True, name=f"sdkit-batch {d}")
+               for i, d in enumerate(devices)]
     for t in threads:
         t.start()
     running = len(threads)

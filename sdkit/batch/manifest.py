@@ -153,4 +153,5 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _jsonable(params: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    """As the manifest holds them (tuples as lists, at any depth), to compare with what it holds."""
+    return json.loads(json.dumps(params))

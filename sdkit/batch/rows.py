@@ -20,18 +20,26 @@ import numpy as np
 from .. import micro_conditioning
 from ..pipeline import Pipeline
 
-# generate()'s arguments a row may set, plus the model it runs on; callback / latents / num_images are the
-# runner's (one image per unit of work, so each is named and resumed alone).
-COLUMNS = tuple(k for k in inspect.signature(Pipeline.generate).parameters
-                if k not in ("self", "callback", "latents", "num_images")) + ("model",)
-_INT = {"seed", "steps", "width", "height", "clip_skip"}
-_FLOAT = {"guidance_scale", "strength", "aesthetic_score", "negative_aesthetic_score"}
-_PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")}  # (height, width) etc.
-_PATH = {"init_image"}  # relative to the input file's folder
+# generate()'s arguments a row may set, plus the model it runs on; callback / latents / num_images / hook /
+# output are the runner's (one PIL image per unit of work, so each is named and resumed alone).
+_RUNNER = ("self", "callback", "latents", "num_images", "hook", "output")
+COLUMNS = tuple(k for k in inspect.signature(Pipeline.generate).parameters if k not in _RUNNER) + ("model",)
+# Types by name; a column not named here is text.
+_INT = {"seed", "steps", "width", "height", "clip_skip", "mask_blur", "inpaint_padding"}
+_FLOAT = {"guidance_scale", "guidance_rescale", "strength", "aesthetic_score", "negative_aesthetic_score"}
+_PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")}  # (height, width), (top, left)
+_BOOL = {"composite"}
+_LORAS = {"loras"}  # {file or name: weight or [text-encoder weight, UNet weight]}; in a CSV cell as JSON
+_PATH = {"init_image", "mask_image"}  # relative to the input file's folder
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 class RowsError(ValueError):
     """The input has bad rows; the message lists each as FILE:LINE: what is wrong."""
+
+
+class _Unreadable(str):
+    """What is wrong with a line that did not parse, in place of its values."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ def read(rows: str | Path | list[dict], defaults: dict | None = None,
         errors.append(f"--param {e}")
         defaults = {}
     for source, line, values in raw:
-        if isinstance(values, str):  # a line that did not parse
+        if isinstance(values, _Unreadable):
             errors.append(f"{source}: {values}")
             continue
         try:
@@ -119,7 +127,7 @@ def parse_param(text: str) -> tuple[str, object]:
         return key.strip(), value
 
 
-def _read_file(path: Path) -> list[tuple[str, int, dict | str]]:
+def _read_file(path: Path) -> list[tuple[str, int, dict | _Unreadable]]:
     """(FILE:LINE, line, values or a parse error) per non-empty line."""
     if path.suffix.lower() not in (".txt", ".csv", ".jsonl"):
         raise RowsError(f"{path}: use a .txt (one prompt per line), .csv or .jsonl file")
@@ -138,10 +146,10 @@ def _read_file(path: Path) -> list[tuple[str, int, dict | str]]:
                 continue
             try:
                 values = json.loads(line)
+                if not isinstance(values, dict):
+                    values = _Unreadable(f"a JSON object is needed, got {type(values).__name__}")
             except json.JSONDecodeError as e:
-                values = f"not JSON ({e.msg} at column {e.colno})"
-            if not isinstance(values, (dict, str)):
-                values = f"a JSON object is needed, got {type(values).__name__}"
+                values = _Unreadable(f"not JSON ({e.msg} at column {e.colno})")
             out.append((f"{name}:{i}", i, values))
     else:
         reader = csv.reader(text.splitlines())
@@ -151,13 +159,14 @@ def _read_file(path: Path) -> list[tuple[str, int, dict | str]]:
         header = [h.strip() for h in header]
         unknown = [h for h in header if h not in COLUMNS]
         if unknown:  # reported once, at the header; the rows are checked without those columns
-            out.append((f"{name}:1", 1, f"unknown column {unknown[0]!r}"))
+            out.append((f"{name}:1", 1, _Unreadable(f"unknown column {unknown[0]!r}")))
         for cells in reader:
             i = reader.line_num
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) > len(header):
-                out.append((f"{name}:{i}", i, f"{len(cells)} cells, the header has {len(header)} columns"))
+                out.append((f"{name}:{i}", i, _Unreadable(f"{len(cells)} cells, the header has {len(header)} "
+                                                          "columns")))
                 continue
             # an empty cell is no value: the default applies
             out.append((f"{name}:{i}", i, {h: c for h, c in zip(header, cells) if c.strip() and h not in unknown}))
@@ -175,16 +184,36 @@ def _convert(values: dict, base: Path) -> dict:
             continue
         try:
             out[key] = _typed(key, value, base)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} {value!r} is not {_KIND.get(_kind(key), 'text')}") from None
+        except (TypeError, ValueError):  # json.JSONDecodeError included
+            raise ValueError(f"{key} {value!r} is not {_KIND[_kind(key)]}") from None
     return out
 
 
-_KIND = {"int": "an integer", "float": "a number", "pair": "a pair like 1024x1024 or [1024, 1024]", "str": "text"}
+_KIND = {"int": "an integer", "float": "a number", "pair": "a pair like 1024x768 (WxH) or [768, 1024]",
+         "bool": "true or false", "loras": 'an object like {"name": 0.8} or {"name": [0.5, 1.0]}', "str": "text"}
 
 
 def _kind(key: str) -> str:
-    return "int" if key in _INT else "float" if key in _FLOAT else "pair" if key in _PAIR else "str"
+    for kind, names in (("int", _INT), ("float", _FLOAT), ("pair", _PAIR), ("bool", _BOOL), ("loras", _LORAS)):
+        if key in names:
+            return kind
+    return "str"
+
+
+def _loras(value, base: Path) -> dict:
+    """{file or name: weight | [te, unet]}: a file next to the input made absolute, pairs as tuples."""
+    if not isinstance(value, dict):
+        raise TypeError
+    out = {}
+    for name, weight in value.items():
+        if isinstance(weight, (list, tuple)) and len(weight) == 2:
+            weight = tuple(float(w) for w in weight)
+        elif isinstance(weight, (int, float)) and not isinstance(weight, bool):
+            weight = float(weight)
+        else:
+            raise TypeError
+        out[str(base / name) if (base / name).exists() else name] = weight
+    return out
 
 
 def _typed(key: str, value, base: Path):
@@ -202,8 +231,16 @@ def _typed(key: str, value, base: Path):
         if math.isnan(value):
             raise ValueError
         return value
-    if kind == "pair":
-        parts = value.lower().split("x") if isinstance(value, str) else value
+    if kind == "bool":
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        if not isinstance(value, bool) and value not in (0, 1):
+            raise ValueError
+        return bool(value)
+    if kind == "loras":
+        return _loras(json.loads(value) if isinstance(value, str) else value, base)
+    if kind == "pair":  # "WxH" ("LEFTxTOP") as sdkit's metadata writes it, or generate()'s [height, width]
+        parts = value.lower().split("x")[::-1] if isinstance(value, str) else value
         if not isinstance(parts, (list, tuple)) or len(parts) != 2:
             raise ValueError
         return tuple(int(p) for p in parts)

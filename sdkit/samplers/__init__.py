@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import SchedulerConfig
+from . import prediction
 from .prediction import KINDS
 from .registry import ALIASES, ALL_SCHEDULES, NAMES, SAMPLERS, resolve
 from .schedules import Plan
@@ -55,8 +56,8 @@ def add_noise(plan: Plan, x0, noise, sigma: float | None = None):
     first level, where image-to-image starts. A hook blends with it at the level it is given."""
     sigma = plan.start_sigma if sigma is None else sigma
     if plan.variance_preserving:  # sqrt(ᾱ) x0 + sqrt(1 - ᾱ) noise
-        alpha = 1 / (sigma * sigma + 1) ** 0.5
-        return x0 * alpha + noise * (sigma * alpha)
+        alpha, s = prediction.alpha_s(sigma)
+        return x0 * alpha + noise * s
     return x0 + noise * sigma
 
 

@@ -18,7 +18,7 @@ def multistep_plan(name: str, config: SchedulerConfig, steps: int, start: int, s
     """The schedule of diffusers' multistep solvers (DPM-Solver, UniPC): integer timesteps, "linspace" over
     steps + 1 points without the last by default; a sigma `schedule` (karras, ...) spans the whole training
     range and takes the timesteps of its levels, rounded for karras, truncated otherwise (diffusers' int64 cast)."""
-    table = to_sigma(alphas_cumprod(config))
+    table = to_sigma(alphas_cumprod(config, finite=True))
     if schedule in SIGMA_SCHEDULES:
         sigmas = SIGMA_SCHEDULES[schedule](table[0], table[-1], steps)
         t = sigma_to_t(sigmas, np.log(table))

@@ -20,7 +20,7 @@ def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: s
     respaces the levels between those sigmas' ends and reads their (fractional) timesteps back."""
     spacing = config.timestep_spacing or "linspace"
     t = spaced_timesteps(spacing, steps, config, exact_linspace=True).astype(np.float32).astype(np.float64)
-    table = to_sigma(alphas_cumprod(config))
+    table = to_sigma(alphas_cumprod(config, finite=True))
     sigmas = np.interp(t, np.arange(len(table)), table)
     if schedule in SIGMA_SCHEDULES:
         sigmas = SIGMA_SCHEDULES[schedule](sigmas[-1], sigmas[0], steps)

@@ -14,6 +14,8 @@ KINDS = ("epsilon", "v_prediction")
 
 def alpha_s(sigma: float) -> tuple[float, float]:
     """Variance-preserving coefficients (alpha, s) of the noise level sigma: z = alpha x0 + s eps."""
+    if sigma == math.inf:  # zero terminal SNR: pure noise
+        return 0.0, 1.0
     alpha = 1 / math.sqrt(sigma * sigma + 1)
     return alpha, sigma * alpha
 

@@ -38,8 +38,11 @@ class Plan:
         return len(self.timesteps)
 
 
-def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
-    """ᾱ_t = prod_{s<=t} (1 - beta_s), (num_train_timesteps,)."""
+def alphas_cumprod(config: SchedulerConfig, finite: bool = False) -> np.ndarray:
+    """ᾱ_t = prod_{s<=t} (1 - beta_s), (num_train_timesteps,). A zero-terminal-SNR schedule (Lin et al. 2024,
+    "Common Diffusion Noise Schedules and Sample Steps are Flawed", arXiv:2305.08891, Algorithm 1) ends at
+    ᾱ = 0, pure noise; `finite` puts 2^-24 there instead, as diffusers does for samplers that need a finite
+    sigma (Euler, DPM-Solver, UniPC: sigma_max = 4096)."""
     n = config.num_train_timesteps
     if config.trained_betas is not None:
         betas = np.asarray(config.trained_betas, np.float64)
@@ -54,12 +57,20 @@ def alphas_cumprod(config: SchedulerConfig) -> np.ndarray:
     else:
         raise ValueError(f"scheduler config: beta_schedule {config.beta_schedule!r} is not supported; "
                          "use 'linear', 'scaled_linear' or 'squaredcos_cap_v2'")
-    return np.cumprod(1 - betas)
+    ac = np.cumprod(1 - betas)
+    if config.rescale_betas_zero_snr:  # shift and scale sqrt(ᾱ) so that it ends at 0 and keeps its start
+        root = np.sqrt(ac)
+        root = (root - root[-1]) * (root[0] / (root[0] - root[-1]))
+        ac = np.cumprod(np.concatenate([root[:1] ** 2, root[1:] ** 2 / root[:-1] ** 2]))  # via betas, as diffusers
+        if finite:
+            ac[-1] = 2**-24
+    return ac
 
 
 def to_sigma(alpha_cumprod):
-    """ᾱ -> the variance-exploding noise level sqrt((1 - ᾱ) / ᾱ)."""
-    return np.sqrt((1 - alpha_cumprod) / alpha_cumprod)
+    """ᾱ -> the variance-exploding noise level sqrt((1 - ᾱ) / ᾱ); ᾱ = 0 (zero terminal SNR) -> inf."""
+    with np.errstate(divide="ignore"):
+        return np.sqrt((1 - alpha_cumprod) / alpha_cumprod)
 
 
 def spaced_timesteps(spacing: str, n: int, config: SchedulerConfig, *, exact_linspace: bool = False) -> np.ndarray:
