@@ -221,3 +221,17 @@ def outpaint(pipe, image: Image.Image | str | Path, left: int = 0, top: int = 0,
     canvas, mask = outpaint_canvas(images.open_image(image), left, top, right, bottom,
                                    generate_kwargs.get("mask_blur", 4))
     return pipe.generate(prompt, init_image=canvas, mask_image=mask, **generate_kwargs)
+
+
+def blend(noised, mask, last: int):
+    """The sampler hook of ordinary (4-channel) checkpoints, as diffusers' 4-channel inpainting: after each step
+    the kept region (mask 0) is put back as the image's latents noised to the level x is now at, `noised(sigma)`,
+    and after step `last` (0-based) as the clean latents, `noised(0)` (DDIM's last step may land at ᾱ_0 < 1);
+    the repainted region (mask 1) is the sampler's. mask: (1, 1, h, w) backend array in {0, 1}.
+    diffusers also blends after the inner evaluations of Heun and of PNDM's opening step, which feed that step's
+    next evaluation; sdkit blends once per step for every sampler (the hook sees whole steps only)."""
+    def hook(step, x, sigma, denoised):
+        kept = noised(0.0 if step == last else sigma)
+        return kept + (x - kept) * mask
+
+    return hook

@@ -153,10 +153,6 @@ class Pipeline:
                             clip_skip, prompt_syntax, loras)
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
-        if job is not None and not self.inpainting:
-            raise NotImplementedError(f"{self.checkpoint.name}: inpainting with an ordinary (4-channel) checkpoint "
-                                      "needs the sampler's per-step hook, not yet in this sdkit; use an "
-                                      "inpainting checkpoint")
         mem = self._fit(req, encode=init is not None)
         plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule, eta)
         f = self.checkpoint.vae.scale
@@ -174,11 +170,18 @@ class Pipeline:
             masked = self.backend.numpy(encode(job.masked_pixels))  # (1, C, h, w)
             extra = np.concatenate([job.latent_mask(f)[None], masked], axis=1)  # (1, 1 + C, h, w)
             concat = self.backend.asarray(np.repeat(extra, req.num_images, axis=0))
-        if init is None or (job is not None and req.strength == 1):  # pure noise (diffusers' is_strength_max)
+        x0 = None
+        if init is not None and (job is None or req.strength < 1 or not self.inpainting):
+            x0 = encode(images.to_model_input(init, req.width, req.height) if job is None else job.pixels)
+        if x0 is None or (job is not None and req.strength == 1):  # pure noise (diffusers' is_strength_max)
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
         else:
-            x0 = encode(images.to_model_input(init, req.width, req.height) if job is None else job.pixels)
             x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))  # (1, C, h, w) broadcast to (B, ...)
+        if job is not None and not self.inpainting:  # ordinary checkpoint: the kept region is blended back
+            noise_b, mask = self.backend.asarray(noise0), self.backend.asarray(job.latent_mask(f)[None])
+            runs = min(int(req.steps * (req.strength or 1.0)), req.steps)  # steps the plan runs (samplers.plan)
+            noised = lambda sigma: samplers.add_noise(plan, x0, noise_b, sigma)
+            hook = _chain(inpaint.blend(noised, mask, last=runs - 1), hook)
 
         self.unet.attention_chunk = mem.attention_chunk
         model = self._guided_model(context, added, req, plan.num_evaluations, callback, concat)
@@ -355,6 +358,19 @@ class Pipeline:
         if embeddings:  # as A1111 writes them: names without ':' or ','
             params["TI hashes"] = ", ".join(f"{re.sub('[:,]', '', name)}: {h}" for name, h in embeddings.items())
         return params | hashes.parameters(self.checkpoint) | req.micro_set
+
+
+def _chain(first: Hook, then: Hook | None) -> Hook:
+    """One hook running `first`, then `then` on what `first` returned."""
+    if then is None:
+        return first
+
+    def hook(step, x, sigma, denoised):
+        x = first(step, x, sigma, denoised)
+        out = then(step, x, sigma, denoised)
+        return x if out is None else out
+
+    return hook
 
 
 def _steps_running(steps: int, strength: float) -> int:

@@ -85,13 +85,50 @@ def test_sd1_inpainting_model(sd1, monkeypatch, sampler, strength, negative, n):
     assert "Mask blur: 4" in got[0].info["parameters"]
 
 
-def test_sdxl_inpainting_model(sdxl_inpaint_folder, monkeypatch):
-    ours = sdkit.load(sdxl_inpaint_folder, backend="torch", device="cpu", dtype="float32")
-    theirs = StableDiffusionXLInpaintPipeline.from_pretrained(sdxl_inpaint_folder, add_watermarker=False)
+@pytest.mark.parametrize("model", ["sdxl_inpaint_folder", "sdxl_folder"])
+def test_sdxl(request, model, monkeypatch):
+    """SDXL inpainting 0.1's 9-channel UNet, and an ordinary SDXL model's latent blending (6 time ids)."""
+    folder = request.getfixturevalue(model)
+    ours = sdkit.load(folder, backend="torch", device="cpu", dtype="float32")
+    theirs = StableDiffusionXLInpaintPipeline.from_pretrained(folder, add_watermarker=False)
     theirs.set_progress_bar_config(disable=True)
     theirs.original_scheduler_config = theirs.scheduler.config
     for sampler, strength, negative in (("euler", 1.0, None), ("dpmpp_2m", 0.7, NEGATIVE)):
         run_both(ours, theirs, xl_inpaint_module, monkeypatch, sampler, strength, negative)
+
+
+@pytest.fixture(scope="module")
+def sd1_ordinary(sd1_folder):
+    ours = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32")
+    theirs = StableDiffusionInpaintPipeline.from_pretrained(sd1_folder, safety_checker=None,
+                                                            requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    theirs.original_scheduler_config = theirs.scheduler.config
+    return ours, theirs
+
+
+@pytest.mark.parametrize("sampler, strength, negative, n", [
+    ("euler", 1.0, None, 1), ("ddim", 0.75, NEGATIVE, 1), ("dpmpp_2m", 1.0, NEGATIVE, 2), ("euler_a", 0.8, None, 2),
+    ("lms", 0.9, None, 1), ("unipc", 1.0, NEGATIVE, 1)])
+def test_sd1_ordinary_model_blends_latents(sd1_ordinary, monkeypatch, sampler, strength, negative, n):
+    """4-channel checkpoints: after every step the kept region is the image's latents noised to the next level.
+    (Heun and PNDM are left out: diffusers blends after their inner evaluations too; see inpaint.blend.)"""
+    ours, theirs = sd1_ordinary
+    run_both(ours, theirs, sd_inpaint_module, monkeypatch, sampler, strength, negative, n)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "pndm", "dpmpp_2m_sde"])
+def test_every_sampler_ends_on_the_image_latents_outside_the_mask(sd1_ordinary, monkeypatch, sampler):
+    ours, _ = sd1_ordinary
+    init, mask = init_and_mask()
+    seen = capture_latents(monkeypatch)
+    ours.generate(PROMPT, init_image=init, mask_image=mask, steps=4, sampler=sampler, seed=SEED)
+    final = ours.backend.numpy(seen[-1])
+    image = ours.backend.numpy(ours.vae.encode(sdkit.images.to_model_input(init, W, H)[None]))
+    keep = np.asarray(mask)[::8, ::8] < 128  # the latent mask: pixel (8i, 8j)
+    assert keep.any() and (~keep).any()
+    assert np.abs(final - image)[:, :, keep].max() < 1e-5
+    assert np.abs(final - image)[:, :, ~keep].max() > 0.1
 
 
 def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_file):
@@ -103,10 +140,12 @@ def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_fil
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_mlx_equals_torch(sd1_inpaint_folder, monkeypatch):
-    """The MLX backend's inpainting (mask and masked-image latents concatenated inside its UNet) gives torch's
-    latents and picture, only-masked area and composite included."""
+@pytest.mark.parametrize("model", ["sd1_inpaint_folder", "sd1_folder"])
+def test_mlx_equals_torch(request, model, monkeypatch):
+    """The MLX backend's inpainting (mask and masked-image latents concatenated inside its UNet; the 4-channel
+    blend on MLX arrays) gives torch's latents and picture, only-masked area and composite included."""
     pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
+    sd1_inpaint_folder = request.getfixturevalue(model)
     init, mask = init_and_mask()
     kw = dict(init_image=init, mask_image=mask, width=32, height=32, steps=3, sampler="dpmpp_2m", seed=SEED,
               num_images=2, inpaint_area="masked", inpaint_padding=4)
