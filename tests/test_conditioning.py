@@ -74,13 +74,20 @@ def test_weights_chunks_and_break_as_a1111(request, references, model, backend):
     assert [len(c) // 77 for c in enc.contexts] == [1, 3, 1]  # a BREAK at the end adds no chunk
 
 
+def validated(pipe, prompt, negative, **changes):
+    """A validated generate() request: 2 euler steps, seed 1, the model's size, unless `changes` say otherwise."""
+    args = dict(width=None, height=None, steps=2, guidance_scale=7.5, guidance_rescale=0.0, sampler="euler",
+                schedule=None, seed=1, num_images=1, strength=None, micro={}, clip_skip=None, prompt_syntax="a1111")
+    return pipe._request(prompt, negative, **(args | changes))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("model", ["sd1_folder", "sdxl_folder"])
 def test_plain_prompts_are_bit_identical_to_a_plain_encoding(request, model, backend):
     pipe = load(request.getfixturevalue(model), backend)
     prompt, negative = "a red fox in the snow: photo", "blurry, text"
     for n in (1, 2):
-        req = pipe._request(prompt, negative, None, None, 2, 7.5, "euler", 1, n, None, {}, None, "a1111")
+        req = validated(pipe, prompt, negative, num_images=n)
         context, added, _ = pipe._encode_prompts(req)
         layer = _text_layer(pipe.checkpoint.family, 1)
         texts = [negative] * n + [prompt] * n
@@ -97,7 +104,7 @@ def test_unequal_chunk_counts_equal_separate_evaluation(request, model, backend)
     """3 chunks against 2: one UNet batch of 6-chunk contexts gives each prompt's separate result."""
     pipe = load(request.getfixturevalue(model), backend)
     negative = "lowres, " * 40  # 80 tokens: 2 chunks
-    req = pipe._request(LONG, negative, 64, 48, 2, 7.5, "euler", 1, 1, None, {}, None, "a1111")
+    req = validated(pipe, LONG, negative, width=64, height=48)
     context, added, _ = pipe._encode_prompts(req)
     assert context.shape[:2] == (2, 6 * 77)
     x = pipe.backend.asarray(np.random.default_rng(0).standard_normal((1, 4, 6, 8), dtype=np.float32))
@@ -114,7 +121,7 @@ def test_unequal_chunk_counts_equal_separate_evaluation(request, model, backend)
 def test_clip_skip_applies_to_prompt_and_negative(request, references, model, backend):
     """A1111: hidden_states[-clip_skip] through the final LayerNorm, for both prompts."""
     pipe = load(request.getfixturevalue(model), backend)
-    req = pipe._request("a red fox", NEGATIVE, None, None, 2, 7.5, "euler", 1, 1, None, {}, 2, "a1111")
+    req = validated(pipe, "a red fox", NEGATIVE, clip_skip=2)
     context, _, _ = pipe._encode_prompts(req)
     ref = references[pipe.checkpoint.family][0]
     skipped = Reference(ref.tokenizer, ref.model, hidden=(-2, True))
