@@ -33,8 +33,11 @@ class Patcher:
             p = params[name]
             self.saved[name] = p.detach().clone()
             base = self.saved[name].float()
-            delta = patch(base.cpu().numpy() if patch.needs_base else None)
-            p.copy_(base + torch.from_numpy(delta).to(p.device))  # summed in float32, stored in p's dtype
+            delta = torch.from_numpy(patch(base.cpu().numpy() if patch.needs_base else None)).to(p.device)
+            if p.dtype == torch.float32:
+                p.add_(delta)
+            else:
+                p.copy_(base + delta)  # summed in float32, rounded once to p's dtype
         return module
 
     @torch.inference_mode()  # a module built under inference mode holds inference tensors

@@ -77,10 +77,9 @@ class Layer:
     def delta(self, weight: float, base: np.ndarray | None = None) -> np.ndarray:
         """The change to the layer's weight (its shape, float32) at the user's `weight`; `base`: the
         unpatched weight, float32, where needs_base."""
-        dw = self._scaled_delta()
         if "dora_scale" not in self.tensors:
-            return weight * dw
-        merged = base + dw
+            return self._scaled_delta(weight)
+        merged = base + self._scaled_delta(1.0)
         m = self.tensors["dora_scale"]
         if m.shape[0] == self.shape[0] and m.size == self.shape[0]:  # one magnitude per output row
             norm = np.linalg.norm(merged.reshape(self.shape[0], -1), axis=1).reshape(-1, *[1] * (merged.ndim - 1))
@@ -92,12 +91,15 @@ class Layer:
         decomposed = merged * (m / (norm + np.finfo(np.float32).eps))
         return weight * (decomposed - base)
 
-    def _scaled_delta(self) -> np.ndarray:
+    def _scaled_delta(self, weight: float) -> np.ndarray:
+        """weight * alpha / rank * dW, the factors scaled before they are multiplied (one pass over dW)."""
         t = self.tensors
         alpha = float(t["alpha"].reshape(())) if "alpha" in t else None
         if "down" in t:
             down, up = t["down"], t["up"]
             rank = down.shape[0]
+            up = up * (weight * (1.0 if alpha is None else alpha / rank))  # the small factor, not dW
+            alpha, weight = None, 1.0
             if "mid" in t:  # Tucker: a core mid (r, r, kh, kw) between 1x1 convs up (O, r) and down (r, I)
                 dw = np.einsum("bakl,ob,ai->oikl", t["mid"], up.reshape(up.shape[0], -1), down.reshape(rank, -1))
             else:
@@ -116,11 +118,12 @@ class Layer:
                 alpha = None  # unfactored LoKr: alpha does not apply (ComfyUI)
         else:
             raise CheckpointError(f"{self.name}: no LoRA factors")  # _layers ensures there are
-        scale = 1.0 if alpha is None or rank is None else alpha / rank
+        scale = weight * (1.0 if alpha is None or rank is None else alpha / rank)
         if dw.size != int(np.prod(self.shape)):
             raise CheckpointError(f"{self.component} layer {self.name} is {list(self.shape)}, its LoRA delta "
                                   f"{list(dw.shape)}: the LoRA was made for another model")
-        return (scale * dw).reshape(self.shape).astype(np.float32)
+        dw = dw.reshape(self.shape).astype(np.float32, copy=False)
+        return dw if scale == 1.0 else scale * dw
 
 
 def _factor(t: dict[str, np.ndarray], a: str, b: str, tucker: str) -> np.ndarray:
