@@ -360,3 +360,22 @@ def test_peft_format_lora_reads_in_diffusers(sd1_folder, photos, tmp_path):
     fresh.unet.load_state_dict(state)
     torch.testing.assert_close(unet_probe(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
     assert (theirs - unet_probe(diffusers_pipeline(sd1_folder).unet)).abs().max() > 1e-3
+
+
+def test_sdkit_applies_its_own_trained_lora_as_diffusers_does(sd1_folder, photos, tmp_path):
+    """A kohya LoRA sdkit trained (UNet and text encoder), applied by sdkit's loader with loras=: the latents and
+    picture of diffusers' load_lora_weights on the same file, and not the base model's."""
+    from test_lora import HEIGHT, SEED, STEPS, WIDTH, assert_same_run, run_ours, run_theirs
+
+    out = tmp_path / "mine.safetensors"
+    sdkit.train(sd1_folder, photos, method="lora", out=out, steps=4, rank=4, alpha=2, text_encoder=True,
+                learning_rate=5e-2, backend="torch", progress=False)
+    theirs = diffusers_pipeline(sd1_folder)
+    theirs.load_lora_weights(str(tmp_path), weight_name=out.name, adapter_name="mine")
+    pipe = sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32")
+    run = dict(width=WIDTH, height=HEIGHT, steps=STEPS, sampler="pndm", seed=SEED, output="latent")
+    base = pipe.generate("a photo of a red cube", "blurry", **run)
+    ours = run_ours(pipe, "pndm", prompt="a photo of a red cube", loras={out: 1.0})
+    assert_same_run(ours, run_theirs(theirs, ["mine"], [1.0], prompt="a photo of a red cube"))
+    mine = pipe.generate("a photo of a red cube", "blurry", loras={out: 1.0}, **run)
+    assert np.abs(mine - base).max() > 1e-2  # the LoRA changes the picture: the comparison proves something
