@@ -47,7 +47,8 @@ _KEYS |= {"Aesthetic score": ("aesthetic_score", float),
 _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
-_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
+_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", *(k for k, _ in _KEYS.values()),
+         *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
 HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
 
