@@ -341,7 +341,8 @@ class Pipeline:
 
     def _parameters(self, req: Request, i: int, embeddings: dict[str, str]) -> dict:
         params = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.sampler,
-                      schedule=req.schedule, guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width, height=req.height,
+                      schedule=req.schedule, guidance_scale=req.guidance_scale, seed=req.seed + i, width=req.width,
+                      height=req.height,
                       model=self.checkpoint.name)
         if req.strength is not None:
             params["strength"] = req.strength

@@ -386,3 +386,34 @@ def test_tcd_eta(eta, steps, mode):
     assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-5
     with pytest.raises(ValueError, match="eta is a setting of sampler tcd, not of euler"):
         samplers.plan("euler", config, steps, eta=eta)
+
+
+@pytest.mark.parametrize("start,end", [(None, 0.8), (0.8, None), (0.3, 0.7)])
+@pytest.mark.parametrize("name", samplers.FRACTIONAL)
+def test_denoising_start_and_end_as_diffusers(name, start, end):
+    """diffusers' SDXL pipelines: denoising_end keeps the timesteps >= T (1 - end); denoising_start the ones
+    < T (1 - start), from latents already that noisy (no add_noise)."""
+    config, steps, T = config_dict("sdxl-base", prediction_type="epsilon"), 10, 1000
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(SHAPE) * 3
+    p = samplers.plan(name, SchedulerConfig.from_diffusers(config), steps, denoising_start=start, denoising_end=end)
+    ours = samplers.sample(p, unet, x, step_noise(0))
+    cls, extra = ORACLES[name]
+    scheduler = cls.from_config(config, **extra)
+    scheduler.alphas_cumprod = float64_alphas_cumprod(scheduler.config)
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps
+    if start is not None:
+        n = int((timesteps < round(T - start * T)).sum())
+        timesteps = timesteps[len(timesteps) - n:]
+        scheduler.set_begin_index(len(scheduler.timesteps) - n)
+    if end is not None:
+        timesteps = timesteps[:len([t for t in timesteps if t >= round(T - end * T)])]
+    assert [float(t) for t in timesteps] == p.timesteps.tolist()
+    theirs, noise = torch.from_numpy(x), step_noise(0)
+    with mock.patch.object(sys.modules[cls.__module__], "randn_tensor", lambda *a, **kw: torch.from_numpy(noise()),
+                           create=True):
+        for t in timesteps:
+            theirs = scheduler.step(unet(scheduler.scale_model_input(theirs, t), float(t)), t, theirs).prev_sample
+    theirs = theirs.double().numpy()
+    assert np.abs(ours - theirs).max() / np.abs(theirs).max() < 1e-5

@@ -15,10 +15,10 @@ import dataclasses
 from ..config import SchedulerConfig
 from . import prediction
 from .prediction import KINDS
-from .registry import ALIASES, ALL_SCHEDULES, NAMES, SAMPLERS, resolve
+from .registry import ALIASES, ALL_SCHEDULES, FRACTIONAL, NAMES, SAMPLERS, resolve
 from .schedules import Plan
 
-__all__ = ["ALIASES", "ALL_SCHEDULES", "NAMES", "Plan", "SAMPLERS", "add_noise", "canonical_name", "plan",
+__all__ = ["ALIASES", "ALL_SCHEDULES", "FRACTIONAL", "NAMES", "Plan", "SAMPLERS", "add_noise", "canonical_name", "plan",
            "resolve", "sample"]
 
 
@@ -28,13 +28,18 @@ def canonical_name(name: str) -> str:
 
 
 def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, schedule: str | None = None,
-         eta: float | None = None) -> Plan:
+         eta: float | None = None, denoising_start: float | None = None,
+         denoising_end: float | None = None) -> Plan:
     """The tables for `steps` steps of sampler `name` with `schedule` on the model's noise schedule `config`.
 
     schedule None keeps the config's timestep spacing; "trailing" overrides it; "karras", "exponential" and
     "beta" respace the noise levels (samplers that take them: registry.SAMPLERS[name].schedules).
     strength < 1 is image-to-image as diffusers' StableDiffusionImg2ImgPipeline does it: only the last
-    int(steps * strength) steps run. eta: tcd's share of each step re-noised (None: its default 0.3)."""
+    int(steps * strength) steps run. eta: tcd's share of each step re-noised (None: its default 0.3).
+    denoising_start / denoising_end: fractions of the training schedule, as diffusers' SDXL pipelines take them
+    (a refiner ensemble or a second pass): start below timestep T (1 - start) from latents already that noisy
+    (strength is then ignored), stop before timestep T (1 - end), returning noisy latents. Samplers that walk
+    one noise level per evaluation only (FRACTIONAL)."""
     sampler, schedule = resolve(name, schedule)
     if eta is not None and sampler.name != "tcd":
         raise ValueError(f"eta is a setting of sampler tcd, not of {sampler.name}; leave it None")
@@ -51,7 +56,29 @@ def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, 
                          f"would run; use strength >= {1 / steps:.3g} or more steps")
     if schedule == "trailing":
         config = dataclasses.replace(config, timestep_spacing="trailing")
-    return sampler.plan(sampler.name, config, steps, start, schedule, **({} if eta is None else {"eta": eta}))
+    if denoising_start is not None:
+        start = 0
+    p = sampler.plan(sampler.name, config, steps, start, schedule, **({} if eta is None else {"eta": eta}))
+    if denoising_start is None and denoising_end is None:
+        return p
+    if sampler.name not in FRACTIONAL:
+        raise ValueError(f"denoising_start / denoising_end: sampler {sampler.name} does not take them; use one of "
+                         f"{', '.join(FRACTIONAL)}")
+    T = config.num_train_timesteps
+    for name, value in (("denoising_start", denoising_start), ("denoising_end", denoising_end)):
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    if denoising_start is not None:  # the steps below the cutoff timestep
+        start = len(p.timesteps) - int((p.timesteps < round(T - denoising_start * T)).sum())
+        if start >= len(p.timesteps):
+            raise ValueError(f"denoising_start {denoising_start} leaves no step of {steps}; use a lower one")
+        p = dataclasses.replace(p, timesteps=p.timesteps[start:], start=start, start_sigma=float(p.sigmas[start]))
+    if denoising_end is not None:  # the steps at or above the cutoff timestep
+        n = int((p.timesteps >= round(T - denoising_end * T)).sum())
+        if n == 0:
+            raise ValueError(f"denoising_end {denoising_end} leaves no step of {steps}; use a higher one")
+        p = dataclasses.replace(p, timesteps=p.timesteps[:n])
+    return p
 
 
 def add_noise(plan: Plan, x0, noise, sigma: float | None = None):

@@ -84,7 +84,8 @@ def tcd(plan: Plan, model, x, noise, hook=None):
     last = plan.num_evaluations - 1
     for i, (t, (sigma, sigma_next, sigma_s)) in enumerate(zip(plan.timesteps.tolist(), plan.sigmas.tolist())):
         out = model(x, t)
-        x0, eps = prediction.x0(out, x, sigma, plan.prediction_type), prediction.eps(out, x, sigma, plan.prediction_type)
+        kind = plan.prediction_type
+        x0, eps = prediction.x0(out, x, sigma, kind), prediction.eps(out, x, sigma, kind)
         alpha_s, s_s = prediction.alpha_s(sigma_s)
         x_s = x0 * alpha_s + eps * s_s
         if i == last or sigma_s == sigma_next:  # eta = 0: no noise (diffusers draws none either)

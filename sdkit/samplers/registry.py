@@ -37,31 +37,35 @@ class Sampler:
     schedules: tuple[str | None, ...] = SPACINGS
     stochastic: bool = False  # draws fresh noise at each step (from each image's own generator)
     a1111_automatic: str | None = None  # what A1111 1.9+ runs for this sampler under "Schedule type: Automatic"
+    fractional: bool = False  # can start or stop part-way (denoising_start / denoising_end)
 
 
 _SIGMA_SCHEDULES = ALL_SCHEDULES  # k-diffusion-style samplers: also karras, exponential and beta
 SAMPLERS = {s.name: s for s in [
     Sampler("ddim", "DDIM", ddim.plan, ddim.sample, "DDIMScheduler"),
     Sampler("pndm", "PLMS", pndm.plan, pndm.sample, "PNDMScheduler"),
-    Sampler("euler", "Euler", euler.plan, euler.euler, "EulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+    Sampler("euler", "Euler", euler.plan, euler.euler, "EulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES,
+            fractional=True),
     Sampler("euler_a", "Euler a", euler.plan, euler.euler_ancestral, "EulerAncestralDiscreteScheduler",
-            stochastic=True),
+            stochastic=True, fractional=True),
     Sampler("heun", "Heun", euler.plan, euler.heun, "HeunDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
-    Sampler("lms", "LMS", euler.plan, lms.lms, "LMSDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+    Sampler("lms", "LMS", euler.plan, lms.lms, "LMSDiscreteScheduler", schedules=_SIGMA_SCHEDULES, fractional=True),
     Sampler("dpmpp_2m", "DPM++ 2M", dpmpp.multistep_plan, dpmpp.dpmpp_2m, "DPMSolverMultistepScheduler",
-            schedules=_SIGMA_SCHEDULES, a1111_automatic="karras"),
+            schedules=_SIGMA_SCHEDULES, a1111_automatic="karras", fractional=True),
     Sampler("unipc", "UniPC", dpmpp.multistep_plan, unipc.unipc, "UniPCMultistepScheduler",
-            schedules=_SIGMA_SCHEDULES),
+            schedules=_SIGMA_SCHEDULES, fractional=True),
     Sampler("dpmpp_2m_sde", "DPM++ 2M SDE", dpmpp.multistep_plan, dpmpp.dpmpp_sde, "DPMSolverMultistepScheduler",
-            {"algorithm_type": "sde-dpmsolver++"}, _SIGMA_SCHEDULES, stochastic=True, a1111_automatic="exponential"),
+            {"algorithm_type": "sde-dpmsolver++"}, _SIGMA_SCHEDULES, stochastic=True, a1111_automatic="exponential",
+            fractional=True),
     Sampler("dpmpp_3m_sde", "DPM++ 3M SDE", dpmpp.multistep_plan, dpmpp.dpmpp_3m_sde, "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, _SIGMA_SCHEDULES, stochastic=True,
-            a1111_automatic="exponential"),
+            a1111_automatic="exponential", fractional=True),
     Sampler("ddpm", "DDPM", ddpm.plan, ddpm.ddpm, "DDPMScheduler", stochastic=True),
     Sampler("lcm", "LCM", lcm.plan, lcm.lcm, "LCMScheduler", schedules=(None,), stochastic=True),
     Sampler("tcd", "TCD", lcm.tcd_plan, lcm.tcd, "TCDScheduler", schedules=(None,), stochastic=True),
 ]}
 NAMES = tuple(SAMPLERS)
+FRACTIONAL = tuple(name for name, s in SAMPLERS.items() if s.fractional)
 # Other names generate() takes: name -> (sampler, schedule it implies)
 ALIASES = {"plms": ("pndm", None), "dpmpp_2m_karras": ("dpmpp_2m", "karras")}
 
