@@ -84,3 +84,25 @@ def test_same_pictures_on_mlx(pipe, sd1_folder):
     ours, theirs = mlx.generate("a cat", output="latent", **kw), pipe.generate("a cat", output="latent", **kw)
     # the tiny random model's latents reach |x| ~ 60: float32 rounding of two backends, relative to that scale
     assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+
+
+def test_from_applies_a1111_hires_fix(pipe, sd1_folder, tmp_path, monkeypatch, capsys):
+    from PIL import Image, PngImagePlugin
+    from sdkit import cli
+
+    text = ("a fox\nSteps: 2, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 9, Size: 32x16, "
+            "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 1, Hires upscaler: 4x-UltraSharp, Version: v1")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 32)).save(tmp_path / "a1111.png", pnginfo=info)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["--from", "a1111.png", "-m", str(sd1_folder), "--backend", "torch", "-o", "out.png", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "sdkit-gen: warning: Hires upscaler: 4x-UltraSharp is not in sdkit; using Lanczos"]
+    expected, = pipe.generate("a fox", steps=2, sampler="euler_a", guidance_scale=7, seed=9, width=32, height=16,
+                              hires_scale=2, hires_steps=1, hires_denoising=0.5, hires_upscaler="lanczos")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(expected))
+    assert "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 1, Hires upscaler: Lanczos" in \
+        Image.open(tmp_path / "out.png").info["parameters"]
