@@ -106,3 +106,12 @@ def test_from_applies_a1111_hires_fix(pipe, sd1_folder, tmp_path, monkeypatch, c
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(expected))
     assert "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 1, Hires upscaler: Lanczos" in \
         Image.open(tmp_path / "out.png").info["parameters"]
+
+
+def test_batch_rows_take_hires_columns(tmp_path):
+    from sdkit.batch import rows
+
+    assert rows._convert({"prompt": "a", "hires_scale": "1.5", "hires_steps": "5", "hires_denoising": "0.5",
+                          "hires_upscaler": "lanczos"}, tmp_path) == dict(
+        prompt="a", hires_scale=1.5, hires_steps=5, hires_denoising=0.5, hires_upscaler="lanczos")
+    assert "init_latents" not in rows.COLUMNS and "_hires" not in rows.COLUMNS
