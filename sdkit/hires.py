@@ -39,13 +39,20 @@ def generate(pipe, kwargs: dict, scale: float, steps: int | None, denoising: flo
     _check_int("num_images", kw["num_images"], minimum=1)
     height, width = pipe.default_size
     width, height = kw["width"] or width, kw["height"] or height
-    output, hook = kw.pop("output"), kw.pop("hook")
+    output, hook, callback = kw.pop("output"), kw.pop("hook"), kw.pop("callback")
     del kw["init_latents"]
     rngs = [np.random.default_rng(kw["seed"] + i) for i in range(kw["num_images"])]
 
     # First pass: the latents (Latent) or the decoded images (Lanczos) at width x height
+    done = 0  # the callback counts the UNet evaluations of both passes
+
+    def first_pass(step, total, x):
+        nonlocal done
+        done = step
+        return None if callback is None else callback(step, total, x)
+
     first = pipe.generate(**kw, output="latent" if upscaler == "latent" else "pil", hook=hook,
-                          _hires=dict(rngs=rngs))
+                          callback=first_pass, _hires=dict(rngs=rngs))
     # A1111's hr_upscale_to_x = int(width * scale); the latents are resized to its // 8
     W, H = int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
     if upscaler == "latent":
@@ -62,6 +69,7 @@ def generate(pipe, kwargs: dict, scale: float, steps: int | None, denoising: flo
                   "hires_upscaler": upscaler}
     return pipe.generate(**(kw | dict(width=W, height=H, steps=total, strength=min(1.0, (run + 0.5) / total))),
                          init_latents=x0, output=output, hook=hook,
+                         callback=callback and (lambda step, total, x: callback(done + step, done + total, x)),
                          _hires=dict(rngs=rngs, parameters=parameters))
 
 

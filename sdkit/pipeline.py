@@ -136,7 +136,7 @@ class Pipeline:
         `init_latents` (numpy (B, C, h, w)): image-to-image from latents instead of init_image (at `strength`).
         `hires_scale`: A1111's hires fix (sdkit.hires): this text-to-image at width x height, upscaled by
         `hires_upscaler` ("latent" or "lanczos") to hires_scale times the size, then image-to-image at
-        `hires_denoising` for `hires_steps` steps (None or 0: `steps`).
+        `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
         """
         if hires_scale is not None:
             if init_image is not None or init_latents is not None:

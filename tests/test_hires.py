@@ -48,7 +48,10 @@ def test_equals_the_two_passes_by_hand(pipe, upscaler):
 
 
 def test_metadata_as_a1111_writes_it_and_read_back(pipe):
-    image, = pipe.generate("a cat", hires_scale=2, hires_steps=2, **(KW | dict(num_images=1)))
+    calls = []
+    image, = pipe.generate("a cat", hires_scale=2, hires_steps=2, **(KW | dict(num_images=1)),
+                           callback=lambda step, total, x: calls.append((step, total)))
+    assert calls == [(1, 2), (2, 2), (3, 4), (4, 4)]  # both passes' UNet evaluations, counted on
     assert image.size == (64, 32)
     text = image.info["parameters"]
     assert "Steps: 2," in text and "Size: 32x16," in text  # the first pass's, as A1111 writes them
