@@ -42,10 +42,11 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
+HIRES = ("hires_scale", "hires_steps", "hires_denoising", "hires_upscaler")  # restored without -i
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
             "schedule", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
-            *micro_conditioning.ARGUMENTS, *INPAINT_KEYS}
+            *micro_conditioning.ARGUMENTS, *INPAINT_KEYS, *HIRES}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
@@ -120,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-chunk", type=_attention_chunk, default=None, metavar="{auto,off,N}",
                    help="self attention N query rows at a time: same result, less memory where the device "
                         "materialises the attention matrix (default auto: when that would not fit)")
+    p.add_argument("--hires-scale", type=_hires_scale, metavar="SCALE",
+                   help="hires fix (A1111's): generate at -W x -H, upscale by SCALE, refine image-to-image")
+    p.add_argument("--hires-steps", type=_non_negative_int, metavar="N",
+                   help="steps of the hires pass (default 0: --steps)")
+    p.add_argument("--hires-denoising", type=_strength, metavar="STRENGTH",
+                   help=f"strength of the hires pass, in (0, 1] (default {DEFAULTS['hires_denoising']})")
+    p.add_argument("--hires-upscaler", choices=("latent", "lanczos"),
+                   help="latent (default: A1111's Latent, bilinear on the latents) or lanczos (on the pixels)")
     p.add_argument("-i", "--init-image", metavar="INIT_IMAGE", help="start from this picture (image-to-image)")
     p.add_argument("--strength", type=_strength, help=f"with -i: how much to change it, in (0, 1] "
                                                       f"(default {IMG2IMG_STRENGTH}; 1 with --mask or --outpaint)")
@@ -193,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     init = open_image(args.init_image) if args.init_image else None
     if init is not None:
         kwargs["strength"] = stored.get("strength") if args.strength is None else args.strength
+    kwargs |= _hires(args, stored, init)
     mask = _mask(args, init, stored, kwargs)
     if mask is not None:
         init, mask = mask
@@ -455,15 +465,43 @@ def unhonoured(stored: dict, honoured: set[str], sampler: str | None = None) -> 
     if "Sampler" in rest:
         a1111 = ", ".join(f"{k}: {rest.pop(k)}" for k in ("Sampler", "Schedule type") if k in rest)
         notes.append(f"{a1111} is not available in sdkit; using " + (sampler or "the model's recommended sampler"))
-    if any(k in rest for k in HIRES_KEYS):
+    if "hires_scale" in stored and "Hires upscaler" in rest:  # applied, with a stand-in for the upscaler
+        notes.append(f"Hires upscaler: {rest.pop('Hires upscaler')} is not in sdkit; using Lanczos")
+    if any(k in rest for k in HIRES_KEYS):  # "Hires resize" alone (A1111's resize-to mode): not applied
         notes.append(f"hires fix is not applied: only its first pass is generated{_hires_sizes(stored)}")
         for k in [k for k in rest if k.startswith("Hires ")]:
             notes.append(f"not applied (hires fix): {k}: {rest.pop(k)}")
-        if "Denoising strength" in rest:
-            notes.append(f"not applied (hires fix): Denoising strength: {rest.pop('Denoising strength')} (the hires "
+        if "hires_denoising" in stored:
+            notes.append(f"not applied (hires fix): Denoising strength: {stored['hires_denoising']} (the hires "
                          "pass's strength)")
     notes += [f"not applied: {k}: {v}" for k, v in rest.items()]
     return notes
+
+
+def _hires(args: argparse.Namespace, stored: dict, init) -> dict:
+    """generate()'s hires_* arguments from the flags, else from a stored hires fix (A1111's "Hires upscale",
+    ...); an upscaler sdkit lacks (R-ESRGAN, ...) becomes Lanczos. Hires fix is text-to-image: none with -i."""
+    given = {k: getattr(args, k) for k in HIRES if getattr(args, k) is not None}
+    if init is not None:
+        if given:
+            raise ValueError("--hires-* make a two-pass text-to-image; they take no -i INIT_IMAGE")
+        if "hires_scale" in stored:
+            _warn("the stored hires fix is not applied: -i makes this image-to-image")
+        return {}
+    if "hires_scale" not in stored:
+        if given and "hires_scale" not in given:
+            raise ValueError("--hires-steps, --hires-denoising and --hires-upscaler need --hires-scale")
+        return given
+    restored = {k: stored[k] for k in HIRES if k in stored}
+    restored.setdefault("hires_upscaler", "lanczos" if "Hires upscaler" in stored else "latent")
+    return restored | given
+
+
+def _hires_scale(text: str) -> float:
+    value = _float(text)
+    if not 1 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be a number in [1, 16], got {text!r}")
+    return value
 
 
 def _hires_sizes(stored: dict) -> str:

@@ -54,9 +54,14 @@ _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_lef
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
 _OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", "inpaint_area",
+         "hires_scale", "hires_steps", "hires_denoising", "hires_upscaler",
          *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
 HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
+# A1111's hires keys generate() takes (sdkit.hires); "Hires upscaler" only for upscalers sdkit has
+_HIRES = {"Hires upscale": ("hires_scale", float), "Hires steps": ("hires_steps", int),
+          "Denoising strength": ("hires_denoising", float)}
+_UPSCALERS = {"latent": "latent", "lanczos": "lanczos"}  # A1111's "Hires upscaler", lower case -> ours
 
 # One `Key: value` pair of the last line; a value is a JSON-quoted string or runs to the next comma (A1111's re_param).
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -92,6 +97,12 @@ def format_parameters(params: dict) -> str:
             pairs[key] = params[key]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
+    if params.get("hires_scale") is not None:  # A1111's order: the hires pass's strength, then its keys
+        pairs["Denoising strength"] = params.get("hires_denoising", 0.7)
+        pairs["Hires upscale"] = params["hires_scale"]
+        if params.get("hires_steps"):
+            pairs["Hires steps"] = params["hires_steps"]
+        pairs["Hires upscaler"] = {"latent": "Latent", "lanczos": "Lanczos"}[params.get("hires_upscaler", "latent")]
     if params.get("mask_blur") is not None:
         pairs["Mask blur"] = params["mask_blur"]
     if params.get("inpaint_area") == "masked":
@@ -152,8 +163,9 @@ def to_keywords(info: Infotext) -> dict:
     """An Infotext -> generate()'s keywords for what sdkit understands; other settings stay under their names.
 
     Hires fix ("Hires ..." keys, or "First pass size" before A1111's late-2022 rework): width and height are the
-    first pass's size, as A1111 restores them, and "Denoising strength" stays under that name: it is the hires
-    pass's, not an image-to-image strength.
+    first pass's size, as A1111 restores them; "Hires upscale", "Hires steps" and "Denoising strength" become
+    hires_scale, hires_steps and hires_denoising (the hires pass's strength, not an image-to-image one), and
+    "Hires upscaler" hires_upscaler when sdkit has it ("Latent", "Lanczos"; others stay under A1111's name).
     """
     params = {"prompt": info.prompt}
     if info.negative_prompt is not None:  # no line: generate()'s default None (which SDXL encodes as zeros)
@@ -162,7 +174,15 @@ def to_keywords(info: Infotext) -> dict:
     raw = _old_hires_fix(info.settings)
     hires = any(k in raw for k in HIRES_KEYS)
     for key, value in raw.items():
-        if key in _KEYS and not (hires and key == "Denoising strength"):
+        if hires and key in _HIRES:
+            name, kind = _HIRES[key]
+            try:
+                params[name] = kind(value)
+            except ValueError:
+                params[key] = value
+        elif hires and key == "Hires upscaler" and value.strip().lower() in _UPSCALERS:
+            params["hires_upscaler"] = _UPSCALERS[value.strip().lower()]
+        elif key in _KEYS:
             name, kind = _KEYS[key]
             try:
                 params[name] = kind(value)

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import conditioning, hashes, images, inpaint, metadata, micro_conditioning, samplers, tiling
+from . import conditioning, hashes, hires, images, inpaint, metadata, micro_conditioning, samplers, tiling
 from .adapters import lora
 from .samplers import guidance
 from .adapters.embeddings import SDXL_KEYS, Embeddings
@@ -105,7 +105,9 @@ class Pipeline:
                  clip_skip: int | None = None, prompt_syntax: str = "a1111",
                  loras: dict | None = None, mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4,
                  inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True,
-                 hook: Hook | None = None, output: str = "pil") -> list[Image.Image] | np.ndarray:
+                 hook: Hook | None = None, output: str = "pil", init_latents: np.ndarray | None = None,
+                 hires_scale: float | None = None, hires_steps: int | None = None, hires_denoising: float = 0.7,
+                 hires_upscaler: str = "latent", _hires: dict | None = None) -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -133,12 +135,25 @@ class Pipeline:
         `hook(step, x, sigma, denoised)` runs after each sampler step (sdkit.samplers.hook.report): x the
         latents (backend array, (B, C, h, w)) at noise level sigma, denoised their clean estimate; an array it
         returns replaces x. `output="latent"` returns the final latents, before the VAE, as numpy (B, C, h, w).
+        `init_latents` (numpy (B, C, h, w)): image-to-image from latents instead of init_image (at `strength`).
+        `hires_scale`: A1111's hires fix (sdkit.hires): this text-to-image at width x height, upscaled by
+        `hires_upscaler` ("latent" or "lanczos") to hires_scale times the size, then image-to-image at
+        `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
         """
+        if hires_scale is not None:
+            if init_image is not None or init_latents is not None:
+                raise ValueError("hires_scale is A1111's two-pass text-to-image; it takes no init_image or "
+                                 "init_latents")
+            kwargs = {k: v for k, v in locals().items() if k not in ("self", "hires_scale", "hires_steps",
+                                                                     "hires_denoising", "hires_upscaler", "_hires")}
+            return hires.generate(self, kwargs, hires_scale, hires_steps, hires_denoising, hires_upscaler)
         if output not in ("pil", "latent"):
             raise ValueError(f"output must be 'pil' or 'latent', got {output!r}")
         init = images.open_image(init_image) if init_image is not None else None
         if mask_image is not None and init is None:
             raise ValueError("mask_image needs init_image: the picture whose white-masked part is repainted")
+        if init is not None and init_latents is not None:
+            raise ValueError("give init_image or init_latents, not both")
         if strength is None:
             strength = 1.0 if mask_image is not None else IMG2IMG_STRENGTH
         if init is not None and width is None and height is None:
@@ -149,7 +164,8 @@ class Pipeline:
                      negative_crops_coords_top_left=negative_crops_coords_top_left,
                      negative_target_size=negative_target_size, negative_aesthetic_score=negative_aesthetic_score)
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale,
-                            sampler, schedule, seed, num_images, strength if init is not None else None, micro,
+                            sampler, schedule, seed, num_images,
+                            strength if init is not None or init_latents is not None else None, micro,
                             clip_skip, prompt_syntax, loras)
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
@@ -158,7 +174,8 @@ class Pipeline:
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
-        rngs = [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
+        # hires fix's second pass continues the first pass's generators
+        rngs = _hires["rngs"] if _hires else [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
         noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
         self._patch(req.loras)
         context, added, used = self._encode_prompts(req)
@@ -171,7 +188,9 @@ class Pipeline:
             extra = np.concatenate([job.latent_mask(f)[None], masked], axis=1)  # (1, 1 + C, h, w)
             concat = self.backend.asarray(np.repeat(extra, req.num_images, axis=0))
         x0 = None
-        if init is not None and (job is None or req.strength < 1 or not self.inpainting):
+        if init_latents is not None:
+            x0 = self.backend.asarray(_check_latents(init_latents, req.num_images, shape, "init_latents"))
+        elif init is not None and (job is None or req.strength < 1 or not self.inpainting):
             x0 = encode(images.to_model_input(init, req.width, req.height) if job is None else job.pixels)
         if x0 is None or (job is not None and req.strength == 1):  # pure noise (diffusers' is_strength_max)
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
@@ -193,6 +212,7 @@ class Pipeline:
         pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
         inpainting = {} if job is None else dict(mask_blur=mask_blur, inpaint_area=inpaint_area,
                                                   inpaint_padding=inpaint_padding)
+        inpainting |= (_hires or {}).get("parameters", {})  # hires fix: the first pass's size and steps
         out = [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used) | inpainting))
                for i, p in enumerate(pixels)]
         return out if job is None else [inpaint.finish(job, image, composite) for image in out]
@@ -400,10 +420,10 @@ def _draw_noise(rngs: list[np.random.Generator], shape: tuple[int, ...]) -> np.n
     return np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
 
 
-def _check_latents(latents: np.ndarray, num_images: int, shape: tuple[int, ...]) -> np.ndarray:
+def _check_latents(latents: np.ndarray, num_images: int, shape: tuple[int, ...], name: str = "latents") -> np.ndarray:
     latents = np.asarray(latents, dtype=np.float32)
     if latents.shape != (num_images, *shape):
-        raise ValueError(f"latents must have shape {(num_images, *shape)} (num_images, C, H/8, W/8), "
+        raise ValueError(f"{name} must have shape {(num_images, *shape)} (num_images, C, H/8, W/8), "
                          f"got {latents.shape}")
     return latents
 

@@ -113,13 +113,9 @@ def test_from_an_a1111_png_names_what_it_cannot_honour(sd1_folder, tmp_path, gen
                        "-i", "init.png")
     assert code == 0, err
     assert [line for line in err.splitlines() if "warning" in line] == [
+        "sdkit-gen: warning: the stored hires fix is not applied: -i makes this image-to-image",
         "sdkit-gen: warning: Sampler: DPM++ SDE, Schedule type: Karras is not available in sdkit; "
         "using the model's recommended sampler",
-        "sdkit-gen: warning: hires fix is not applied: only its first pass is generated, at 64x64 (the stored "
-        "image is 128x128)",
-        "sdkit-gen: warning: not applied (hires fix): Hires upscale: 2",
-        "sdkit-gen: warning: not applied (hires fix): Hires upscaler: Latent",
-        "sdkit-gen: warning: not applied (hires fix): Denoising strength: 0.4 (the hires pass's strength)",
         "sdkit-gen: warning: not applied: ADetailer model: face_yolov8n.pt",
         "sdkit-gen: warning: not applied: ControlNet 0: Module: canny, Model: control_v11p_sd15_canny",
         "sdkit-gen: warning: not applied: dynthres_enabled: True",
