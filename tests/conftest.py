@@ -72,6 +72,11 @@ def sd1_inpaint_folder(models_dir):
 
 
 @pytest.fixture(scope="session")
+def sd2v_inpaint_folder(models_dir):
+    return build_folder(models_dir / "tiny-sd2-v-inpainting", "sd2v_inpaint")
+
+
+@pytest.fixture(scope="session")
 def sd1_inpaint_single_file(models_dir, sd1_inpaint_folder):
     return to_single_file(sd1_inpaint_folder, models_dir / "tiny-sd1-inpainting.safetensors", "sd1_inpaint")
 

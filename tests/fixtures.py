@@ -109,10 +109,11 @@ FAMILIES = {
 }
 
 # Inpainting models: the same, with a UNet taking latents + mask + masked-image latents (9 channels), as
-# SD1.5-inpainting and SDXL inpainting 0.1
-for _name in ("sd1", "sdxl"):
+# SD1.5-inpainting, SD2-inpainting (a v-prediction one here) and SDXL inpainting 0.1
+for _name in ("sd1", "sd2v", "sdxl"):
     FAMILIES[f"{_name}_inpaint"] = {**FAMILIES[_name], "unet": {**FAMILIES[_name]["unet"], "in_channels": 9}}
-INPAINT_CLASSES = {"sd1_inpaint": "StableDiffusionInpaintPipeline", "sdxl_inpaint": "StableDiffusionXLInpaintPipeline"}
+INPAINT_CLASSES = {"sd1_inpaint": "StableDiffusionInpaintPipeline", "sd2v_inpaint": "StableDiffusionInpaintPipeline",
+                   "sdxl_inpaint": "StableDiffusionXLInpaintPipeline"}
 
 MODEL_INDEX = {
     "_class_name": "StableDiffusionPipeline",

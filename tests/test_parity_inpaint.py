@@ -85,6 +85,18 @@ def test_sd1_inpainting_model(sd1, monkeypatch, sampler, strength, negative, n):
     assert "Mask blur: 4" in got[0].info["parameters"]
 
 
+@pytest.mark.parametrize("model", ["sd2v_inpaint_folder", "sd2v_folder"])
+def test_sd2(request, model, monkeypatch):
+    """SD 2 (v-prediction, as SD2-768 fine-tunes): the 9-channel UNet, and an ordinary model's latent blending."""
+    folder = request.getfixturevalue(model)
+    ours = sdkit.load(folder, backend="torch", device="cpu", dtype="float32")
+    theirs = StableDiffusionInpaintPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    theirs.set_progress_bar_config(disable=True)
+    theirs.original_scheduler_config = theirs.scheduler.config
+    for sampler, strength, negative in (("euler", 1.0, None), ("ddim", 0.7, NEGATIVE)):
+        run_both(ours, theirs, sd_inpaint_module, monkeypatch, sampler, strength, negative)
+
+
 @pytest.mark.parametrize("model", ["sdxl_inpaint_folder", "sdxl_folder"])
 def test_sdxl(request, model, monkeypatch):
     """SDXL inpainting 0.1's 9-channel UNet, and an ordinary SDXL model's latent blending (6 time ids)."""
