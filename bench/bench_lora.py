@@ -148,7 +148,7 @@ def main():
 
     print(f"{args.size}x{args.size}, {args.steps} steps, {args.device} {args.dtype}, rank {args.rank}, "
           f"{args.rounds} rounds (medians, s)")
-    print(f"| call | sdkit | switch cost | diffusers | switch cost |\n|---|---|---|---|---|")
+    print("| call | sdkit | switch cost | diffusers | switch cost |\n|---|---|---|---|---|")
     plain = {side: statistics.median(r["plain"] + r["plain again"]) for side, r in results.items()}
     for label, _ in SETS:
         row = [label]

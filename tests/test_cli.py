@@ -336,8 +336,8 @@ def test_from_checks_the_stored_embeddings(sd1_folder, tmp_path, gen):
     assert code == 0, err
     style = tmp_path / "emb" / "style.safetensors"
     assert [line for line in err.splitlines() if "warning" in line] == [
-        f"sdkit-gen: warning: embedding 'style': emb/style.safetensors has hash {short_hash(style)}, the image was made with "
-        "0123456789ab",
+        f"sdkit-gen: warning: embedding 'style': emb/style.safetensors has hash {short_hash(style)}, "
+        "the image was made with 0123456789ab",
         "sdkit-gen: warning: embedding 'gone' (TI hashes) is not in the embedding folders (--embedding-dir, "
         "$SDKIT_EMBEDDING_DIRS); its word is read as text"]
     assert sdkit.read_parameters(tmp_path / "out.png")["TI hashes"] == f"style: {short_hash(style)}, easyneg: {ok}"

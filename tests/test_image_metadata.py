@@ -17,8 +17,8 @@ A1111 = ("a red fox in the snow, (winter:1.2), 富士山\nNegative prompt: blurr
          'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "add_detail: 7c6bad76eb54", '
          "Version: v1.10.1")
 A1111_KEYWORDS = {"prompt": "a red fox in the snow, (winter:1.2), 富士山", "negative_prompt": "blurry, lowres",
-                  "steps": 20, "sampler": "dpmpp_2m", "schedule": "karras", "guidance_scale": 7.0, "seed": 1234, "width": 512,
-                  "height": 768, "Model hash": "6ce0161689", "model": "v1-5-pruned-emaonly",
+                  "steps": 20, "sampler": "dpmpp_2m", "schedule": "karras", "guidance_scale": 7.0, "seed": 1234,
+                  "width": 512, "height": 768, "Model hash": "6ce0161689", "model": "v1-5-pruned-emaonly",
                   "Lora hashes": "add_detail: 7c6bad76eb54", "Version": "v1.10.1"}
 
 

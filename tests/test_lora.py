@@ -106,7 +106,8 @@ def run_ours(pipe, sampler, **kw):
     """sdkit's images and the latents each UNet evaluation saw (the first: the initial noise)."""
     seen = []
     images = pipe.generate(kw.pop("prompt", PROMPT), NEGATIVE, width=WIDTH, height=HEIGHT, steps=STEPS,
-                           sampler=sampler, seed=SEED, callback=lambda i, n, x: seen.append(pipe.backend.numpy(x)[0]), **kw)
+                           sampler=sampler, seed=SEED, callback=lambda i, n, x: seen.append(pipe.backend.numpy(x)[0]),
+                           **kw)
     return images, seen
 
 

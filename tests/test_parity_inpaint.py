@@ -6,7 +6,6 @@ within 3/255. diffusers samples the VAE posterior; it is made to take the mean, 
 
 import numpy as np
 import pytest
-import torch
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as sd_inpaint_module
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as xl_inpaint_module
@@ -34,7 +33,8 @@ def init_and_mask(w=W, h=H):
 def capture_latents(monkeypatch) -> list:
     """sdkit's final latents, as they go to the VAE decoder."""
     seen, real = [], sdkit_pipeline.tiling.decode
-    monkeypatch.setattr(sdkit_pipeline.tiling, "decode", lambda vae, cfg, x, *a: seen.append(x) or real(vae, cfg, x, *a))
+    monkeypatch.setattr(sdkit_pipeline.tiling, "decode",
+                        lambda vae, cfg, x, *a: seen.append(x) or real(vae, cfg, x, *a))
     return seen
 
 
