@@ -31,8 +31,7 @@ from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-# the form's sampler names: sdkit's, and the aliases that carry a schedule (the default dpmpp_2m_karras among them)
-SAMPLERS = (*sdkit.SAMPLERS, *sdkit.samplers.ALIASES)
+SAMPLERS = tuple(sdkit.SAMPLERS)  # sdkit's names; the form shows A1111's, and each one's schedules apart
 
 
 class MainWindow(QMainWindow):
