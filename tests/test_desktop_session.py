@@ -40,7 +40,8 @@ def test_parameters_restore_every_field_and_lock_the_seed():
                   seed=1234, width=512, height=768, model="v1-5", strength=0.3)
     s = Settings(sampler="ddim", num_images=3).with_parameters(params, SAMPLERS)
     assert s == Settings(prompt="a castle", negative_prompt="fog", steps=23, sampler="euler_a", schedule=None,
-                         guidance_scale=6.5, seed=1234, seed_locked=True, width=512, height=768, strength=0.3, num_images=3)
+                         guidance_scale=6.5, seed=1234, seed_locked=True, width=512, height=768, strength=0.3,
+                         num_images=3)
 
 
 def test_parameters_with_a_sampler_sdkit_lacks_keep_the_current_one():
