@@ -56,6 +56,7 @@ class Settings:
     hires_steps: int = 0  # 0: as many as `steps`
     hires_denoising: float = 0.7
     hires_upscaler: str = "latent"
+    # (the SDXL refiner, generate(refiner=), is another optional second pass: its fields would follow these)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.generate()."""
