@@ -502,3 +502,4 @@ def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):
     p = result.params
     assert (p["sampler"], p["schedule"], p["hires_scale"], p["hires_steps"]) == ("euler", "karras", 1.5, 1)
     assert "Schedule type: Karras" in result.image.info["parameters"]
+    assert window.gallery.item(0).toolTip() == "seed 7 · 2 steps · Euler Karras"
