@@ -443,3 +443,63 @@ def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_fold
     generate(qtbot, window)
     wide = window.session.results[-1].image
     assert wide.size == (128, 64) and np.array_equal(np.asarray(wide)[:, :56], np.asarray(init)[:, :56])
+
+
+def test_sampler_combo_shows_a1111_names_and_the_schedule_combo_only_what_it_takes(window):
+    form = window.form
+    shown = [form.sampler.itemText(i) for i in range(form.sampler.count())]
+    assert {"DPM++ 2M SDE", "Euler a", "DPM++ 2M", "DDIM", "UniPC"} <= set(shown) and "dpmpp_2m_sde" not in shown
+    form.sampler.setCurrentIndex(shown.index("DPM++ 2M SDE"))
+    schedules = [form.schedule.itemText(i) for i in range(form.schedule.count())]
+    assert schedules == ["Uniform (the model's own)", "SGM Uniform", "Karras", "Exponential", "Beta"]
+    form.schedule.setCurrentIndex(schedules.index("Karras"))
+    kw = form.settings(window.session.settings).generate_kwargs()
+    assert (kw["sampler"], kw["schedule"]) == ("dpmpp_2m_sde", "karras")
+    form.sampler.setCurrentIndex(shown.index("Euler"))  # takes Karras too: kept
+    assert form.schedule.currentText() == "Karras"
+    form.sampler.setCurrentIndex(shown.index("DDIM"))  # spacings only: back to the model's own
+    assert [form.schedule.itemData(i) for i in range(form.schedule.count())] == [None, "trailing"]
+    assert form.settings(window.session.settings).schedule is None and form.schedule.isEnabled()
+    form.sampler.setCurrentIndex(shown.index("LCM"))
+    assert form.schedule.count() == 1 and not form.schedule.isEnabled()
+
+
+def test_dropping_a_png_restores_sampler_schedule_and_hires_fix(window, tmp_path):
+    text = ("a fox\nSteps: 20, Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG scale: 7, Seed: 5, Size: 64x64, "
+            "Denoising strength: 0.45, Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Lanczos")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "hires.png", pnginfo=info)
+    drop(window, tmp_path / "hires.png")
+    form = window.form
+    assert (form.sampler.currentText(), form.schedule.currentText()) == ("DPM++ 2M SDE", "Karras")
+    assert form.hires.isChecked() and form.hires_scale.isEnabled()
+    assert (form.hires_scale.value(), form.hires_steps.value(), form.hires_denoising.value()) == (1.5, 3, 0.45)
+    assert form.hires_upscaler.currentText() == "Lanczos"
+    kw = form.settings(window.session.settings).generate_kwargs()
+    assert (kw["sampler"], kw["schedule"], kw["hires_scale"], kw["hires_upscaler"]) == (
+        "dpmpp_2m_sde", "karras", 1.5, "lanczos")
+
+    info = PngImagePlugin.PngInfo()  # no hires keys, no schedule: both off
+    info.add_text("parameters", "a fox\nSteps: 20, Sampler: DDIM, CFG scale: 7, Seed: 5, Size: 64x64")
+    Image.new("RGB", (64, 64)).save(tmp_path / "plain.png", pnginfo=info)
+    drop(window, tmp_path / "plain.png")
+    assert not form.hires.isChecked() and not form.hires_scale.isEnabled()
+    assert (form.sampler.currentText(), form.schedule.currentData()) == ("DDIM", None)
+
+
+def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):
+    fill(window, sd1_folder, steps=2, size=64)
+    form = window.form
+    form.sampler.setCurrentIndex(form.sampler.findData("euler"))
+    form.schedule.setCurrentIndex(form.schedule.findData("karras"))
+    form.hires.setChecked(True)
+    form.hires_scale.setValue(1.5)
+    form.hires_steps.setValue(1)
+    generate(qtbot, window)
+    result = window.session.results[0]
+    assert result.image.size == (96, 96)  # 64 x 1.5
+    p = result.params
+    assert (p["sampler"], p["schedule"], p["hires_scale"], p["hires_steps"]) == ("euler", "karras", 1.5, 1)
+    assert "Schedule type: Karras" in result.image.info["parameters"]
+    assert window.gallery.item(0).toolTip() == "seed 7 · 2 steps · Euler Karras"

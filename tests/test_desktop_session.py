@@ -12,25 +12,36 @@ from sdkit_desktop.worker import describe  # noqa: E402
 
 import sdkit  # noqa: E402
 
-SAMPLERS = ("ddim", "euler_a", "dpmpp_2m_karras")
+SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "dpmpp_2m_sde")
 
 
 def test_generate_kwargs_text_to_image_and_image_to_image():
     s = Settings(prompt="a cat", width=64, height=96, seed=5, strength=0.4)
     assert s.generate_kwargs() == dict(prompt="a cat", negative_prompt=None, width=64, height=96, steps=30,
-                                       guidance_scale=7.5, sampler="dpmpp_2m_karras", seed=5, num_images=1,
-                                       clip_skip=1)
+                                       guidance_scale=7.5, sampler="dpmpp_2m", schedule="karras", seed=5,
+                                       num_images=1, clip_skip=1)
     assert Settings(negative_prompt="").generate_kwargs()["negative_prompt"] == ""  # SDXL: not None's zeros
     kw = Settings(init_image="in.png", strength=0.4).generate_kwargs()
     assert (kw["init_image"], kw["strength"]) == ("in.png", 0.4)
+
+
+def test_hires_fix_reaches_generate_for_text_to_image_only():
+    hires = dict(hires=True, hires_scale=1.5, hires_steps=0, hires_denoising=0.55, hires_upscaler="lanczos")
+    kw = Settings(**hires).generate_kwargs()
+    assert {k: kw[k] for k in kw if k.startswith("hires")} == dict(hires_scale=1.5, hires_steps=None,
+                                                                     hires_denoising=0.55, hires_upscaler="lanczos")
+    assert Settings(**hires | {"hires_steps": 12}).generate_kwargs()["hires_steps"] == 12
+    assert not any(k.startswith("hires") for k in Settings(**hires, init_image="in.png").generate_kwargs())
+    assert not any(k.startswith("hires") for k in Settings(hires_scale=3.0).generate_kwargs())
 
 
 def test_parameters_restore_every_field_and_lock_the_seed():
     params = dict(prompt="a castle", negative_prompt="fog", steps=23, sampler="euler_a", guidance_scale=6.5,
                   seed=1234, width=512, height=768, model="v1-5", strength=0.3)
     s = Settings(sampler="ddim", num_images=3).with_parameters(params, SAMPLERS)
-    assert s == Settings(prompt="a castle", negative_prompt="fog", steps=23, sampler="euler_a", guidance_scale=6.5,
-                         seed=1234, seed_locked=True, width=512, height=768, strength=0.3, num_images=3)
+    assert s == Settings(prompt="a castle", negative_prompt="fog", steps=23, sampler="euler_a", schedule=None,
+                         guidance_scale=6.5, seed=1234, seed_locked=True, width=512, height=768, strength=0.3,
+                         num_images=3)
 
 
 def test_parameters_with_a_sampler_sdkit_lacks_keep_the_current_one():
@@ -159,9 +170,30 @@ def test_lora_embedding_and_vae_files_of_the_configured_folders(tmp_path, monkey
         "EasyNegative", "(EasyNegative:1.2)")
 
 
-def test_a_stored_sampler_and_schedule_become_the_alias_that_means_them():
-    s = Settings(sampler="ddim").with_parameters({"prompt": "x", "sampler": "dpmpp_2m", "schedule": "karras"},
-                                                 SAMPLERS)
-    assert s.sampler == "dpmpp_2m_karras"
-    s = Settings(sampler="ddim").with_parameters({"prompt": "x", "sampler": "euler", "schedule": "beta"}, SAMPLERS)
-    assert s.sampler == "ddim"
+def test_a_stored_sampler_and_schedule_are_restored_and_an_unknown_sampler_keeps_both():
+    s = Settings(sampler="ddim", schedule=None)
+    restored = s.with_parameters({"prompt": "x", "sampler": "dpmpp_2m_sde", "schedule": "beta"}, SAMPLERS)
+    assert (restored.sampler, restored.schedule) == ("dpmpp_2m_sde", "beta")
+    restored = Settings().with_parameters({"prompt": "x", "sampler": "ddim"}, SAMPLERS)  # no schedule: the model's
+    assert (restored.sampler, restored.schedule) == ("ddim", None)
+    kept = Settings(sampler="dpmpp_2m_sde", schedule="exponential").with_parameters(
+        {"prompt": "x", "Sampler": "DPM fast", "Schedule type": "Karras"}, SAMPLERS)
+    assert (kept.sampler, kept.schedule) == ("dpmpp_2m_sde", "exponential")
+
+
+def test_hires_fix_is_restored_and_an_image_without_it_turns_it_off():
+    params = dict(prompt="x", hires_scale=2.0, hires_steps=10, hires_denoising=0.45, hires_upscaler="lanczos")
+    s = Settings().with_parameters(params, SAMPLERS)
+    assert (s.hires, s.hires_scale, s.hires_steps, s.hires_denoising, s.hires_upscaler) == (
+        True, 2.0, 10, 0.45, "lanczos")
+    assert not s.with_parameters({"prompt": "y"}, SAMPLERS).hires
+
+
+def test_saved_settings_with_an_alias_sampler_or_a_schedule_it_lacks_still_load():
+    assert (Settings.from_dict({"sampler": "dpmpp_2m_karras"}).sampler,
+            Settings.from_dict({"sampler": "dpmpp_2m_karras"}).schedule) == ("dpmpp_2m", "karras")
+    assert Settings.from_dict({"sampler": "ddim"}).schedule is None  # the default karras is not DDIM's
+    assert Settings.from_dict({"sampler": "euler", "schedule": None}).schedule is None
+    assert Settings.from_dict({"sampler": "DPM fast", "schedule": "beta"}) == Settings()
+    s = Settings(sampler="euler", schedule="beta", hires=True, hires_scale=1.5)
+    assert Settings.from_dict(s.to_dict()) == s

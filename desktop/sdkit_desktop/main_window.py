@@ -17,6 +17,8 @@ from sdkit.cli import stored_vae
 from sdkit.conditioning import token_usage
 from sdkit.families import VAE_PREFIX
 from sdkit.image_metadata import NoParameters
+from sdkit.metadata import A1111_SCHEDULES
+from sdkit.samplers.registry import SAMPLERS as SAMPLER_RECORDS
 from sdkit.tokenizer import Tokenizer
 
 from .download import cached_bytes, human_bytes
@@ -31,8 +33,7 @@ from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-# the form's sampler names: sdkit's, and the aliases that carry a schedule (the default dpmpp_2m_karras among them)
-SAMPLERS = (*sdkit.SAMPLERS, *sdkit.samplers.ALIASES)
+SAMPLERS = tuple(sdkit.SAMPLERS)  # sdkit's names; the form shows A1111's, and each one's schedules apart
 
 
 class MainWindow(QMainWindow):
@@ -315,7 +316,7 @@ class MainWindow(QMainWindow):
         first = len(self.session.results)
         self.session.add_results(images, params, self._mask)
         for im, p in zip(images, params):
-            self.gallery.add(im, f"seed {p.get('seed')} · {p.get('steps')} steps · {p.get('sampler')}")
+            self.gallery.add(im, f"seed {p.get('seed')} · {p.get('steps')} steps · {sampler_label(p)}")
         self.gallery.setCurrentRow(first)
         self.status.setText(f"Done: {len(images)} image(s) in {self._elapsed:.1f} s")
         self._set_busy(False)
@@ -423,3 +424,12 @@ class MainWindow(QMainWindow):
         if urls:
             self.open_path(Path(urls[0].toLocalFile()))
             event.acceptProposedAction()
+
+
+def sampler_label(params: dict) -> str:
+    """An image's sampler and schedule by A1111's names ("DPM++ 2M SDE Karras"), as the form shows them."""
+    sampler = SAMPLER_RECORDS.get(params.get("sampler"))
+    if sampler is None:
+        return str(params.get("Sampler", params.get("sampler")))
+    schedule = params.get("schedule")
+    return sampler.a1111 + (f" {A1111_SCHEDULES[schedule]}" if schedule else "")

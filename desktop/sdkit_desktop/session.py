@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from sdkit.families import FAMILIES
-from sdkit.samplers import ALIASES
+from sdkit.samplers import ALIASES, SAMPLERS
 
 from .mask import Mask
 
@@ -40,7 +40,8 @@ class Settings:
     height: int = 512
     steps: int = 30
     guidance_scale: float = 7.5
-    sampler: str = "dpmpp_2m_karras"
+    sampler: str = "dpmpp_2m"  # sdkit's name; the form shows SAMPLERS[sampler].a1111
+    schedule: str | None = "karras"  # one of SAMPLERS[sampler].schedules; None: the model's own spacing
     seed: int = 0
     seed_locked: bool = False  # unlocked: every generation draws a fresh random seed
     num_images: int = 1
@@ -50,29 +51,39 @@ class Settings:
     mask_blur: int = 4  # inpainting (a mask drawn over the init image, or Extend canvas)
     inpaint_area: str = "whole"
     inpaint_padding: int = 32
+    hires: bool = False  # A1111's hires fix (text to image only): the hires_* fields below apply
+    hires_scale: float = 2.0
+    hires_steps: int = 0  # 0: as many as `steps`
+    hires_denoising: float = 0.7
+    hires_upscaler: str = "latent"
+    # (the SDXL refiner, generate(refiner=), is another optional second pass: its fields would follow these)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.generate()."""
         kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width, height=self.height,
-                  steps=self.steps, guidance_scale=self.guidance_scale, sampler=self.sampler, seed=self.seed,
-                  num_images=self.num_images, clip_skip=self.clip_skip)
+                  steps=self.steps, guidance_scale=self.guidance_scale, sampler=self.sampler, schedule=self.schedule,
+                  seed=self.seed, num_images=self.num_images, clip_skip=self.clip_skip)
         if self.init_image:
             kw.update(init_image=self.init_image, strength=self.strength)
+        elif self.hires:  # generate() takes hires_scale for text to image only
+            kw.update(hires_scale=self.hires_scale, hires_steps=self.hires_steps or None,
+                      hires_denoising=self.hires_denoising, hires_upscaler=self.hires_upscaler)
         return kw
 
     def with_parameters(self, params: dict, samplers: tuple[str, ...]) -> Settings:
         """These settings with every field an image's metadata (sdkit.read_parameters) records; the seed
-        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current one, and
-        so does a sampler + schedule pair that no name in `samplers` means (dpmpp_2m + karras: dpmpp_2m_karras); an
-        image without a negative prompt or clip skip clears them."""
+        is locked so that generating again remakes that image. A sampler sdkit lacks keeps the current sampler and
+        schedule; an image without a negative prompt, clip skip or hires fix clears them."""
         keys = ("prompt", "width", "height", "steps", "guidance_scale", "seed", "strength")
         new = {k: params[k] for k in keys if params.get(k) is not None}
         new |= {"negative_prompt": params.get("negative_prompt"), "clip_skip": params.get("clip_skip") or 1}
-        sampler = params.get("sampler")
-        if params.get("schedule"):
-            sampler = next((a for a, pair in ALIASES.items() if pair == (sampler, params["schedule"])), None)
-        if sampler in samplers:
-            new["sampler"] = sampler
+        if params.get("sampler") in samplers:  # metadata names it with a schedule it takes (None when unrecorded)
+            new |= {"sampler": params["sampler"], "schedule": params.get("schedule")}
+        new["hires"] = params.get("hires_scale") is not None
+        if new["hires"]:
+            new |= {"hires_scale": params["hires_scale"], "hires_steps": params.get("hires_steps") or 0,
+                    "hires_denoising": params.get("hires_denoising", 0.7),
+                    "hires_upscaler": params.get("hires_upscaler", "latent")}
         return dataclasses.replace(self, **new, seed_locked="seed" in new or self.seed_locked)
 
     def to_dict(self) -> dict:
@@ -80,15 +91,26 @@ class Settings:
 
     @classmethod
     def from_dict(cls, d: dict) -> Settings:
-        """Settings saved by an older or newer version: unknown keys and mistyped values are dropped."""
+        """Settings saved by an older or newer version: unknown keys and mistyped values are dropped, an alias
+        sampler (dpmpp_2m_karras) becomes its sampler and schedule, an unknown sampler or schedule the defaults."""
         defaults = cls()
         kw = {}
         for f in dataclasses.fields(cls):
-            value, default = d.get(f.name), getattr(defaults, f.name)
+            if f.name not in d:
+                continue
+            value, default = d[f.name], getattr(defaults, f.name)
             if type(default) is float and type(value) is int:
                 value = float(value)
-            if type(value) is type(default) or default is None and isinstance(value, str):
+            optional = "None" in str(f.type)
+            if type(value) is type(default) or optional and (value is None or isinstance(value, str)):
                 kw[f.name] = value
+        if kw.get("sampler") in ALIASES:
+            kw["sampler"], kw["schedule"] = ALIASES[kw["sampler"]]
+        if kw.get("sampler", defaults.sampler) not in SAMPLERS:
+            kw.pop("sampler", None)
+            kw.pop("schedule", None)
+        if kw.get("schedule", defaults.schedule) not in SAMPLERS[kw.get("sampler", defaults.sampler)].schedules:
+            kw["schedule"] = None  # every sampler takes the model's own
         return cls(**kw)
 
 

@@ -1,5 +1,5 @@
-"""The generation settings form: size, steps, guidance, sampler, clip skip, seed, batch, and the image-to-image
-input."""
+"""The generation settings form: size, steps, guidance, sampler and schedule, clip skip, seed, batch, the
+image-to-image input and hires fix."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import dataclasses
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QRegularExpressionValidator
-from PySide6.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                               QLineEdit, QPushButton, QSlider, QSpinBox, QToolButton, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QLabel, QLineEdit, QPushButton, QSlider, QSpinBox, QToolButton, QWidget)
+from sdkit.hires import UPSCALERS
+from sdkit.samplers.registry import SAMPLERS, SCHEDULES
 
 from ..session import Settings, snap8
 
 CUSTOM = "Custom"
+# schedule -> its label: A1111's "Schedule type" names, as image metadata writes them
+SCHEDULE_LABELS = {schedule: a1111 for schedule, (a1111, _) in SCHEDULES.items()}
+SCHEDULE_LABELS[None] = "Uniform (the model's own)"
 
 
 class SettingsPanel(QWidget):
@@ -31,8 +36,12 @@ class SettingsPanel(QWidget):
         self.steps = QSpinBox(minimum=1, maximum=500)
         self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, singleStep=0.5, decimals=1)
         self.guidance.setToolTip("Classifier-free guidance: how closely to follow the prompt (1 or less: off)")
-        self.sampler = QComboBox()
-        self.sampler.addItems(samplers)
+        self.sampler = QComboBox()  # A1111's names shown, sdkit's as item data
+        for name in samplers:
+            self.sampler.addItem(SAMPLERS[name].a1111, name)
+        self.schedule = QComboBox()  # the chosen sampler's schedules only
+        self.schedule.setToolTip("How the steps are spaced; Uniform: the model's own (its scheduler config's)")
+        self.sampler.currentIndexChanged.connect(lambda: self._show_schedules(self.schedule.currentData()))
         self.num_images = QSpinBox(minimum=1, maximum=16)
         self.clip_skip = QSpinBox(minimum=1, maximum=12)
         self.clip_skip.setToolTip("A1111's clip skip: 1 the text encoder's last layer, 2 the penultimate (anime "
@@ -65,6 +74,24 @@ class SettingsPanel(QWidget):
         strength.addWidget(self.strength, 1)
         strength.addWidget(self.strength_label)
 
+        self.hires = QCheckBox("Hires fix")
+        self.hires.setToolTip("A1111's hires fix (text to image only): generate at the size above, upscale, then "
+                              "image-to-image at the larger size")
+        self.hires_scale = QDoubleSpinBox(minimum=1.0, maximum=16.0, singleStep=0.25, decimals=2, prefix="× ")
+        self.hires_steps = QSpinBox(minimum=0, maximum=500, specialValueText="as Steps")
+        self.hires_denoising = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.hires_upscaler = QComboBox()
+        for upscaler in UPSCALERS:
+            self.hires_upscaler.addItem(upscaler.capitalize(), upscaler)  # A1111's "Latent", "Lanczos"
+        self.hires_fields = (self.hires_scale, self.hires_steps, self.hires_denoising, self.hires_upscaler)
+        self.hires.toggled.connect(self._enable_hires)
+        hires = QHBoxLayout()
+        for w in (self.hires, self.hires_scale, self.hires_upscaler):
+            hires.addWidget(w)
+        hires_pass = QHBoxLayout()
+        for w in (QLabel("Steps"), self.hires_steps, QLabel("Denoising"), self.hires_denoising):
+            hires_pass.addWidget(w)
+
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Size", self.preset)
@@ -72,11 +99,14 @@ class SettingsPanel(QWidget):
         form.addRow("Steps", self.steps)
         form.addRow("Guidance", self.guidance)
         form.addRow("Sampler", self.sampler)
+        form.addRow("Schedule", self.schedule)
         form.addRow("Clip skip", self.clip_skip)
         form.addRow("Seed", seed)
         form.addRow("Images", self.num_images)
         form.addRow("Init image", init)
         form.addRow("Strength", strength)
+        form.addRow("Hires", hires)
+        form.addRow("", hires_pass)
         self.set_settings(Settings())
 
     def settings(self, base: Settings) -> Settings:
@@ -84,9 +114,12 @@ class SettingsPanel(QWidget):
         seed = int(self.seed.text() or 0)
         return dataclasses.replace(
             base, width=self.width_box.value(), height=self.height_box.value(), steps=self.steps.value(),
-            guidance_scale=self.guidance.value(), sampler=self.sampler.currentText(), seed=seed,
-            seed_locked=self.seed_lock.isChecked(), num_images=self.num_images.value(),
-            init_image=self.init_image, strength=self.strength.value() / 100, clip_skip=self.clip_skip.value())
+            guidance_scale=self.guidance.value(), sampler=self.sampler.currentData(),
+            schedule=self.schedule.currentData(), seed=seed, seed_locked=self.seed_lock.isChecked(),
+            num_images=self.num_images.value(), init_image=self.init_image, strength=self.strength.value() / 100,
+            clip_skip=self.clip_skip.value(), hires=self.hires.isChecked(), hires_scale=self.hires_scale.value(),
+            hires_steps=self.hires_steps.value(), hires_denoising=self.hires_denoising.value(),
+            hires_upscaler=self.hires_upscaler.currentData())
 
     def set_settings(self, s: Settings) -> None:
         self.width_box.setValue(s.width)
@@ -94,13 +127,20 @@ class SettingsPanel(QWidget):
         self._match_preset()
         self.steps.setValue(s.steps)
         self.guidance.setValue(s.guidance_scale)
-        self.sampler.setCurrentText(s.sampler)
+        self.sampler.setCurrentIndex(max(0, self.sampler.findData(s.sampler)))
+        self._show_schedules(s.schedule)
         self.clip_skip.setValue(s.clip_skip)
         self.seed.setText(str(s.seed))
         self.seed_lock.setChecked(s.seed_locked)
         self.num_images.setValue(s.num_images)
         self.set_init_image(s.init_image)
         self.strength.setValue(round(s.strength * 100))
+        self.hires.setChecked(s.hires)
+        self.hires_scale.setValue(s.hires_scale)
+        self.hires_steps.setValue(s.hires_steps)
+        self.hires_denoising.setValue(s.hires_denoising)
+        self.hires_upscaler.setCurrentIndex(max(0, self.hires_upscaler.findData(s.hires_upscaler)))
+        self._enable_hires()
 
     def set_presets(self, presets: list[tuple[int, int]]) -> None:
         """Size presets (width, height) for the loaded model's family."""
@@ -117,6 +157,24 @@ class SettingsPanel(QWidget):
             self.init_changed.emit(path)
         self.init_label.setText(path or "none (text to image)")
         self.strength.setEnabled(path is not None)
+        self.hires.setEnabled(path is None)  # hires fix is a text-to-image pass
+        self._enable_hires()
+
+    def _enable_hires(self) -> None:
+        on = self.hires.isEnabled() and self.hires.isChecked()
+        for w in self.hires_fields:
+            w.setEnabled(on)
+
+    def _show_schedules(self, keep: str | None) -> None:
+        """The chosen sampler's schedules, `keep` selected when it takes it, else the model's own."""
+        schedules = SAMPLERS[self.sampler.currentData()].schedules
+        self.schedule.blockSignals(True)
+        self.schedule.clear()
+        for schedule in schedules:
+            self.schedule.addItem(SCHEDULE_LABELS[schedule], schedule)
+        self.schedule.setCurrentIndex(schedules.index(keep) if keep in schedules else 0)
+        self.schedule.blockSignals(False)
+        self.schedule.setEnabled(len(schedules) > 1)
 
     def _size_box(self, name: str) -> QSpinBox:
         box = QSpinBox(minimum=8, maximum=4096, singleStep=8, suffix=" px")
