@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import ddim, ddpm, dpmpp, euler, lcm, lms, pndm, unipc
+from . import ddim, ddpm, dpmpp, euler, kdpm2, lcm, lms, pndm, unipc
 
 # generate()'s schedule -> (A1111 "Schedule type", the diffusers scheduler option that gives it).
 # None: the checkpoint's own timestep spacing (leading, linspace or trailing, as its scheduler config says).
@@ -49,6 +49,9 @@ SAMPLERS = {s.name: s for s in [
     Sampler("euler_a", "Euler a", euler.plan, euler.euler_ancestral, "EulerAncestralDiscreteScheduler",
             stochastic=True, fractional=True),
     Sampler("heun", "Heun", euler.plan, euler.heun, "HeunDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+    Sampler("dpm2", "DPM2", kdpm2.plan, kdpm2.dpm2, "KDPM2DiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+    Sampler("dpm2_a", "DPM2 a", kdpm2.plan, kdpm2.dpm2_ancestral, "KDPM2AncestralDiscreteScheduler",
+            schedules=_SIGMA_SCHEDULES, stochastic=True),
     Sampler("lms", "LMS", euler.plan, lms.lms, "LMSDiscreteScheduler", schedules=_SIGMA_SCHEDULES, fractional=True),
     Sampler("dpmpp_2m", "DPM++ 2M", dpmpp.multistep_plan, dpmpp.dpmpp_2m, "DPMSolverMultistepScheduler",
             schedules=_SIGMA_SCHEDULES, a1111_automatic="karras", fractional=True),
