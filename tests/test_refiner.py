@@ -82,3 +82,13 @@ def test_metadata_and_errors(base, refiner, tmp_path):
         base.generate(PROMPT, steps=3, refiner="refiner.safetensors")
     with pytest.raises(ValueError, match="takes no init_latents"):
         base.generate(PROMPT, steps=3, refiner=refiner, init_latents=np.zeros((1, *SHAPE), np.float32))
+
+
+def test_mlx_equals_torch(base, refiner, sdxl_folder, refiner_folder):
+    pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
+    mlx = dict(backend="mlx", device="cpu", dtype="float32")
+    kw = dict(width=WIDTH, height=HEIGHT, steps=4, sampler="dpmpp_2m", seed=SEED, refiner_start=START)
+    expected = base.generate(PROMPT, NEGATIVE, refiner=refiner, output="latent", **kw)
+    ours = sdkit.load(sdxl_folder, **mlx)
+    got = ours.generate(PROMPT, NEGATIVE, refiner=sdkit.load(refiner_folder, **mlx), output="latent", **kw)
+    assert np.abs(got - expected).max() < 1e-4
