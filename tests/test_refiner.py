@@ -45,11 +45,12 @@ def test_ensemble_as_diffusers(base, refiner, theirs, sampler, negative, n, monk
     handed = their_base(PROMPT, negative_prompt=negative, width=WIDTH, height=HEIGHT, num_inference_steps=STEPS,
                         guidance_scale=7.5, num_images_per_prompt=n, latents=latents, denoising_end=START,
                         output_type="latent").images
-    kw = dict(negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=7.5, denoising_start=START)
+    score = {"aesthetic_score": 7.0} if sampler == "euler_a" else {}  # the refiner's; the base takes none
+    kw = dict(negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=7.5, denoising_start=START, **score)
     states = [r.bit_generator.state for r in rngs]  # at the hand-over: diffusers' refiner runs twice
     expected = their_refiner([PROMPT] * n, image=handed, output_type="latent", **kw).images.numpy()
     ours = dict(width=WIDTH, height=HEIGHT, steps=STEPS, sampler=sampler, seed=SEED, num_images=n, refiner=refiner,
-                refiner_start=START)
+                refiner_start=START, **score)
     got = base.generate(PROMPT, negative, output="latent", **ours)
     assert np.abs(got - expected).max() < 1e-4
 
@@ -70,8 +71,11 @@ def test_refiner_as_its_own_base_is_one_pass(base):
 
 
 def test_metadata_and_errors(base, refiner, tmp_path):
+    calls = []
     image, = base.generate(PROMPT, width=WIDTH, height=HEIGHT, steps=3, sampler="euler", seed=SEED,
-                           refiner=refiner, refiner_start=0.6, aesthetic_score=7.0)
+                           refiner=refiner, refiner_start=0.6, aesthetic_score=7.0,
+                           callback=lambda step, total, x: calls.append((step, total)))
+    assert [step for step, _ in calls] == [1, 2, 3] and calls[-1][1] == 3  # both models' evaluations, counted on
     text = image.info["parameters"]
     assert f"Refiner: {refiner.checkpoint.name}, Refiner switch at: 0.6" in text
     params = sdkit.read_parameters(sdkit.save(image, tmp_path / "r.png"))
