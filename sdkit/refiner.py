@@ -60,7 +60,9 @@ def generate(base, refiner, start: float, kwargs: dict):
                                    init_latents=x, output="latent", hook=hook,
                                    callback=callback and (lambda i, n, y: callback(done + i, done + n, y)),
                                    _split=dict(rngs=rngs, denoising_start=start))
-        return refiner.backend.asarray(refined), refiner, {"Refiner": refiner.checkpoint.name, "refiner_start": start}
+        given = {k: v for k, v in refiner_micro.items() if v is not None and k not in base_micro}  # aesthetic
+        return refiner.backend.asarray(refined), refiner, {"Refiner": refiner.checkpoint.name, "refiner_start": start,
+                                                           **given}
 
     return base.generate(**(kw | base_micro), output=output, hook=hook, callback=base_callback,
                          _split=dict(rngs=rngs, denoising_end=start, handoff=handoff))

@@ -80,6 +80,7 @@ def test_metadata_and_errors(base, refiner, tmp_path):
     assert f"Refiner: {refiner.checkpoint.name}, Refiner switch at: 0.6" in text
     params = sdkit.read_parameters(sdkit.save(image, tmp_path / "r.png"))
     assert params["Refiner"] == refiner.checkpoint.name and params["refiner_start"] == 0.6
+    assert params["aesthetic_score"] == 7.0  # the refiner's conditioning, restored with it
     with pytest.raises(ValueError, match="refiner_start must be"):
         base.generate(PROMPT, steps=3, refiner=refiner, refiner_start=1.0)
     with pytest.raises(ValueError, match="refiner must be an sdkit Pipeline"):
