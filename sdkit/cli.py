@@ -46,7 +46,7 @@ HIRES = ("hires_scale", "hires_steps", "hires_denoising", "hires_upscaler")  # r
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
             "schedule", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
-            *micro_conditioning.ARGUMENTS, *INPAINT_KEYS, *HIRES}
+            *micro_conditioning.ARGUMENTS, *INPAINT_KEYS, *HIRES, "Refiner", "refiner_start"}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
 # The settings whose absence from a --from image means sdkit's default is used instead.
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-chunk", type=_attention_chunk, default=None, metavar="{auto,off,N}",
                    help="self attention N query rows at a time: same result, less memory where the device "
                         "materialises the attention matrix (default auto: when that would not fit)")
+    p.add_argument("--refiner", metavar="PATH|ID",
+                   help="an SDXL refiner (file, folder or Hub id) that denoises the last part of the schedule, "
+                        "from --refiner-start on (A1111's Refiner; with --from, the stored one is only named)")
+    p.add_argument("--refiner-start", type=_refiner_start, metavar="S",
+                   help=f"where the refiner takes over, in (0, 1) of the schedule (default "
+                        f"{DEFAULTS['refiner_start']}; with --from, the stored Refiner switch at)")
     p.add_argument("--hires-scale", type=_hires_scale, metavar="SCALE",
                    help="hires fix (A1111's): generate at -W x -H, upscale by SCALE, refine image-to-image")
     p.add_argument("--hires-steps", type=_non_negative_int, metavar="N",
@@ -210,6 +216,12 @@ def run(args: argparse.Namespace) -> int:
     model = args.model or _stored_model(stored, args.from_image) or DEFAULT_MODEL
     vae, notes = (args.vae, []) if args.vae or "VAE" not in stored else stored_vae(stored, model)
     notes += _other_model(stored, model)
+    refiner_start = args.refiner_start if args.refiner_start is not None else stored.get("refiner_start")
+    if args.refiner is None and args.refiner_start is not None:
+        _warn("--refiner-start has no effect without --refiner MODEL")
+    elif args.refiner is None and "Refiner" in stored:
+        notes.append(f"the stored Refiner {stored['Refiner']} (switch at {stored.get('refiner_start', '?')}) is "
+                     "not applied: give it as --refiner MODEL")
 
     if init is None and args.strength is not None:
         _warn("--strength has no effect without -i INIT_IMAGE")
@@ -229,6 +241,13 @@ def run(args: argparse.Namespace) -> int:
     with _warnings_as_lines():
         pipe = sdkit.load(model, backend=args.backend, device=args.device, dtype=args.dtype, compile=args.compile,
                           memory=memory, embedding_dirs=args.embedding_dirs, lora_dirs=args.lora_dirs, vae=vae)
+        if args.refiner:  # same backend, device and dtype: the latents pass from one to the other
+            if not args.quiet:
+                print(f"loading refiner {args.refiner}", file=sys.stderr)
+            kwargs["refiner"] = sdkit.load(args.refiner, backend=pipe.backend.name, device=pipe.backend.device,
+                                           dtype=pipe.backend.dtype, compile=args.compile, memory=memory)
+            if refiner_start is not None:
+                kwargs["refiner_start"] = refiner_start
         if not args.quiet:
             b = pipe.backend
             print(f"{pipe.checkpoint.family} on {b.name} {b.device} {b.dtype}", file=sys.stderr)
@@ -236,8 +255,9 @@ def run(args: argparse.Namespace) -> int:
                 used, capacity = pipe.token_usage(text, args.prompt_syntax)
                 if capacity > CHUNK:  # A1111's counter, worth a line once the text takes several chunks
                     print(f"{name}: {used}/{capacity} tokens, {capacity // CHUNK} chunks", file=sys.stderr)
+        time_ids = pipe.checkpoint.time_ids + (kwargs["refiner"].checkpoint.time_ids if args.refiner else ())
         ignored = [k for k in micro_conditioning.ARGUMENTS
-                   if k in kwargs and k.removeprefix("negative_") not in pipe.checkpoint.time_ids]
+                   if k in kwargs and k.removeprefix("negative_") not in time_ids]
         if ignored:
             _warn(f"not applied: {', '.join(ignored)} (stored SDXL micro-conditioning this model does not take)")
             kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
@@ -635,6 +655,13 @@ def _strength(text: str) -> float:
     value = _float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _refiner_start(text: str) -> float:
+    value = _float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
     return value
 
 

@@ -41,6 +41,7 @@ _KEYS = {
     "Mask blur": ("mask_blur", int),
     "Masked area padding": ("inpaint_padding", int),  # A1111 1.6+; sdkit writes the older key the issue names
     "CFG rescale": ("guidance_rescale", float),  # sdkit's key (A1111 has no CFG rescale of its own)
+    "Refiner switch at": ("refiner_start", float),  # with "Refiner: NAME" (a model name, left to the caller)
 }
 # The older key has a comma, which A1111's pair pattern cannot read: read as the newer one
 OLD_PADDING = "Only masked padding, pixels:"
@@ -103,6 +104,8 @@ def format_parameters(params: dict) -> str:
         if params.get("hires_steps"):
             pairs["Hires steps"] = params["hires_steps"]
         pairs["Hires upscaler"] = {"latent": "Latent", "lanczos": "Lanczos"}[params.get("hires_upscaler", "latent")]
+    if params.get("Refiner"):  # A1111's pair: the refiner's model name and where it took over
+        pairs["Refiner"], pairs["Refiner switch at"] = params["Refiner"], params.get("refiner_start", 0.8)
     if params.get("mask_blur") is not None:
         pairs["Mask blur"] = params["mask_blur"]
     if params.get("inpaint_area") == "masked":

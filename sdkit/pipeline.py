@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from . import conditioning, hashes, hires, images, inpaint, metadata, micro_conditioning, samplers, tiling
+from . import conditioning, hashes, hires, images, inpaint, metadata, micro_conditioning, refiner as ensemble, \
+    samplers, tiling
 from .adapters import lora
 from .samplers import guidance
 from .adapters.embeddings import SDXL_KEYS, Embeddings
@@ -107,7 +108,8 @@ class Pipeline:
                  inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True,
                  hook: Hook | None = None, output: str = "pil", init_latents: np.ndarray | None = None,
                  hires_scale: float | None = None, hires_steps: int | None = None, hires_denoising: float = 0.7,
-                 hires_upscaler: str = "latent", _hires: dict | None = None) -> list[Image.Image] | np.ndarray:
+                 hires_upscaler: str = "latent", _hires: dict | None = None, refiner: Pipeline | None = None,
+                 refiner_start: float = 0.8, _split: dict | None = None) -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -139,7 +141,13 @@ class Pipeline:
         `hires_scale`: A1111's hires fix (sdkit.hires): this text-to-image at width x height, upscaled by
         `hires_upscaler` ("latent" or "lanczos") to hires_scale times the size, then image-to-image at
         `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
+        `refiner` (an SDXL refiner's Pipeline): this model denoises to `refiner_start` of the schedule, the refiner
+        the rest with the same sampler and steps (sdkit.refiner, diffusers' denoising_end/denoising_start
+        ensemble); its VAE decodes; micro-conditioning goes to whichever model takes it.
         """
+        if refiner is not None:
+            kwargs = {k: v for k, v in locals().items() if k not in ("self", "refiner", "refiner_start", "_split")}
+            return ensemble.generate(self, refiner, refiner_start, kwargs)
         if hires_scale is not None:
             if init_image is not None or init_latents is not None:
                 raise ValueError("hires_scale is A1111's two-pass text-to-image; it takes no init_image or "
@@ -170,13 +178,19 @@ class Pipeline:
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
         mem = self._fit(req, encode=init is not None)
-        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule, eta)
+        split = _split or {}  # a refiner ensemble's share of the schedule (sdkit.refiner)
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule, eta,
+                             split.get("denoising_start"), split.get("denoising_end"))
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
         # hires fix's second pass continues the first pass's generators
-        rngs = _hires["rngs"] if _hires else [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
-        noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
+        # hires fix's second pass and a refiner continue the first model's generators
+        rngs = (_hires or split).get("rngs") or [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
+        if "denoising_start" in split:  # the latents handed over are as noisy as the plan starts: no noise
+            noise0 = None
+        else:
+            noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
         self._patch(req.loras)
         context, added, used = self._encode_prompts(req)
 
@@ -192,7 +206,9 @@ class Pipeline:
             x0 = self.backend.asarray(_check_latents(init_latents, req.num_images, shape, "init_latents"))
         elif init is not None and (job is None or req.strength < 1 or not self.inpainting):
             x0 = encode(images.to_model_input(init, req.width, req.height) if job is None else job.pixels)
-        if x0 is None or (job is not None and req.strength == 1):  # pure noise (diffusers' is_strength_max)
+        if noise0 is None:
+            x = x0
+        elif x0 is None or (job is not None and req.strength == 1):  # pure noise (diffusers' is_strength_max)
             x = self.backend.asarray(noise0) * plan.init_noise_sigma
         else:
             x = samplers.add_noise(plan, x0, self.backend.asarray(noise0))  # (1, C, h, w) broadcast to (B, ...)
@@ -206,13 +222,16 @@ class Pipeline:
         model = self._guided_model(context, added, req, plan.num_evaluations, callback, concat)
         noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
         x = samplers.sample(plan, model, x, noise, hook)
+        decoder, added_parameters = self, {}
+        if "handoff" in split:  # a refiner denoises the rest and decodes (sdkit.refiner)
+            x, decoder, added_parameters = split["handoff"](self.backend.numpy(x))
         if output == "latent":
-            return self.backend.numpy(x)
+            return decoder.backend.numpy(x)
 
-        pixels = tiling.decode(self.vae, self.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
+        pixels = tiling.decode(decoder.vae, decoder.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
         inpainting = {} if job is None else dict(mask_blur=mask_blur, inpaint_area=inpaint_area,
                                                   inpaint_padding=inpaint_padding)
-        inpainting |= (_hires or {}).get("parameters", {})  # hires fix: the first pass's size and steps
+        inpainting |= (_hires or {}).get("parameters", {}) | added_parameters  # hires: the first pass's size
         out = [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used) | inpainting))
                for i, p in enumerate(pixels)]
         return out if job is None else [inpaint.finish(job, image, composite) for image in out]

@@ -341,3 +341,26 @@ def test_from_checks_the_stored_embeddings(sd1_folder, tmp_path, gen):
         "sdkit-gen: warning: embedding 'gone' (TI hashes) is not in the embedding folders (--embedding-dir, "
         "$SDKIT_EMBEDDING_DIRS); its word is read as text"]
     assert sdkit.read_parameters(tmp_path / "out.png")["TI hashes"] == f"style: {short_hash(style)}, easyneg: {ok}"
+
+
+def test_refiner_and_its_stored_name(sdxl_folder, refiner_folder, gen, tmp_path):
+    """--refiner gives the API's ensemble pixels and stores A1111's Refiner pair; --from names a stored refiner in
+    a warning unless --refiner is given, and takes its switch point."""
+    code, out, err = gen("a fox", "-m", sdxl_folder, *FAST, "-s", "3", "--sampler", "euler", "--refiner",
+                         refiner_folder, "--refiner-start", "0.6", "-q")
+    assert code == 0, err
+    path = Path(out.split()[0])
+    api = sdkit.load(sdxl_folder, backend="torch", device="cpu").generate(
+        "a fox", steps=2, width=64, height=64, sampler="euler", seed=3, refiner_start=0.6,
+        refiner=sdkit.load(refiner_folder, backend="torch", device="cpu"))[0]
+    assert np.array_equal(pixels(path), np.asarray(api, dtype=np.int16))
+    assert f"Refiner: {Path(refiner_folder).name}, Refiner switch at: 0.6" in Image.open(path).info["parameters"]
+
+    code, _, err = gen("--from", path, "-m", sdxl_folder, *FAST, "-q")
+    assert code == 0, err
+    assert f"the stored Refiner {Path(refiner_folder).name} (switch at 0.6) is not applied" in err
+    code, out, err = gen("--from", path, "-m", sdxl_folder, *FAST, "-q", "--refiner", refiner_folder)
+    assert code == 0 and "Refiner" not in err, err
+    assert np.array_equal(pixels(out.split()[0]), pixels(path))
+    with pytest.raises(SystemExit, match="2"):
+        gen("a fox", "-m", sdxl_folder, *FAST, "--refiner-start", "1")
