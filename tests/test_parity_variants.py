@@ -156,7 +156,8 @@ def test_few_step_recipe_is_generates_defaults(turbo_folder, load):
     calls = []
     got = ours.generate(PROMPT, width=64, height=64, seed=SEED, callback=lambda *a: calls.append(a))
     assert_close(got, expected)
-    assert len(calls) == 1 and "Steps: 1, Sampler: Euler a, CFG scale: 0," in got[0].info["parameters"]
+    assert len(calls) == 1
+    assert "Steps: 1, Sampler: Euler a, Schedule type: SGM Uniform, CFG scale: 0," in got[0].info["parameters"]
     # image-to-image runs the recipe's one step too (diffusers' card: steps * strength >= 1)
     calls.clear()
     got, = ours.generate(PROMPT, init_image=got[0], strength=0.5, seed=SEED, callback=lambda *a: calls.append(a))
