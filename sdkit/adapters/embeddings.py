@@ -112,6 +112,24 @@ def folders(dirs: str | os.PathLike | Sequence[str | os.PathLike] | None, env: s
     return tuple(out)
 
 
+def adapter_files(dirs: Sequence[Path]) -> dict[str, Path]:
+    """stem -> file of the adapter files (embeddings, LoRAs) in `dirs`: the first folder holding a stem wins, a
+    .safetensors file over a pickle of the same stem (which is listed so that using it can be refused by name)."""
+    found: dict[str, Path] = {}
+    for folder in dirs:
+        here: dict[str, Path] = {}
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            suffix = os.path.splitext(entry.name)[1].lower()
+            if suffix not in (SUFFIX, *PICKLES) or entry.name.startswith(".") or not entry.is_file():
+                continue  # another kind of file, or a hidden one (macOS's ._name AppleDouble companions)
+            stem = entry.name[: -len(suffix)]
+            if stem not in here or suffix == SUFFIX:
+                here[stem] = Path(entry.path)
+        for stem, path in here.items():
+            found.setdefault(stem, path)
+    return found
+
+
 class Embeddings:
     """The embedding files of some folders, by stem; each read when first used, and again when it changes."""
 
@@ -125,21 +143,8 @@ class Embeddings:
         return f"Embeddings({[str(d) for d in self.dirs]})"
 
     def files(self) -> dict[str, Path]:
-        """stem -> file, listed afresh: the first folder holding a stem wins, a .safetensors file over a
-        pickle of the same stem (which is listed so that using it can be refused by name)."""
-        found: dict[str, Path] = {}
-        for folder in self.dirs:
-            here: dict[str, Path] = {}
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                suffix = os.path.splitext(entry.name)[1].lower()
-                if suffix not in (SUFFIX, *PICKLES) or entry.name.startswith(".") or not entry.is_file():
-                    continue  # not an embedding, or a hidden file (macOS's ._name AppleDouble companions)
-                stem = entry.name[: -len(suffix)]
-                if stem not in here or suffix == SUFFIX:
-                    here[stem] = Path(entry.path)
-            for stem, path in here.items():
-                found.setdefault(stem, path)
-        return found
+        """stem -> file, listed afresh (adapter_files)."""
+        return adapter_files(self.dirs)
 
     def get(self, path: Path) -> Embedding:
         """The embedding in `path` (one of files()), read once per version of the file; CheckpointError if

@@ -35,7 +35,7 @@ from ..checkpoint import PICKLES, read_header, read_metadata
 from ..config import UNetConfig
 from ..errors import CheckpointError
 from ..interfaces import Weights
-from .embeddings import _read_arrays, _stamp as stamp, folders
+from .embeddings import _read_arrays, _stamp as stamp, adapter_files, folders
 
 ENV = "SDKIT_LORA_DIRS"
 SUFFIX = ".safetensors"
@@ -261,21 +261,8 @@ class Library:
         return f"LoRAs({[str(d) for d in self.dirs]})"
 
     def files(self) -> dict[str, Path]:
-        """stem -> file: the first folder holding a stem wins; pickles are listed so that using one is refused
-        by name."""
-        found: dict[str, Path] = {}
-        for folder in self.dirs:
-            here: dict[str, Path] = {}
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                suffix = os.path.splitext(entry.name)[1].lower()
-                if suffix not in (SUFFIX, *PICKLES) or entry.name.startswith(".") or not entry.is_file():
-                    continue  # not a LoRA, or a hidden file (macOS's ._name AppleDouble companions)
-                stem = entry.name[: -len(suffix)]
-                if stem not in here or suffix == SUFFIX:  # a .safetensors file over a pickle of the same stem
-                    here[stem] = Path(entry.path)
-            for stem, path in here.items():
-                found.setdefault(stem, path)
-        return found
+        """stem -> file, listed afresh (adapter_files)."""
+        return adapter_files(self.dirs)
 
     def resolve(self, name_or_path: str | os.PathLike) -> Path:
         """A path to a file, or a name (stem) in the folders; ValueError naming what is there."""
