@@ -1,0 +1,135 @@
+"""The desktop Train panel with a tiny real model (pytest-qt, offscreen): the data folder as training reads it, a
+run that writes its output, plots its loss and shows its samples, and Cancel leaving a state that resumes."""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported: no display needed
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+pytest.importorskip("PySide6")
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from sdkit_desktop.main_window import MainWindow  # noqa: E402
+
+TIMEOUT = 120_000  # ms
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one torch thread (as tests/test_train.py)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    w = MainWindow(store=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat), persist=False)
+    qtbot.addWidget(w)
+    w.show()
+    return w
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Two captioned images and a kohya `3_sks cube` folder with an uncaptioned one."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    (folder / "3_sks cube").mkdir(parents=True)
+    for path, caption in ((folder / "0.png", "a photo of a red cube"), (folder / "1.png", "a photo of a blue ball"),
+                          (folder / "3_sks cube" / "2.png", None)):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+        if caption:
+            path.with_suffix(".txt").write_text(caption)
+    return folder
+
+
+def fill(window, model, photos, out, steps, sample_every=0):
+    window.picker.model.setCurrentText(str(model))
+    window.picker.backend.setCurrentText("torch")
+    window.picker.device.setCurrentText("cpu")
+    panel = window.train_panel
+    panel.folder.setText(str(photos))
+    panel.scan()
+    panel.method.setCurrentText("lora")
+    panel.rank.setValue(2)
+    panel.steps.setValue(steps)
+    panel.learning_rate.setText("0.001")
+    panel.out.setText(str(out))
+    panel.sample_prompt.setText("a photo of a red cube")
+    panel.sample_every.setValue(sample_every)
+
+
+def run(qtbot, window, outcome="done", during=None):
+    with qtbot.waitSignal(window.trained, timeout=TIMEOUT) as blocker:
+        window.train_panel.start_button.click()
+        if during:
+            during()
+    assert blocker.args[0] == outcome, blocker.args
+    return blocker.args[1]
+
+
+def logged(out):
+    return [json.loads(line) for line in (out.parent / "log.jsonl").read_text().splitlines()]
+
+
+def test_panel_lists_data_trains_plots_loss_and_shows_samples(qtbot, window, sd1_folder, photos, tmp_path):
+    out = tmp_path / "run" / "cube.safetensors"
+    fill(window, sd1_folder, photos, out, steps=4, sample_every=2)
+    panel = window.train_panel
+    # the folder as sdkit.train.data reads it: captions, and the repeat folder's name as its image's caption
+    assert [panel.images.item(i).text() for i in range(panel.images.count())] == [
+        "a photo of a red cube", "a photo of a blue ball", "3× sks cube"]
+    assert not panel.images.item(0).icon().isNull()
+    assert panel.data_info.text() == "3 images, 5 per epoch"
+
+    message = run(qtbot, window)
+    assert out.exists() and message.startswith(f"Wrote {out}")
+    # the plot holds each step's loss as the run logged it
+    assert panel.plot.steps == [1, 2, 3, 4]
+    assert panel.plot.losses == pytest.approx([d["loss"] for d in logged(out)], rel=1e-6)
+    assert panel.progress.format().startswith("step 4/4 · loss ") and "it/s" in panel.progress.format()
+    assert panel.sample_paths == [str(out.parent / "samples" / f"step00000{s}-0.png") for s in (2, 4)]
+    assert panel.samples.count() == 2 and not panel.sample_view.pixmap().isNull()
+    assert window.generate_button.isEnabled() and panel.start_button.isEnabled()
+    assert not panel.cancel_button.isEnabled()
+
+
+def test_cancel_stops_early_and_start_again_resumes(qtbot, window, sd1_folder, photos, tmp_path):
+    out = tmp_path / "run" / "cube.safetensors"
+    fill(window, sd1_folder, photos, out, steps=40)
+    panel = window.train_panel
+
+    def cancel_after_first_step():
+        qtbot.waitUntil(lambda: len(panel.plot.losses) > 0, timeout=TIMEOUT)
+        assert panel.cancel_button.isEnabled() and not window.generate_button.isEnabled()
+        panel.cancel_button.click()
+
+    message = run(qtbot, window, "cancelled", during=cancel_after_first_step)
+    done = len(logged(out))
+    assert 1 <= done < 40 and message.startswith(f"interrupted at step {done + 1} of 40: state saved")
+    assert out.exists() and out.with_name(out.name + ".state.safetensors").exists()
+    assert panel.resume.isEnabled() and panel.resume.isChecked()  # Start again continues it
+
+    run(qtbot, window)
+    assert [d["step"] for d in logged(out)] == list(range(1, 41))
+    assert panel.plot.steps == list(range(done + 1, 41))
+
+
+def test_start_names_what_is_missing(qtbot, window, photos):
+    window.train_panel.start_button.click()
+    assert window.train_panel.error.text() == "Model: choose the model to train in the Generate tab's Model box"
+    window.picker.model.setCurrentText("some/model")
+    window.train_panel.start_button.click()
+    assert window.train_panel.error.text() == "Data: choose a folder of images with .txt captions"
+    window.train_panel.folder.setText(str(photos / "missing"))
+    window.train_panel.start_button.click()
+    assert "is not a folder" in window.train_panel.error.text()
+    assert window.train_panel.start_button.isEnabled() and not window.busy
