@@ -133,3 +133,28 @@ def test_start_names_what_is_missing(qtbot, window, photos):
     window.train_panel.start_button.click()
     assert "is not a folder" in window.train_panel.error.text()
     assert window.train_panel.start_button.isEnabled() and not window.busy
+
+
+def test_callback_stop_resumes_as_the_uninterrupted_run(sd1_folder, photos, tmp_path):
+    """The panel's Cancel is sdkit.train's callback returning False: it stops after that step with the state a
+    resume continues exactly from (same losses and LoRA as one run)."""
+    import sdkit
+    from safetensors.numpy import load_file
+
+    options = dict(method="lora", steps=3, rank=2, learning_rate=1e-2, backend="torch", seed=3, progress=False,
+                   caption_dropout=0.3)
+    whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", **options)
+    seen = []
+
+    def stop_at_2(step, total, loss, samples):
+        seen.append((step, total, loss, samples))
+        return step < 2
+
+    out = tmp_path / "b" / "l.safetensors"
+    with pytest.raises(sdkit.Cancelled, match="interrupted at step 3 of 3"):
+        sdkit.train(sd1_folder, photos, out=out, callback=stop_at_2, **options)
+    assert seen == [(1, 3, whole.losses[0], []), (2, 3, whole.losses[1], [])]
+    resumed = sdkit.train(sd1_folder, photos, out=out, resume=True, **options)
+    assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+    a, b = load_file(str(tmp_path / "a" / "l.safetensors")), load_file(str(out))
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
