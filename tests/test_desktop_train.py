@@ -120,7 +120,9 @@ def test_cancel_stops_early_and_start_again_resumes(qtbot, window, sd1_folder, p
 
     run(qtbot, window)
     assert [d["step"] for d in logged(out)] == list(range(1, 41))
-    assert panel.plot.steps == list(range(done + 1, 41))
+    assert panel.plot.steps == list(range(1, 41))  # the log's steps, then the resumed run's
+    assert panel.plot.losses == pytest.approx([d["loss"] for d in logged(out)], rel=1e-6)
+    assert not panel.plot.grab().isNull()
 
 
 def test_start_names_what_is_missing(qtbot, window, photos):

@@ -199,7 +199,7 @@ class MainWindow(QMainWindow):
         except ValueError as e:
             self.train_panel.show_error(str(e))
             return
-        self.train_panel.started(kwargs["steps"])
+        self.train_panel.started(kwargs)
         self._set_busy(True)
         self.worker.train(dict(kwargs, model=choice.model, backend=choice.backend, device=choice.device,
                                dtype=choice.dtype))

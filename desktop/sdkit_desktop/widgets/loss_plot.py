@@ -1,5 +1,5 @@
 """The live loss curve of a training run, drawn with QPainter: each step's loss faint, its moving average
-(the trend a noisy per-step loss hides) solid, the step and loss ranges written at the edges."""
+(the trend a noisy per-step loss hides) solid; the x axis spans the run's steps, the y axis the losses so far."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class LossPlot(QWidget):
         self.losses: list[float] = []
         self.total = 0  # the run's step count: the x axis spans it from the start
         self.setMinimumSize(240, 140)
+        self.setToolTip("Each step's loss (faint) and its moving average (solid)")
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def reset(self, total: int) -> None:
@@ -25,6 +26,10 @@ class LossPlot(QWidget):
         self.update()
 
     def add(self, step: int, loss: float) -> None:
+        """A step's loss; steps from `step` on already plotted (a resume's log beyond its state) are dropped."""
+        while self.steps and self.steps[-1] >= step:
+            self.steps.pop()
+            self.losses.pop()
         self.steps.append(step)
         self.losses.append(loss)
         self.update()
@@ -57,10 +62,10 @@ class LossPlot(QWidget):
                            frame.bottom() - frame.height() * (loss - lo) / span)
 
         p.drawText(QRectF(MARGIN, 0, frame.width(), text_h + MARGIN), Qt.AlignmentFlag.AlignBottom,
-                   f"loss {hi:.4g}")
-        p.drawText(QRectF(MARGIN, frame.bottom(), frame.width(), text_h), Qt.AlignmentFlag.AlignLeft,
-                   f"{lo:.4g} · step {first}")
-        p.drawText(QRectF(MARGIN, frame.bottom(), frame.width(), text_h), Qt.AlignmentFlag.AlignRight, f"{last}")
+                   f"loss {self.losses[-1]:.4g} · {lo:.4g} to {hi:.4g}")
+        below = QRectF(MARGIN, frame.bottom(), frame.width(), text_h)
+        p.drawText(below, Qt.AlignmentFlag.AlignLeft, f"step {first}")
+        p.drawText(below, Qt.AlignmentFlag.AlignRight, f"step {last}")
         for values, color, width in ((self.losses, QColor(70, 130, 220, 90), 1.0),
                                      (self.smoothed(), QColor(30, 90, 200), 2.0)):
             path = QPainterPath(at(self.steps[0], values[0]))
@@ -68,3 +73,4 @@ class LossPlot(QWidget):
                 path.lineTo(at(step, loss))
             p.setPen(QPen(color, width))
             p.drawPath(path)
+        p.drawEllipse(at(self.steps[-1], self.smoothed()[-1]), 2.5, 2.5)

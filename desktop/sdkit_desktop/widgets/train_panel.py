@@ -4,6 +4,7 @@ Cancel; the run's progress, live loss curve and sample images. The window suppli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -243,10 +244,16 @@ class TrainPanel(QWidget):
         self.start_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy and self.running)
 
-    def started(self, total: int) -> None:
+    def started(self, kwargs: dict) -> None:
+        """A run of sdkit.train(**kwargs) begins; a resumed one's plot starts with the steps already logged."""
         self.running = True
         self.error.hide()
-        self.plot.reset(total)
+        self.plot.reset(kwargs["steps"])
+        log = Path(kwargs["out"]).parent / "log.jsonl"
+        if kwargs["resume"] and log.is_file():
+            for line in log.read_text().splitlines():
+                entry = json.loads(line)
+                self.plot.add(entry["step"], entry["loss"])
         self.progress.setRange(0, 0)  # busy until the first step reports
         self.progress.setFormat("")
         self.status.setText("Preparing: encoding the images and captions once…")
