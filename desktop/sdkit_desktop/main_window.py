@@ -405,9 +405,12 @@ class MainWindow(QMainWindow):
 
     def _show_train_model(self) -> None:
         choice = self.picker.choice()
-        self.train_panel.model_info.setText(
-            f"Trains {choice.model} ({choice.backend}, {choice.device or 'default device'}, float32 unless set): "
-            "the Generate tab's model" if choice else "Choose the model to train in the Generate tab's Model box")
+        if choice is None:
+            self.train_panel.model_info.setText("Choose the model to train in the Generate tab's Model box")
+            return
+        where = " ".join(filter(None, (choice.backend, choice.device)))
+        self.train_panel.model_info.setText(f"Trains {choice.model} on {where} in {choice.dtype or 'float32'} (the "
+                                            "Generate tab's model)")
 
     def _sync_session(self) -> None:
         """Read the form into the session. An empty negative box is no negative prompt, unless it shows an image's
