@@ -137,13 +137,16 @@ def test_start_names_what_is_missing(qtbot, window, photos):
     assert window.train_panel.start_button.isEnabled() and not window.busy
 
 
-def test_callback_stop_resumes_as_the_uninterrupted_run(sd1_folder, photos, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_callback_stop_resumes_as_the_uninterrupted_run(sd1_folder, photos, tmp_path, backend):
     """The panel's Cancel is sdkit.train's callback returning False: it stops after that step with the state a
     resume continues exactly from (same losses and LoRA as one run)."""
     import sdkit
     from safetensors.numpy import load_file
 
-    options = dict(method="lora", steps=3, rank=2, learning_rate=1e-2, backend="torch", seed=3, progress=False,
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    options = dict(method="lora", steps=3, rank=2, learning_rate=1e-2, backend=backend, seed=3, progress=False,
                    caption_dropout=0.3)
     whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", **options)
     seen = []
