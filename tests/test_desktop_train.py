@@ -134,6 +134,10 @@ def test_start_names_what_is_missing(qtbot, window, photos):
     window.train_panel.folder.setText(str(photos / "missing"))
     window.train_panel.start_button.click()
     assert "is not a folder" in window.train_panel.error.text()
+    window.train_panel.folder.setText(str(photos))
+    window.train_panel.learning_rate.setText("1e-")  # the validator lets a number being typed through
+    window.train_panel.start_button.click()
+    assert window.train_panel.error.text() == "Learning rate: '1e-' is not a number; write one like 1e-4"
     assert window.train_panel.start_button.isEnabled() and not window.busy
 
 

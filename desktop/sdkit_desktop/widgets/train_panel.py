@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
-from PySide6.QtCore import QSize, Signal
+from PySide6.QtCore import QLocale, QSize, Signal
 from PySide6.QtGui import QDoubleValidator, QIcon, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
@@ -64,7 +64,9 @@ class TrainPanel(QWidget):
         self.init_word.setToolTip("A word close to the concept (person, style, cat): the new word starts from it")
         self.steps = QSpinBox(minimum=1, maximum=1_000_000, value=1000)
         self.learning_rate = QLineEdit()
-        self.learning_rate.setValidator(QDoubleValidator(0.0, 1.0, 10))
+        rate = QDoubleValidator(0.0, 1.0, 10)
+        rate.setLocale(QLocale.c())  # 1e-4 and 0.0001 in any locale, as float() reads them
+        self.learning_rate.setValidator(rate)
         self.out = QLineEdit(placeholderText="where the result goes (log.jsonl and samples/ beside it)")
         save_as = QPushButton("Save as…")
         self.resume = QCheckBox("Resume from the saved state")
@@ -188,8 +190,11 @@ class TrainPanel(QWidget):
         method = self.method.currentText()
         kw = dict(data=self.folder.text().strip(), method=method, out=out, steps=self.steps.value(),
                   resume=self.resume.isChecked() and self.resume.isEnabled())
-        if self.learning_rate.text().strip():
-            kw["learning_rate"] = float(self.learning_rate.text())
+        if rate := self.learning_rate.text().strip():
+            try:
+                kw["learning_rate"] = float(rate)
+            except ValueError:
+                raise ValueError(f"Learning rate: {rate!r} is not a number; write one like 1e-4") from None
         if method in ("lora", "dreambooth"):
             kw["rank"] = self.rank.value()
         if method == "dreambooth" and self._instance_prompt():
