@@ -114,8 +114,9 @@ class Worker(QObject):
         def callback(step: int, total: int, loss: float, images: list[str]) -> bool:
             nonlocal start
             now = time.perf_counter()
-            start = start or (now - 1e-9, step)
-            self.train_progress.emit(step, total, loss, (step - start[1]) / (now - start[0]))
+            start = start or (now, step)
+            rate = (step - start[1]) / (now - start[0]) if step > start[1] else 0.0
+            self.train_progress.emit(step, total, loss, rate)
             for path in images:
                 self.train_sample.emit(step, path)
             return not self._cancel.is_set()
