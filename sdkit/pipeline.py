@@ -19,7 +19,7 @@ from PIL import Image
 from . import conditioning, hashes, hires, images, inpaint, metadata, micro_conditioning, refiner as ensemble, \
     samplers, tiling
 from .adapters import lora
-from .samplers import guidance
+from .samplers import guidance, lcm
 from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
 from .families import FAMILIES
@@ -56,6 +56,7 @@ class Request:
     clip_skip: int  # A1111's: 1 the last layer, 2 the penultimate, ...
     prompt_syntax: str  # "a1111" | "plain"
     loras: tuple[tuple[str, Path, float, float], ...] = ()  # (name, file, text-encoder weight, UNet weight)
+    eta: float | None = None  # tcd's; None: its default
 
 
 # generate()'s arguments for two passes (hires fix, a refiner); the others are each pass's
@@ -198,12 +199,12 @@ class Pipeline:
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale,
                             sampler, schedule, seed, num_images,
                             strength if init is not None or init_latents is not None else None, micro,
-                            clip_skip, prompt_syntax, loras)
+                            clip_skip, prompt_syntax, loras, eta)
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
         mem = self._fit(req, encode=init is not None)
-        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule, eta,
-                             stage.denoising_start, stage.denoising_end)
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule,
+                             req.eta, stage.denoising_start, stage.denoising_end)
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
@@ -270,7 +271,8 @@ class Pipeline:
         return conditioning.token_usage(lora.tags(text)[0], self.tokenizers[0], prompt_syntax, find)
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale, sampler,
-                 schedule, seed, num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
+                 schedule, seed, num_images, strength, micro, clip_skip, prompt_syntax, loras=None,
+                 eta=None) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -325,7 +327,7 @@ class Pipeline:
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale), float(guidance_rescale),
                        sampler.name, schedule, seed, num_images, strength, values,
                        micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax,
-                       found)
+                       found, eta)
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
@@ -409,6 +411,8 @@ class Pipeline:
             params["strength"] = req.strength
         if req.clip_skip > 1:
             params["clip_skip"] = req.clip_skip
+        if req.sampler == "tcd":  # written always: other tools' default eta is not tcd's (A1111's ancestral 1.0)
+            params["eta"] = lcm.TCD_ETA if req.eta is None else req.eta
         if req.guidance_rescale and req.guidance_scale > 1:  # it acts only with guidance
             params["guidance_rescale"] = req.guidance_rescale
         if req.loras:  # tags for those given as loras=, so that the prompt stored says them all (as A1111's)
