@@ -256,3 +256,32 @@ def test_cancel_while_encoding_writes_nothing_and_start_again_trains(qtbot, wind
     monkeypatch.setattr(loop.dataset, "load_image", real_load)
     run(qtbot, window)
     assert out.exists() and [d["step"] for d in logged(out)] == [1, 2]
+
+
+def test_dreambooth_class_images_and_lora_options_reach_sdkit_train(window, photos, tmp_path):
+    """The DreamBooth rows (class images, their prompt, prior weight) show for DreamBooth only and become
+    sdkit.train's class_data / class_prompt / prior_loss_weight; a class folder training would refuse is an error
+    naming the field; alpha 0 shows as "the rank" and is left to sdkit.train's default."""
+    panel = window.train_panel
+    panel.folder.setText(str(photos))
+    panel.out.setText(str(tmp_path / "out.safetensors"))
+    panel.method.setCurrentText("lora")
+    assert panel.form.isRowVisible(panel.alpha) and not panel.form.isRowVisible(panel.class_folder)
+    assert "alpha" not in panel.kwargs() and panel.alpha.text() == "the rank"
+    panel.method.setCurrentText("dreambooth")
+    assert panel.form.isRowVisible(panel.class_folder) and panel.form.isRowVisible(panel.prior_weight)
+    dogs = tmp_path / "dogs"
+    dogs.mkdir()
+    Image.new("RGB", (64, 64)).save(dogs / "0.png")
+    panel.class_folder.setText(str(dogs))
+    with pytest.raises(ValueError, match=r"^Class images: .*0\.png: no caption"):
+        panel.kwargs()
+    panel.class_prompt.setText("a photo of a dog")
+    panel.prior_weight.setValue(0.5)
+    panel.alpha.setValue(4)
+    kw = panel.kwargs()
+    assert {k: kw[k] for k in ("class_data", "class_prompt", "prior_loss_weight", "alpha", "seed")} == dict(
+        class_data=str(dogs), class_prompt="a photo of a dog", prior_loss_weight=0.5, alpha=4.0, seed=0)
+    assert "resolution" not in kw  # the model's
+    panel.method.setCurrentText("textual_inversion")
+    assert "class_data" not in panel.kwargs() and "alpha" not in panel.kwargs()
