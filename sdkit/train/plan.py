@@ -2,7 +2,9 @@
 
 A backend's `trainer(checkpoint, plan)` returns an object with
     accumulate(batch, scale) -> float   forward + backward of one micro-batch, gradients x scale added up
-    step(lr)                            one AdamW step at that rate, gradients cleared
+    step(lr) -> bool                    one AdamW step at that rate (and the EMA's update), gradients cleared;
+                                        False when loss scaling skipped it (non-finite gradients)
+    averaged()                          context manager: the EMA weights in place of the trained ones
     lora_weights() -> {Target: (down, up)}, embedding_vectors() -> {encoder: (n, C)},
     unet_weights() -> {name: array}     the trained tensors as numpy, canonical names and torch layouts
     state() / load_state(dict)          trained tensors and optimizer moments, for resuming
@@ -30,6 +32,8 @@ class Plan:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     gradient_checkpointing: bool = False
+    ema_decay: float | None = None  # keep an EMA of the trained weights (ema.py) and write it as the output
+    loss_scaling: bool = False  # dynamic loss scaling (scaling.py): float16 runs
 
 
 @dataclass
