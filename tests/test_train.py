@@ -491,3 +491,31 @@ def test_mlx_gradient_checkpointing_gives_the_same_gradients(sd1_folder):
     assert want.keys() == got.keys() and any(np.abs(np.array(g)).max() > 0 for g in want.values())
     for k in want:
         np.testing.assert_allclose(np.array(got[k]), np.array(want[k]), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_finetune_with_text_encoder_writes_a_single_file_and_a_folder(sd1_folder, photos, tmp_path):
+    """finetune with text_encoder=True: out=*.safetensors is an LDM single file that diffusers' from_single_file
+    and sdkit read as the same weights as the diffusers folder the same run writes; UNet and text encoder
+    trained, the VAE the source's."""
+    from diffusers import StableDiffusionPipeline
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.weights import read_tensors
+    options = dict(method="finetune", text_encoder=True, steps=2, learning_rate=1e-3, backend="torch", progress=False)
+    single, folder = tmp_path / "tuned.safetensors", tmp_path / "tuned"
+    sdkit.train(sd1_folder, photos, out=single, **options)
+    sdkit.train(sd1_folder, photos, out=folder, **options)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in load_file(str(single))
+
+    theirs = StableDiffusionPipeline.from_single_file(str(single), config=str(sd1_folder), safety_checker=None,
+                                                       local_files_only=True)
+    ours, base = diffusers_pipeline(folder), diffusers_pipeline(sd1_folder)
+    for name in ("unet", "text_encoder", "vae"):
+        a, b, c = (getattr(p, name).state_dict() for p in (theirs, ours, base))
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        changed = max(float((b[k] - c[k]).abs().max()) for k in b if k in c)
+        assert (changed > 1e-5) == (name != "vae"), (name, changed)
+    a, b = open_checkpoint(single), open_checkpoint(folder)
+    for component in a.weights:
+        x, y = dict(read_tensors(a.weights[component], "numpy")), dict(read_tensors(b.weights[component], "numpy"))
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), component

@@ -75,13 +75,16 @@ class Trainer:
             text = {}
             if plan.text_trained:
                 for config, name in zip(ckpt.text_encoders, ckpt.text_encoder_names):
-                    text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder", dtype)
+                    text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder",
+                                      mx.float32 if plan.text_finetune else dtype)
             embeddings = {name: text[name].embeddings.token_embedding.weight[mx.array(rows)].astype(mx.float32)
                           for name, rows in (plan.embeddings or {}).items()}
             self.model = Trained(unet, text, Vectors(embeddings))
             self.model.freeze()
             if plan.finetune:
                 unet.unfreeze()
+            for model in text.values() if plan.text_finetune else ():
+                model.unfreeze()
             if embeddings:
                 self.model.embeddings.unfreeze()
             modules = {"unet": unet, **text}
@@ -198,6 +201,10 @@ class Trainer:
             a = np.array(w.astype(mx.float32))
             out[name] = (a.transpose(0, 3, 1, 2) if a.ndim == 4 else a).reshape(self.shapes[name])
         return out
+
+    def text_weights(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: {k: np.array(w.astype(mx.float32)) for k, w in tree_flatten(model.parameters())}
+                for name, model in self.model.text.items()} if self.plan.text_finetune else {}
 
     def state(self) -> dict[str, np.ndarray]:
         out = {f"param.{k}": np.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}

@@ -76,6 +76,11 @@ class Trainer:
             for p in self.unet.parameters():
                 p.data = p.data.clone()  # loaded weights may be read-only views of the file
             params += list(self.unet.parameters())
+        for model in self.text.values() if plan.text_finetune else ():
+            model.float()
+            for p in model.parameters():
+                p.data = p.data.clone()
+            params += list(model.parameters())
         for p in params:
             p.requires_grad_(True)
         self.params = params
@@ -96,8 +101,9 @@ class Trainer:
         added = None
         if batch.time_ids is not None:
             added = {"text_embeds": pooled.to(self.dtype), "time_ids": t(batch.time_ids)}
-        x = t(batch.noisy).to(self.dtype)
-        pred = self.unet(x, t(batch.t).float(), context.to(self.dtype), added).float()
+        dtype = self.unet.conv_in.weight.dtype  # float32 when fine-tuning
+        x = t(batch.noisy).to(dtype)
+        pred = self.unet(x, t(batch.t).float(), context.to(dtype), added).float()
         per_sample = (pred - t(batch.target)).square().mean(dim=(1, 2, 3))  # (B,)
         loss = (per_sample * t(batch.weights)).mean()
         (loss * (scale * (self.scaler.scale if self.scaler else 1.0))).backward()
@@ -159,6 +165,10 @@ class Trainer:
 
     def unet_weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().float().cpu().numpy() for k, v in self.unet.state_dict().items()}
+
+    def text_weights(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+                for name, model in self.text.items()} if self.plan.text_finetune else {}
 
     def state(self) -> dict[str, np.ndarray]:
         """Trained tensors and AdamW's moments, flat, for a resumable checkpoint."""

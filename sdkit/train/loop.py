@@ -51,7 +51,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           class_prompt: str | None = None, prior_loss_weight: float = 1.0, full: bool = False,
           token: str | None = None, init_word: str = "*", vectors: int = 1, caption_dropout: float = 0.0,
           noise_offset: float = 0.0, min_snr_gamma: float | None = None, weight_decay: float = 1e-2,
-          gradient_checkpointing: bool = False, ema_decay: float | None = None, save_every: int | None = None, resume: bool = False,
+          gradient_checkpointing: bool = False, ema_decay: float | None = None, save_every: int | None = None,
+          resume: bool = False,
           sample_every: int | None = None, sample_prompts: tuple[str, ...] | list[str] = (), sample_seed: int = 0,
           sample_steps: int = 20, progress: bool = True) -> Record:
     """Train `model` on a folder of captioned images; write the result to `out` and return a Record.
@@ -61,7 +62,9 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     the layers), "dreambooth" (instance_prompt for
     uncaptioned images, class_data / class_prompt for prior preservation; a LoRA unless full=True),
     "textual_inversion" (A1111 .safetensors; `token`, default the output's stem, is the word captions use,
-    started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet; out: a diffusers folder).
+    started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet, and with text_encoder
+    the text encoders too; out: a single-file checkpoint when it ends in .safetensors (LDM names: A1111,
+    ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
     backend, device, dtype as in sdkit.load (dtype default float32); in bfloat16 or float16 the frozen weights and
     activations are half precision and the trained weights and AdamW float32; float16 adds dynamic loss scaling
     (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order, noise
@@ -107,6 +110,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
         targets = formats.lora_targets(ckpt, conv, text_encoder, target)
         plan.lora, plan.alpha = formats.lora_init(targets, rank, rng), float(rank if alpha is None else alpha)
         plan.text_trained = text_encoder
+    if plan.finetune and text_encoder:
+        plan.text_finetune = plan.text_trained = True
     if method == "textual_inversion":
         token = token or out.stem
         plan.embeddings = {name: _init_rows(tok, init_word, vectors) for name, tok in tokenizers.items()}
@@ -219,7 +224,7 @@ def _write(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolu
     elif plan.embeddings is not None:
         formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family)
     else:
-        formats.save_finetune(out, ckpt, trainer.unet_weights())
+        formats.save_finetune(out, ckpt, {"unet": trainer.unet_weights(), **trainer.text_weights()})
 
 
 def _init_rows(tokenizer, word: str, vectors: int) -> list[int]:

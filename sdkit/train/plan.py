@@ -7,6 +7,7 @@ A backend's `trainer(checkpoint, plan)` returns an object with
     averaged()                          context manager: the EMA weights in place of the trained ones
     lora_weights() -> {Target: (down, up)}, embedding_vectors() -> {encoder: (n, C)},
     unet_weights() -> {name: array}     the trained tensors as numpy, canonical names and torch layouts
+    text_weights() -> {encoder: {name: array}}  likewise, the fine-tuned text encoders (text_finetune)
     state() / load_state(dict)          trained tensors and optimizer moments, for resuming
 """
 
@@ -25,6 +26,7 @@ class Plan:
     lora: dict[Target, tuple[np.ndarray, np.ndarray]] | None = None  # initial (down, up) per adapted module
     alpha: float = 1.0
     finetune: bool = False  # every UNet weight
+    text_finetune: bool = False  # every text-encoder weight too (text_trained is set with it)
     embeddings: dict[str, list[int]] | None = None  # encoder -> token ids whose rows start the new vectors
     text_trained: bool = False  # the text encoders run each step (text-encoder LoRA, textual inversion)
     text_layer: dict = field(default_factory=dict)  # TextEncoder's layer / final_norm for this family
