@@ -519,3 +519,20 @@ def test_finetune_with_text_encoder_writes_a_single_file_and_a_folder(sd1_folder
     for component in a.weights:
         x, y = dict(read_tensors(a.weights[component], "numpy")), dict(read_tensors(b.weights[component], "numpy"))
         assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), component
+
+
+def test_single_file_writer_reads_back_for_sd2_and_sdxl(sd2v_folder, sdxl_folder, tmp_path):
+    """ldm_writer for OpenCLIP towers (SD2; SDXL's CLIP-L + bigG with its projection): sdkit's reader gives back
+    the family, the text encoders and every tensor exactly."""
+    from sdkit import ldm_writer
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.weights import read_tensors
+    for folder in (sd2v_folder, sdxl_folder):
+        source = open_checkpoint(folder)
+        ldm_writer.write(tmp_path / f"{folder.name}.safetensors", source, {})
+        back = open_checkpoint(tmp_path / f"{folder.name}.safetensors")
+        assert (back.family, back.text_encoder_names, back.unet.block_out_channels) == (
+            source.family, source.text_encoder_names, source.unet.block_out_channels)
+        for component, refs in source.weights.items():
+            x, y = dict(read_tensors(refs, "numpy")), dict(read_tensors(back.weights[component], "numpy"))
+            assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), (folder.name, component)
