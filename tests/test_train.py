@@ -226,32 +226,66 @@ def x0_error(unet, latents, context, prediction="epsilon", seed=0):
     return float(torch.stack(errs).mean())
 
 
-# LoRA on MLX, fine-tuning on torch: the loss-curve test above ties each method's backends together
-@pytest.mark.parametrize("method, backend", [("finetune", "torch"), ("lora", "mlx")])
-def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend):
-    """A short run on one captioned image: the trained prompt's x0 estimates come much closer to the image's
-    latents than the untrained model's (read back by diffusers: the folder, or the LoRA through
-    load_lora_weights)."""
+# Each method on each backend, a few seconds each: (method, backend, steps, options, what it must reach)
+OVERFIT = [
+    ("finetune", "torch", 60, dict(learning_rate=2e-3), 0.3),
+    ("finetune", "mlx", 30, dict(learning_rate=2e-3, text_encoder=True), 0.3),  # a single file, read back
+    ("lora", "torch", 60, dict(rank=8, conv=True, learning_rate=2e-2), 0.3),
+    # a DreamBooth LoRA is MLX's LoRA with an instance prompt; plain LoRA on MLX follows torch's loss curve above
+    ("dreambooth", "mlx", 60, dict(rank=8, conv=True, learning_rate=2e-2, instance_prompt="a photo of sks cube"), 0.3),
+]
+# Textual inversion is not here: the tiny model's x0 estimates barely depend on the prompt (any prompt, or none,
+# moves them by under 1%), so no embedding can overfit them. Its torch run is checked against diffusers and its
+# MLX run against torch (test_textual_inversion_on_mlx_trains_as_on_torch).
+
+
+@pytest.mark.parametrize("method, backend, steps, options, reach", OVERFIT, ids=[f"{m}-{b}" for m, b, *_ in OVERFIT])
+def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend, steps, options, reach):
+    """A short run on one image: the trained prompt's x0 estimates come much closer to the image's latents than
+    the untrained model's, read back by diffusers (the fine-tuned single file or folder, load_lora_weights,
+    load_textual_inversion)."""
     if backend == "mlx":
         pytest.importorskip("mlx.core")
-    photo = write_images(tmp_path / "one", ["a photo of a red cube"])
-    out = tmp_path / ("tuned" if method == "finetune" else "cube.safetensors")
-    sdkit.train(sd1_folder, photo, method=method, out=out, steps=60, rank=8, conv=True, learning_rate=2e-3 if method ==
-                "finetune" else 2e-2, backend=backend, device="cpu", progress=False)
+    photo = write_images(tmp_path / "one", [None if method == "dreambooth" else "a photo of a red cube"])
+    out = tmp_path / {"finetune": "tuned" + (".safetensors" if backend == "mlx" else "")}.get(method, "cube.safetensors")
+    sdkit.train(sd1_folder, photo, method=method, out=out, steps=steps, backend=backend, device="cpu", progress=False,
+                **options)
+    prompt = "a photo of sks cube" if method == "dreambooth" else "a photo of a red cube"
     pipe = diffusers_pipeline(sd1_folder)
-    with torch.no_grad():
-        image = torch.from_numpy(data.load_image(photo / "0.png", (64, 64)))[None]
-        latents = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
-        context = pipe.text_encoder(ids).last_hidden_state
-    before = x0_error(pipe.unet, latents, context)
-    if method == "finetune":
+
+    def error(p):
+        with torch.no_grad():
+            image = torch.from_numpy(data.load_image(photo / "0.png", (64, 64)))[None]
+            latents = p.vae.encode(image).latent_dist.mean * p.vae.config.scaling_factor
+            context = p.encode_prompt(prompt, "cpu", 1, False)[0]
+        return x0_error(p.unet, latents, context)
+    before = error(pipe)
+    if method == "finetune" and out.suffix:
+        from diffusers import StableDiffusionPipeline
+        tuned = StableDiffusionPipeline.from_single_file(str(out), config=str(sd1_folder), safety_checker=None,
+                                                         local_files_only=True)
+    elif method == "finetune":
         tuned = diffusers_pipeline(out)
     else:
         tuned = pipe
         tuned.load_lora_weights(str(out))
-    after = x0_error(tuned.unet, latents, context)
-    assert after < 0.3 * before, (before, after)
+    after = error(tuned)
+    assert after < reach * before, (before, after)
+
+
+def test_textual_inversion_on_mlx_trains_as_on_torch(sd1_folder, photos, tmp_path):
+    """Textual inversion with two vectors: MLX's loss curve and trained vectors are torch's (same seed)."""
+    pytest.importorskip("mlx.core")
+    runs = {b: sdkit.train(sd1_folder, photos, method="textual_inversion", out=tmp_path / b / "shiny.safetensors",
+                           steps=5, vectors=2, init_word="cube", learning_rate=1e-1, backend=b, device="cpu",
+                           progress=False) for b in ("torch", "mlx")}
+    np.testing.assert_allclose(runs["mlx"].losses, runs["torch"].losses, rtol=1e-3)
+    vectors = {b: load_file(str(tmp_path / b / "shiny.safetensors"))["emb_params"] for b in runs}
+    pipe = diffusers_pipeline(sd1_folder)
+    cube = pipe.tokenizer.encode("cube", add_special_tokens=False)[0]
+    start = pipe.text_encoder.get_input_embeddings().weight[cube].detach().numpy()
+    assert np.abs(vectors["torch"] - start).max() > 0.1  # it trained (lr 0.1, 5 steps)
+    np.testing.assert_allclose(vectors["mlx"], vectors["torch"], atol=1e-4)
 
 
 # --- long runs: resume, Ctrl-C, samples -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class LoRA(nn.Module):
         self.base = base
         self.scale = alpha / down.shape[0]
         if isinstance(base, nn.Conv2d):
+            self.padding = base.padding  # Downsample2D reads its conv's padding (LoCon wraps that conv)
             self.down = nn.Conv2d(base.in_channels, down.shape[0], base.kernel_size, base.stride, base.padding,
                                   bias=False, device=base.weight.device)
             self.up = nn.Conv2d(down.shape[0], base.out_channels, 1, bias=False, device=base.weight.device)
