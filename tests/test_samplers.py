@@ -212,6 +212,8 @@ def test_sigma_schedules_on_other_beta_schedules(name, schedule, beta_schedule):
         pytest.skip("diffusers' float32 midpoint levels at sigma ~ 2e4 (one ulp off) move its result by 1e-4")
     if (name, schedule, beta_schedule) == ("unipc", "karras", "squaredcos_cap_v2"):
         pytest.skip("diffusers' UniPC fails its own assert on the repeated timesteps (999, 999) of this schedule")
+    if (name, schedule, beta_schedule) == ("deis", "karras", "squaredcos_cap_v2"):
+        pytest.skip("diffusers' DEIS indexes past its sigmas after the repeated timesteps (999, 999) of this schedule")
     check_parity(name, config_dict("silent", beta_schedule=beta_schedule, beta_start=0.0001, beta_end=0.02), 8, 1.0,
                  schedule=schedule)
 
