@@ -161,8 +161,8 @@ def test_deis_latents_on_a_sigma_schedule(pipes):
     shape = (4, 48 // 8, 64 // 8)
     latents = draw(seeded_noise(SEED, 1, shape), shape)
     kw = dict(width=64, height=48, guidance_scale=7.5)
-    expected = theirs(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, latents=latents, output_type="latent",
-                      **kw).images
+    expected = theirs(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, latents=latents,
+                      output_type="latent", **kw).images
     got = ours.generate(PROMPT, NEGATIVE, steps=STEPS, sampler="deis", schedule="karras", seed=SEED, output="latent",
                         **kw)
     assert np.abs(got - expected.cpu().numpy()).max() < 1e-4

@@ -41,10 +41,8 @@ def deis(plan: Plan, model, x, noise, hook=None, order: int = 2):
         out = model(x, float(t))
         x0 = prediction.x0(out, x, sigma, plan.prediction_type)
         epss = (epss + [(sigma, prediction.eps(out, x, sigma, plan.prediction_type))])[-order:]
-        k = min(len(epss), order)
-        if n < 15 and i >= n - 2:  # lower_order_final
-            k = min(k, n - i)
-        y = x * (1 / prediction.alpha_s(sigma)[0])
+        k = min(len(epss), n - i) if n < 15 else len(epss)  # diffusers' lower_order_final
+        y = x / prediction.alpha_s(sigma)[0]
         nodes = [math.log(s) for s, _ in epss[-k:]]
         for m, (_, e) in enumerate(epss[-k:]):
             y = y + e * basis_integral(nodes, m, sigma, sigma_next)
