@@ -2,6 +2,7 @@
 whole pipeline against diffusers' StableDiffusionXLPipeline (folder and single file), and the loader."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from unittest import mock
@@ -9,8 +10,12 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from diffusers import schedulers as oracles
+from diffusers import StableDiffusionXLImg2ImgPipeline, schedulers as oracles
+from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as img2img_module
+from fixtures import diffusers_pipeline, img2img_like_sdkit, to_single_file
+from PIL import Image
 
+import sdkit
 from sdkit import samplers
 from sdkit.config import SchedulerConfig
 from sdkit.samplers import edm
@@ -99,3 +104,110 @@ def test_edm_plan_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="denoising_start / denoising_end"):
         samplers.plan("euler", config, 10, denoising_end=0.8)
     assert not SchedulerConfig.from_diffusers({"_class_name": "EulerDiscreteScheduler", "sigma_min": None}).edm
+
+
+# ---- the whole pipeline against diffusers' StableDiffusionXLPipeline ----
+
+# Playground v2.5's published VAE statistics (its vae/config.json)
+LATENTS_MEAN, LATENTS_STD = [-1.6574, 1.886, -1.383, 2.5155], [8.4927, 5.9022, 6.5498, 5.2299]
+PROMPT, SEED = "a red fox in the snow", 42
+
+
+@pytest.fixture(scope="module")
+def playground_folder(sdxl_folder, tmp_path_factory):
+    """The tiny SDXL model as Playground v2.5's folder: its EDM scheduler config, a VAE with scaling factor 0.5
+    and per-channel latents statistics."""
+    folder = Path(shutil.copytree(sdxl_folder, tmp_path_factory.mktemp("edm") / "tiny-playground"))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(PLAYGROUND))
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    vae |= dict(scaling_factor=0.5, latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD)
+    (folder / "vae" / "config.json").write_text(json.dumps(vae))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"scheduler": ["diffusers", PLAYGROUND["_class_name"]]}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def playground_single_file(playground_folder):
+    """Its original single file: SDXL's keys plus edm_mean / edm_std (1, 4, 1, 1), as Playground publishes."""
+    stats = {"edm_mean": torch.tensor(LATENTS_MEAN).view(1, 4, 1, 1),
+             "edm_std": torch.tensor(LATENTS_STD).view(1, 4, 1, 1)}
+    return to_single_file(playground_folder, playground_folder.parent / "tiny-playground.safetensors", "sdxl",
+                          extra=stats)
+
+
+@pytest.fixture(scope="module")
+def theirs(playground_folder):
+    pipe = diffusers_pipeline(playground_folder)
+    assert type(pipe.scheduler).__name__ == "EDMDPMSolverMultistepScheduler"
+    pipe.original_scheduler_config = pipe.scheduler.config
+    return pipe
+
+
+def noise(shape, n=1):
+    return torch.from_numpy(np.stack([np.random.default_rng(SEED + i).standard_normal(shape, dtype=np.float32)
+                                      for i in range(n)]))
+
+
+def assert_images_close(ours, expected):
+    for a, b in zip(ours, expected):
+        a, b = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
+        assert b.std() > 5, "reference image is flat: the comparison would prove nothing"
+        assert np.abs(a - b).max() <= 3, f"max pixel difference {np.abs(a - b).max()}/255"
+
+
+def check_txt2img(ours, theirs, sampler, monkeypatch, n=1):
+    cls, extra = edm.REFERENCES[sampler]
+    theirs.scheduler = getattr(oracles, cls).from_config(theirs.original_scheduler_config, **extra)
+    shape = (4, 48 // 8, 64 // 8)
+    rngs = [np.random.default_rng(SEED + i) for i in range(n)]
+    latents = torch.from_numpy(np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]))
+    step_noise = lambda shape, *a, **kw: torch.from_numpy(np.stack([r.standard_normal(tuple(shape)[1:],
+                                                                                       dtype=np.float32) for r in rngs]))
+    monkeypatch.setattr(sys.modules[type(theirs.scheduler).__module__], "randn_tensor", step_noise)
+    kw = dict(width=64, height=48, guidance_scale=5.0)
+    expected = theirs(PROMPT, num_inference_steps=6, latents=latents, output_type="latent",
+                      num_images_per_prompt=n, **kw).images.numpy()
+    got = ours.generate(PROMPT, steps=6, sampler=sampler, seed=SEED, num_images=n, output="latent", **kw)
+    assert np.abs(got - expected).max() < 1e-4, f"latents differ by {np.abs(got - expected).max():.2e}"
+    rngs[:] = [np.random.default_rng(SEED + i) for i in range(n)]
+    latents = torch.from_numpy(np.stack([r.standard_normal(shape, dtype=np.float32) for r in rngs]))
+    images = theirs(PROMPT, num_inference_steps=6, latents=latents, num_images_per_prompt=n, **kw).images
+    assert_images_close(ours.generate(PROMPT, steps=6, sampler=sampler, seed=SEED, num_images=n, **kw), images)
+
+
+@pytest.mark.parametrize("sampler", list(edm.REFERENCES))
+def test_folder_txt2img_matches_diffusers(playground_folder, theirs, sampler, monkeypatch):
+    ours = sdkit.load(playground_folder, backend="torch", device="cpu", dtype="float32")
+    check_txt2img(ours, theirs, sampler, monkeypatch, n=2 if sampler == "dpmpp_2m_sde" else 1)
+
+
+def test_folder_img2img_matches_diffusers(playground_folder, theirs, monkeypatch):
+    """The image is encoded as (mean - latents_mean) * 0.5 / latents_std, noised to an EDM level, sampled."""
+    ours = sdkit.load(playground_folder, backend="torch", device="cpu", dtype="float32")
+    theirs.scheduler = oracles.EDMEulerScheduler.from_config(theirs.original_scheduler_config)
+    img2img = StableDiffusionXLImg2ImgPipeline(**theirs.components, add_watermarker=False)
+    img2img.set_progress_bar_config(disable=True)
+    init = Image.fromarray(np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    img2img_like_sdkit(monkeypatch, img2img_module, noise((4, 6, 8)))
+    kw = dict(strength=0.6, guidance_scale=5.0)
+    expected = img2img(PROMPT, image=init, num_inference_steps=5, output_type="latent", **kw).images.numpy()
+    got = ours.generate(PROMPT, init_image=init, steps=5, sampler="euler", seed=SEED, output="latent", **kw)
+    assert np.abs(got - expected).max() < 1e-4, f"latents differ by {np.abs(got - expected).max():.2e}"
+    assert_images_close(ours.generate(PROMPT, init_image=init, steps=5, sampler="euler", seed=SEED, **kw),
+                        img2img(PROMPT, image=init, num_inference_steps=5, **kw).images)
+
+
+def test_single_file_matches_folder(playground_single_file, theirs, monkeypatch):
+    """edm_mean / edm_std make the single file an EDM model with the folder's scheduler and VAE statistics."""
+    ours = sdkit.load(playground_single_file, backend="torch", device="cpu", dtype="float32")
+    assert ours.checkpoint.scheduler == SchedulerConfig.from_diffusers(PLAYGROUND)
+    assert ours.checkpoint.vae.latents_mean == pytest.approx(LATENTS_MEAN)
+    assert ours.checkpoint.vae.scaling_factor == 0.5
+    check_txt2img(ours, theirs, "dpmpp_2m", monkeypatch)
+
+
+def test_mlx_matches_diffusers(playground_folder, playground_single_file, theirs, monkeypatch):
+    pytest.importorskip("mlx.core", reason="mlx is not installed")
+    for model in (playground_folder, playground_single_file):
+        check_txt2img(sdkit.load(model, backend="mlx", device="cpu", dtype="float32"), theirs, "euler", monkeypatch)
