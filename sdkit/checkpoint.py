@@ -14,6 +14,9 @@ not in the shapes; sdkit takes it from, in this order:
     the file name: SD2 files predict v at 768 pixels unless the name says 512 or base (v2-1_512-ema-pruned,
     sd21-base...), which means epsilon at 512 pixels; SD1 and SDXL files predict epsilon.
 
+An SDXL file with `edm_mean` / `edm_std` tensors is an EDM model, Playground v2.5 (sdkit.families.PLAYGROUND):
+its published EDM scheduler config, VAE scaling factor 0.5 and those tensors as the VAE's latents_mean / _std.
+
 A file that is not a checkpoint sdkit can load (a LoRA, an embedding, a lone VAE or UNet, ControlNet, Flux,
 SD3, an inpainting model, ...) is refused in one line naming what it is (sdkit.identify), as is a diffusers
 folder of another pipeline type. A checkpoint published without a VAE ("noVAE") loads when a VAE is given.
