@@ -124,7 +124,8 @@ def playground_folder(sdxl_folder, tmp_path_factory):
     vae |= dict(scaling_factor=0.5, latents_mean=LATENTS_MEAN, latents_std=LATENTS_STD)
     (folder / "vae" / "config.json").write_text(json.dumps(vae))
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps(index | {"scheduler": ["diffusers", PLAYGROUND["_class_name"]]}))
+    index["scheduler"] = ["diffusers", PLAYGROUND["_class_name"]]
+    (folder / "model_index.json").write_text(json.dumps(index))
     return folder
 
 
