@@ -95,6 +95,9 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     out = Path(out)
     engine = backends.get(backend)(device=device, dtype=dtype or "float32")
     ckpt = open_checkpoint(hub.resolve(str(model)), name=str(model) if not Path(model).exists() else None)
+    if ckpt.scheduler.edm:  # its noise levels are continuous: the DDPM timesteps drawn below would be wrong
+        raise ValueError(f"model: {ckpt.name} is an EDM model (Playground v2.5); sdkit trains on DDPM-schedule "
+                         "models (SD 1.x, 2.x, XL) only")
     family = FAMILIES[ckpt.family]
     text_layer = _text_layer(ckpt.family, 1)
     resolution = resolution or ckpt.default_size[0]
