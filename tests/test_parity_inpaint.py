@@ -9,8 +9,7 @@ import pytest
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as sd_inpaint_module
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as xl_inpaint_module
-from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import SCHEDULERS, img2img_like_sdkit
+from fixtures import SCHEDULERS, img2img_like_sdkit, step_noise_like_sdkit
 from PIL import Image
 from test_parity_torch import NEGATIVE, PROMPT, SEED, assert_close, draw, seeded_noise
 
@@ -46,12 +45,11 @@ def run_both(ours, theirs, module, monkeypatch, sampler, strength, negative, n=1
     rngs = seeded_noise(SEED, n, shape)
     noise = draw(rngs, shape)
     img2img_like_sdkit(monkeypatch, module, noise)
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **k: draw(rngs, tuple(s[1:])))
+    step_noise_like_sdkit(monkeypatch, lambda s: draw(rngs, s[1:]))  # each image's generator continues
     args = dict(prompt=PROMPT, image=init, mask_image=mask, negative_prompt=negative, strength=strength,
                 width=W, height=H, num_inference_steps=STEPS, guidance_scale=7.5, num_images_per_prompt=n, **kw)
     expected_latents = theirs(**args, output_type="latent").images
     img2img_like_sdkit(monkeypatch, module, draw(seeded_noise(SEED, n, shape), shape))
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **k: draw(rngs, tuple(s[1:])))
     rngs[:] = seeded_noise(SEED, n, shape)
     draw(rngs, shape)  # the initial draw, so euler_a's per-step noise continues the generators again
     expected = theirs(**args).images
@@ -121,10 +119,12 @@ def sd1_ordinary(sd1_folder):
 
 @pytest.mark.parametrize("sampler, strength, negative, n", [
     ("euler", 1.0, None, 1), ("ddim", 0.75, NEGATIVE, 1), ("dpmpp_2m", 1.0, NEGATIVE, 2), ("euler_a", 0.8, None, 2),
-    ("lms", 0.9, None, 1), ("unipc", 1.0, NEGATIVE, 1)])
+    ("lms", 0.9, None, 1), ("unipc", 1.0, NEGATIVE, 1), ("heun", 1.0, None, 1), ("dpm2", 0.8, NEGATIVE, 1),
+    ("dpm2_a", 1.0, None, 2), ("pndm", 1.0, NEGATIVE, 1)])
 def test_sd1_ordinary_model_blends_latents(sd1_ordinary, monkeypatch, sampler, strength, negative, n):
-    """4-channel checkpoints: after every step the kept region is the image's latents noised to the next level.
-    (Heun and PNDM are left out: diffusers blends after their inner evaluations too; see inpaint.blend.)"""
+    """4-channel checkpoints: after every model evaluation (diffusers' scheduler.step), inner ones included
+    (Heun's predictor, DPM2's midpoint, PNDM's Runge-Kutta stages), the kept region is the image's latents
+    noised to the level diffusers' scheduler gives the next one."""
     ours, theirs = sd1_ordinary
     run_both(ours, theirs, sd_inpaint_module, monkeypatch, sampler, strength, negative, n)
 
