@@ -4,6 +4,8 @@ their largest value), images
 within 3/255. diffusers samples the VAE posterior; it is made to take the mean, as sdkit does
 (fixtures.img2img_like_sdkit)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
@@ -129,18 +131,29 @@ def test_sd1_ordinary_model_blends_latents(sd1_ordinary, monkeypatch, sampler, s
     run_both(ours, theirs, sd_inpaint_module, monkeypatch, sampler, strength, negative, n)
 
 
-@pytest.mark.parametrize("sampler", ["heun", "pndm", "dpmpp_2m_sde"])
-def test_every_sampler_ends_on_the_image_latents_outside_the_mask(sd1_ordinary, monkeypatch, sampler):
+def test_sd1_ordinary_model_blends_inside_pndm_runge_kutta_warmup(sd1_ordinary, monkeypatch):
+    """PNDM with skip_prk_steps false: its 12 pseudo Runge-Kutta evaluations are each blended, as diffusers does."""
+    ours, theirs = sd1_ordinary
+    checkpoint = ours.checkpoint
+    monkeypatch.setattr(ours, "checkpoint", dataclasses.replace(
+        checkpoint, scheduler=dataclasses.replace(checkpoint.scheduler, skip_prk_steps=False)))
+    monkeypatch.setattr(theirs, "original_scheduler_config", {**theirs.scheduler.config, "skip_prk_steps": False})
+    run_both(ours, theirs, sd_inpaint_module, monkeypatch, "pndm", 1.0, None)
+
+
+def test_every_sampler_ends_on_the_image_latents_outside_the_mask(sd1_ordinary, monkeypatch):
+    """Every registered sampler (those without a diffusers comparison above too) blends on 4-channel models."""
     ours, _ = sd1_ordinary
     init, mask = init_and_mask()
-    seen = capture_latents(monkeypatch)
-    ours.generate(PROMPT, init_image=init, mask_image=mask, steps=4, sampler=sampler, seed=SEED)
-    final = ours.backend.numpy(seen[-1])
     image = ours.backend.numpy(ours.vae.encode(sdkit.images.to_model_input(init, W, H)[None]))
     keep = np.asarray(mask)[::8, ::8] < 128  # the latent mask: pixel (8i, 8j)
     assert keep.any() and (~keep).any()
-    assert np.abs(final - image)[:, :, keep].max() < 1e-5
-    assert np.abs(final - image)[:, :, ~keep].max() > 0.1
+    seen = capture_latents(monkeypatch)
+    for sampler in sdkit.SAMPLERS:
+        ours.generate(PROMPT, init_image=init, mask_image=mask, steps=4, sampler=sampler, seed=SEED)
+        final = ours.backend.numpy(seen[-1])
+        assert np.abs(final - image)[:, :, keep].max() < 1e-5, sampler
+        assert np.abs(final - image)[:, :, ~keep].max() > 0.1, sampler
 
 
 def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_file):
@@ -152,14 +165,15 @@ def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_fil
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("model", ["sd1_inpaint_folder", "sd1_folder"])
-def test_mlx_equals_torch(request, model, monkeypatch):
+@pytest.mark.parametrize("model, sampler", [("sd1_inpaint_folder", "dpmpp_2m"), ("sd1_folder", "heun")])
+def test_mlx_equals_torch(request, model, sampler, monkeypatch):
     """The MLX backend's inpainting (mask and masked-image latents concatenated inside its UNet; the 4-channel
-    blend on MLX arrays) gives torch's latents and picture, only-masked area and composite included."""
+    blend on MLX arrays, Heun's predictor included) gives torch's latents and picture, only-masked area and
+    composite included."""
     pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
     sd1_inpaint_folder = request.getfixturevalue(model)
     init, mask = init_and_mask()
-    kw = dict(init_image=init, mask_image=mask, width=32, height=32, steps=3, sampler="dpmpp_2m", seed=SEED,
+    kw = dict(init_image=init, mask_image=mask, width=32, height=32, steps=3, sampler=sampler, seed=SEED,
               num_images=2, inpaint_area="masked", inpaint_padding=4)
     results = {}
     for backend in ("torch", "mlx"):
