@@ -438,6 +438,7 @@ def _chain(first: Hook, then: Hook | None) -> Hook:
         out = then(step, x, sigma, denoised)
         return x if out is None else out
 
+    hook.inner = getattr(first, "inner", None)  # inside a step only `first` blends (samplers.hook.report_inner)
     return hook
 
 

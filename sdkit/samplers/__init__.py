@@ -98,7 +98,8 @@ def add_noise(plan: Plan, x0, noise, sigma: float | None = None):
 def sample(plan: Plan, model, x, noise, hook=None):
     """Run the sampler: plan.num_evaluations calls model(x_in, t: float) -> raw model output (eps or v, as the
     config's prediction_type says, guidance applied); noise() -> standard-normal array like x (stochastic
-    samplers); hook(step, x, sigma, denoised) after each step, whose returned array replaces x (hook.report).
+    samplers); hook(step, x, sigma, denoised) after each step, whose returned array replaces x (hook.report), and
+    hook.inner(x, sigma), if the hook has it, after each evaluation inside a step (hook.report_inner).
     An EDM plan's model is preconditioned first (sdkit.samplers.edm)."""
     if plan.sigma_data is not None:
         model, plan = edm.precondition(model, plan), dataclasses.replace(plan, prediction_type="sample")
