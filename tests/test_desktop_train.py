@@ -283,5 +283,9 @@ def test_dreambooth_class_images_and_lora_options_reach_sdkit_train(window, phot
     assert {k: kw[k] for k in ("class_data", "class_prompt", "prior_loss_weight", "alpha", "seed")} == dict(
         class_data=str(dogs), class_prompt="a photo of a dog", prior_loss_weight=0.5, alpha=4.0, seed=0)
     assert "resolution" not in kw  # the model's
+    panel.resolution.setValue(500)
+    with pytest.raises(ValueError, match="^Resolution: 500 is not a multiple of 64"):
+        panel.kwargs()
+    panel.resolution.setValue(0)
     panel.method.setCurrentText("textual_inversion")
     assert "class_data" not in panel.kwargs() and "alpha" not in panel.kwargs()

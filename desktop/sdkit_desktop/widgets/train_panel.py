@@ -228,8 +228,10 @@ class TrainPanel(QWidget):
         method = self.method.currentText()
         kw = dict(data=self.folder.text().strip(), method=method, out=out, steps=self.steps.value(),
                   resume=self.resume.isChecked() and self.resume.isEnabled(), seed=self.seed.value())
-        if self.resolution.value():
-            kw["resolution"] = self.resolution.value()
+        if resolution := self.resolution.value():
+            if resolution % 64:  # the buckets' sides are multiples of 64
+                raise ValueError(f"Resolution: {resolution} is not a multiple of 64; use one like 512 or 1024")
+            kw["resolution"] = resolution
         if rate := self.learning_rate.text().strip():
             try:
                 kw["learning_rate"] = float(rate)
