@@ -27,18 +27,6 @@ def env(tmp_path):
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
 
 
-@pytest.fixture
-def gen(tmp_path, monkeypatch, capsys):
-    """sdkit-gen's main() in this process, run in tmp_path: args -> (exit status, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        code = cli.main([str(a) for a in args])
-        return (code, *capsys.readouterr())
-
-    return run
-
-
 def sdkit_gen(*args, cwd, env, command=(SDKIT_GEN,)) -> subprocess.CompletedProcess:
     return subprocess.run([*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
