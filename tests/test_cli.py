@@ -1,12 +1,12 @@
 """sdkit-gen run for real in a subprocess on the tiny SD1 folder: files, metadata, --from, errors, Ctrl-C."""
 
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,6 @@ FAST = ["--steps", "2", "-W", "64", "-H", "64", "--backend", "torch", "--device"
 def env(tmp_path):
     """No network, an empty Hub cache: nothing here may download."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
-
-
-@pytest.fixture
-def gen(tmp_path, monkeypatch, capsys):
-    """sdkit-gen's main() in this process, run in tmp_path: args -> (exit status, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        code = cli.main([str(a) for a in args])
-        return (code, *capsys.readouterr())
-
-    return run
 
 
 def sdkit_gen(*args, cwd, env, command=(SDKIT_GEN,)) -> subprocess.CompletedProcess:
@@ -251,28 +239,41 @@ def test_ctrl_c_stops_within_a_step_exits_130_and_writes_nothing(sd1_folder, tmp
     # 1000 steps of a batch of 4 at 256x256: tens of seconds of denoising, so a loaded machine cannot finish
     # the run before the signal lands (at 64x64 it once did, and exited 0).
     slow = ["--steps", "1000", "-b", "4", "-W", "256", "-H", "256", "--backend", "torch", "--device", "cpu"]
+    # the bar shows every step (no time-based throttling), so its count is the number of steps done
+    env = {**env, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
     # SIGINT back to its default in the child, as in a terminal: a test run started in the background
     # (`cmd &` in a script) inherits SIGINT ignored, and Python then installs no Ctrl-C handler at all.
     proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *slow], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     request.addfinalizer(proc.kill)  # never leave a 1000-step run behind when an assertion fails
-    started = threading.Event()
-    err = []
+    err = b""
 
-    def read_stderr():
-        while chunk := proc.stderr.read(1):
-            err.append(chunk)
-            if "/1000" in "".join(err[-60:]):  # the tqdm bar: denoising is under way
-                started.set()
+    def read_available() -> bool:
+        """Appends what the child has written to stderr; False at its end."""
+        nonlocal err
+        while select.select([proc.stderr], [], [], 0)[0]:
+            if not (chunk := os.read(proc.stderr.fileno(), 65536)):
+                return False
+            err += chunk
+        return True
 
-    threading.Thread(target=read_stderr, daemon=True).start()
-    assert started.wait(120), "".join(err)
+    def steps_done() -> int:
+        return max(map(int, re.findall(rb"(\d+)/1000", err)), default=0)
+
+    while steps_done() == 0:  # the tqdm bar: denoising is under way
+        assert select.select([proc.stderr], [], [], 120)[0] and read_available(), err.decode()
+    # Ctrl-C at a known step, not a wall-clock race: stop the child, read all it wrote, then signal and resume it
+    proc.send_signal(signal.SIGSTOP)
+    os.waitpid(proc.pid, os.WUNTRACED)
+    read_available()
+    at_signal = steps_done()
     proc.send_signal(signal.SIGINT)
-    t0 = time.monotonic()
-    assert proc.wait(30) == 130
-    assert time.monotonic() - t0 < 5
-    assert proc.stdout.read() == "" and "sdkit-gen: interrupted" in "".join(err)
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(120) == 130
+    err += proc.stderr.read()
+    assert steps_done() - at_signal <= 1, f"{steps_done() - at_signal} steps after Ctrl-C"
+    assert proc.stdout.read() == b"" and b"sdkit-gen: interrupted" in err
     assert pngs(tmp_path) == []
 
 

@@ -19,6 +19,7 @@ from sdkit.train import data, formats, loss, schedule
 from fixtures import diffusers_pipeline
 
 SD15 = SchedulerConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # the fixtures' schedule
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder, captions, size=(64, 64), seed=0):
@@ -29,16 +30,6 @@ def write_images(folder, captions, size=(64, 64), seed=0):
         if caption is not None:
             (folder / f"{i}.txt").write_text(caption)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: torch's second thread only waits on the first (10x slower under
-    load), so these run on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
