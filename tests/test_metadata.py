@@ -164,7 +164,7 @@ def test_old_hires_fix_files_read_as_first_pass_and_hires_resize(first, size, ex
     p = metadata.parse_parameters(f"a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: {size}, "
                                   f"Denoising strength: 0.7, First pass size: {first}")
     assert (p["width"], p["height"]) == expected
-    assert p["Hires resize"] == size and p["hires_denoising"] == 0.7
+    assert p["hires_resize"] == tuple(map(int, size.split("x")))[::-1] and p["hires_denoising"] == 0.7
     assert not {"strength", "First pass size"} & p.keys()
 
 

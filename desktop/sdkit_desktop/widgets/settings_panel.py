@@ -81,8 +81,8 @@ class SettingsPanel(QWidget):
         self.hires_steps = QSpinBox(minimum=0, maximum=500, specialValueText="as Steps")
         self.hires_denoising = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.hires_upscaler = QComboBox()
-        for upscaler in UPSCALERS:
-            self.hires_upscaler.addItem(upscaler.capitalize(), upscaler)  # A1111's "Latent", "Lanczos"
+        for upscaler, (a1111, *_) in UPSCALERS.items():
+            self.hires_upscaler.addItem(a1111, upscaler)  # A1111's "Latent", "Latent (bicubic)", ..., "Lanczos"
         self.hires_fields = (self.hires_scale, self.hires_steps, self.hires_denoising, self.hires_upscaler)
         self.hires.toggled.connect(self._enable_hires)
         hires = QHBoxLayout()
