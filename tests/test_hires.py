@@ -139,10 +139,11 @@ def test_a1111_text_and_errors(pipe):
 def test_same_pictures_on_mlx(pipe, sd1_folder):
     pytest.importorskip("mlx.core")
     mlx = sdkit.load(sd1_folder, backend="mlx", device="cpu", dtype="float32")
-    kw = KW | dict(num_images=1, hires_scale=2, hires_steps=2)
-    ours, theirs = mlx.generate("a cat", output="latent", **kw), pipe.generate("a cat", output="latent", **kw)
-    # the tiny random model's latents reach |x| ~ 60: float32 rounding of two backends, relative to that scale
-    assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+    for hires_fix in (dict(hires_scale=2), dict(hires_resize=(40, 48), hires_upscaler="latent_nearest_exact")):
+        kw = KW | dict(num_images=1, hires_steps=2) | hires_fix
+        ours, theirs = mlx.generate("a cat", output="latent", **kw), pipe.generate("a cat", output="latent", **kw)
+        # the tiny random model's latents reach |x| ~ 60: float32 rounding of two backends, relative to that scale
+        assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
 
 
 def test_from_applies_a1111_hires_fix(pipe, sd1_folder, tmp_path, monkeypatch, capsys):
@@ -173,6 +174,8 @@ def test_batch_rows_take_hires_columns(tmp_path):
     assert rows._convert({"prompt": "a", "hires_scale": "1.5", "hires_steps": "5", "hires_denoising": "0.5",
                           "hires_upscaler": "lanczos"}, tmp_path) == dict(
         prompt="a", hires_scale=1.5, hires_steps=5, hires_denoising=0.5, hires_upscaler="lanczos")
+    assert rows._convert({"prompt": "a", "hires_resize": "48x32", "eta": "0.5"}, tmp_path) == dict(
+        prompt="a", hires_resize=(32, 48), eta=0.5)
     assert "init_latents" not in rows.COLUMNS
 
 
