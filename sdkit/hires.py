@@ -3,10 +3,10 @@
 The first pass is an ordinary text-to-image at width x height. Its latents are upscaled to hires_scale times
 that size, or to hires_resize (A1111's "Hires resize": the first pass's aspect kept, the overflow cropped evenly
 off the latents), by a latent upscaler (torch's interpolate on the latents, A1111's "Latent ..." modes) or
-"lanczos" (decode, PIL Lanczos, encode), then image-to-image at hires_denoising refines them. As in A1111 (hires steps given, so img2img_fix_steps applies),
-the second pass runs exactly hires_steps steps: the last ones of a schedule of int(hires_steps / denoising).
-Its noise continues each image's numpy generator after the first pass's draws, so one seed is one picture on
-every backend.
+"lanczos" (decode, PIL Lanczos, encode), then image-to-image at hires_denoising refines them. As in A1111
+(hires steps given, so img2img_fix_steps applies), the second pass runs exactly hires_steps steps: the last
+ones of a schedule of int(hires_steps / denoising). Its noise continues each image's numpy generator after the
+first pass's draws, so one seed is one picture on every backend.
 """
 
 from __future__ import annotations

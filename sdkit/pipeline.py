@@ -60,7 +60,8 @@ class Request:
 
 
 # generate()'s arguments for two passes (hires fix, a refiner); the others are each pass's
-TWO_PASS = ("hires_scale", "hires_resize", "hires_steps", "hires_denoising", "hires_upscaler", "refiner", "refiner_start")
+TWO_PASS = ("hires_scale", "hires_resize", "hires_steps", "hires_denoising", "hires_upscaler", "refiner",
+            "refiner_start")
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,8 @@ class Pipeline:
                  inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True,
                  hook: Hook | None = None, output: str = "pil", init_latents: np.ndarray | None = None,
                  hires_scale: float | None = None, hires_resize: tuple[int, int] | None = None,
-                 hires_steps: int | None = None, hires_denoising: float = 0.7, hires_upscaler: str = "latent", refiner: Pipeline | None = None,
-                 refiner_start: float = 0.8) -> list[Image.Image] | np.ndarray:
+                 hires_steps: int | None = None, hires_denoising: float = 0.7, hires_upscaler: str = "latent",
+                 refiner: Pipeline | None = None, refiner_start: float = 0.8) -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a

@@ -92,8 +92,8 @@ def test_resize_crops_as_a1111_and_is_written_as_hires_resize(pipe):
     assert image.size == (48, 32)
     text = image.info["parameters"]
     assert "Size: 32x16," in text and "Hires upscale:" not in text
-    assert "Denoising strength: 0.6, Hires resize: 48x32, Hires steps: 2, Hires upscaler: Latent (bicubic antialiased)" \
-        in text
+    assert ("Denoising strength: 0.6, Hires resize: 48x32, Hires steps: 2, Hires upscaler: Latent (bicubic "
+            "antialiased)") in text
     p = sdkit.read_parameters(image)
     assert (p["hires_resize"], p["hires_upscaler"]) == ((32, 48), "latent_bicubic_antialiased")
     again, = pipe.generate(**{k: v for k, v in p.items() if k[0].islower() and k != "model"})

@@ -119,7 +119,8 @@ class SettingsPanel(QWidget):
         return dataclasses.replace(
             base, width=self.width_box.value(), height=self.height_box.value(), steps=self.steps.value(),
             guidance_scale=self.guidance.value(), sampler=self.sampler.currentData(),
-            schedule=self.schedule.currentData(), eta=self.eta.value(), seed=seed, seed_locked=self.seed_lock.isChecked(),
+            schedule=self.schedule.currentData(), eta=self.eta.value(), seed=seed,
+            seed_locked=self.seed_lock.isChecked(),
             num_images=self.num_images.value(), init_image=self.init_image, strength=self.strength.value() / 100,
             clip_skip=self.clip_skip.value(), hires=self.hires.isChecked(), hires_scale=self.hires_scale.value(),
             hires_steps=self.hires_steps.value(), hires_denoising=self.hires_denoising.value(),
