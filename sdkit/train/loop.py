@@ -53,7 +53,7 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           noise_offset: float = 0.0, min_snr_gamma: float | None = None, weight_decay: float = 1e-2,
           gradient_checkpointing: bool = False, save_every: int | None = None, resume: bool = False,
           sample_every: int | None = None, sample_prompts: tuple[str, ...] | list[str] = (), sample_seed: int = 0,
-          sample_steps: int = 20, progress: bool = True) -> Record:
+          sample_steps: int = 20, progress: bool = True, callback=None) -> Record:
     """Train `model` on a folder of captioned images; write the result to `out` and return a Record.
 
     method: "lora" (kohya-format .safetensors, or lora_format="peft" for diffusers' / PEFT's; rank, alpha
@@ -67,6 +67,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     `<out>.state.safetensors` every N steps; resume: continue from that file when it exists. Ctrl-C writes the
     state and the output so far, then raises sdkit.Cancelled. sample_every: generate `sample_prompts` (seed
     sample_seed + i) every N steps into `samples/` beside the output.
+    callback(step, steps, loss, sample_paths) after each step (sample_paths: the images that step wrote);
+    returning False stops the run as Ctrl-C does, after that step (a GUI's Cancel).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not known; use one of {', '.join(METHODS)}")
@@ -177,8 +179,12 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
             bar.update(1)
             if save_every and (step + 1) % save_every == 0:
                 checkpoints.save(state_file, trainer, step + 1, rng.bit_generator.state, queue)
-            if sampler is not None and (step + 1) % sample_every == 0:
-                record.outputs += sampler(step + 1, plan, token)
+            images = sampler(step + 1, plan, token) if sampler is not None and (step + 1) % sample_every == 0 else []
+            record.outputs += images
+            if callback is not None and callback(step + 1, steps, record.losses[-1], images) is False \
+                    and step + 1 < steps:
+                step, snapshot = step + 1, (rng.bit_generator.state, queue)  # this step is done: resume after it
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         checkpoints.save(state_file, trainer, step, *snapshot)  # `step` itself did not finish: it reruns
         _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed,
