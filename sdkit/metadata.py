@@ -64,6 +64,7 @@ HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", 
 _HIRES = {"Hires upscale": ("hires_scale", float), "Hires steps": ("hires_steps", int),
           "Denoising strength": ("hires_denoising", float)}
 _UPSCALERS = {a1111.lower(): ours for ours, (a1111, *_) in UPSCALERS.items()}  # A1111's "Hires upscaler" -> ours
+_UPSCALERS["none"] = "lanczos"  # A1111's images.resize_image: no upscaler is a PIL Lanczos resize
 
 # One `Key: value` pair of the last line; a value is a JSON-quoted string or runs to the next comma (A1111's re_param).
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

@@ -123,8 +123,9 @@ def test_a1111_text_and_errors(pipe):
                          "Denoising strength: 0.45, Hires upscale: 1.5, Hires upscaler: R-ESRGAN 4x+, Version: v1")
     assert (p["hires_scale"], p["hires_denoising"], p["Hires upscaler"]) == (1.5, 0.45, "R-ESRGAN 4x+")
     assert "hires_upscaler" not in p and "hires_steps" not in p and "strength" not in p
-    lanczos = parse_parameters("a\nSteps: 2, Seed: 1, Size: 8x8, Hires upscale: 2, Hires upscaler: Lanczos")
-    assert lanczos["hires_upscaler"] == "lanczos"
+    for name in ("Lanczos", "None"):  # A1111 resizes with PIL's Lanczos for "None" too
+        lanczos = parse_parameters(f"a\nSteps: 2, Seed: 1, Size: 8x8, Hires upscale: 2, Hires upscaler: {name}")
+        assert lanczos["hires_upscaler"] == "lanczos"
     for kw, message in ((dict(hires_scale=0.5), r"hires_scale must be a number in \[1, 16\], got 0.5"),
                         (dict(hires_scale=2, hires_upscaler="esrgan"), "hires_upscaler must be one of"),
                         (dict(hires_scale=2, hires_denoising=0), r"hires_denoising must be in \(0, 1\]"),
