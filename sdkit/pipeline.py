@@ -60,7 +60,8 @@ class Request:
 
 
 # generate()'s arguments for two passes (hires fix, a refiner); the others are each pass's
-TWO_PASS = ("hires_scale", "hires_steps", "hires_denoising", "hires_upscaler", "refiner", "refiner_start")
+TWO_PASS = ("hires_scale", "hires_resize", "hires_steps", "hires_denoising", "hires_upscaler", "refiner",
+            "refiner_start")
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,9 @@ class Pipeline:
                  loras: dict | None = None, mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4,
                  inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True,
                  hook: Hook | None = None, output: str = "pil", init_latents: np.ndarray | None = None,
-                 hires_scale: float | None = None, hires_steps: int | None = None, hires_denoising: float = 0.7,
-                 hires_upscaler: str = "latent", refiner: Pipeline | None = None,
-                 refiner_start: float = 0.8) -> list[Image.Image] | np.ndarray:
+                 hires_scale: float | None = None, hires_resize: tuple[int, int] | None = None,
+                 hires_steps: int | None = None, hires_denoising: float = 0.7, hires_upscaler: str = "latent",
+                 refiner: Pipeline | None = None, refiner_start: float = 0.8) -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -155,22 +156,26 @@ class Pipeline:
         returns replaces x. `output="latent"` returns the final latents, before the VAE, as numpy (B, C, h, w).
         `init_latents` (numpy (B, C, h, w)): image-to-image from latents instead of init_image (at `strength`).
         `hires_scale`: A1111's hires fix (sdkit.hires): this text-to-image at width x height, upscaled by
-        `hires_upscaler` ("latent" or "lanczos") to hires_scale times the size, then image-to-image at
-        `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
+        `hires_upscaler` ("latent", "latent_antialiased", "latent_bicubic", "latent_bicubic_antialiased",
+        "latent_nearest", "latent_nearest_exact" or "lanczos") to hires_scale times the size, then image-to-image
+        at `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
+        `hires_resize` (height, width) instead of hires_scale: A1111's "Hires resize" to that size (0 for one
+        side: from the other by the aspect; both: the first pass's aspect kept and the overflow cropped).
         `refiner` (an SDXL refiner's Pipeline): this model denoises to `refiner_start` of the schedule, the refiner
         the rest with the same sampler and steps (sdkit.refiner, diffusers' denoising_end/denoising_start
         ensemble); its VAE decodes; micro-conditioning goes to whichever model takes it.
         """
         kwargs = {k: v for k, v in locals().items() if k not in ("self", *TWO_PASS)}  # one pass's arguments
         if refiner is not None:
-            if hires_scale is not None:
-                raise ValueError("refiner is a text-to-image ensemble; it takes no hires_scale")
+            if hires_scale is not None or hires_resize is not None:
+                raise ValueError("refiner is a text-to-image ensemble; it takes no hires fix")
             return ensemble.generate(self, refiner, refiner_start, kwargs)
-        if hires_scale is not None:
+        if hires_scale is not None or hires_resize is not None:
             if init_image is not None or init_latents is not None:
-                raise ValueError("hires_scale is A1111's two-pass text-to-image; it takes no init_image or "
+                raise ValueError("hires fix is A1111's two-pass text-to-image; it takes no init_image or "
                                  "init_latents")
-            return hires.generate(self, kwargs, hires_scale, hires_steps, hires_denoising, hires_upscaler)
+            return hires.generate(self, kwargs, hires_scale, hires_resize, hires_steps, hires_denoising,
+                                  hires_upscaler)
         return self._generate(Stage(), **kwargs)
 
     def _generate(self, stage: Stage, prompt, negative_prompt, *, width, height, steps, guidance_scale,

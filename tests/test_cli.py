@@ -128,10 +128,26 @@ def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
     assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Hypernet"}) == []
     old_hires = sdkit.metadata.parse_parameters(
         "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
-    assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [
-        "hires fix is not applied: only its first pass is generated, at 512x512 (the stored image is 1024x1024)",
-        "not applied (hires fix): Hires resize: 1024x1024",
-        "not applied (hires fix): Denoising strength: 0.7 (the hires pass's strength)"]
+    assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == []  # applied as A1111 does: Hires resize
+    assert {k: old_hires[k] for k in ("width", "hires_resize", "hires_denoising")} == dict(
+        width=512, hires_resize=(1024, 1024), hires_denoising=0.7)
+    unreadable = sdkit.metadata.parse_parameters("a\nSteps: 20, Seed: 1, Size: 512x512, Hires resize: big")
+    assert cli.unhonoured(unreadable, cli.HONOURED | cli.HARMLESS) == [
+        "hires fix is not applied: only its first pass is generated, at 512x512 (the stored image is big)",
+        "not applied (hires fix): Hires resize: big"]
+
+
+def test_hires_flags_and_a_stored_hires_resize():
+    parse = cli.build_parser().parse_args
+    stored = sdkit.metadata.parse_parameters("a\nSteps: 20, Seed: 1, Size: 512x768, Denoising strength: 0.5, "
+                                             "Hires resize: 1024x0, Hires upscaler: Latent (nearest-exact)")
+    assert cli._hires(parse([]), stored, None) == dict(hires_resize=(0, 1024), hires_denoising=0.5,
+                                                      hires_upscaler="latent_nearest_exact")
+    assert cli._hires(parse(["--hires-scale", "2"]), stored, None) == dict(hires_scale=2, hires_denoising=0.5,
+                                                                          hires_upscaler="latent_nearest_exact")
+    assert cli._hires(parse(["--hires-resize", "1024x1536"]), {}, None) == dict(hires_resize=(1536, 1024))
+    with pytest.raises(ValueError, match="give --hires-scale or --hires-resize, not both"):
+        cli._hires(parse(["--hires-resize", "0x64", "--hires-scale", "2"]), {}, None)
 
 
 @pytest.mark.parametrize("parameters,lines", [
@@ -200,6 +216,7 @@ def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen)
     (["cat", "--strength", "1.5"], "argument --strength: must be in (0, 1], got 1.5"),
     (["cat", "--schedule", "polyexponential"], "argument --schedule: invalid choice: 'polyexponential'"),
     (["cat", "--guidance-rescale", "1.5"], "argument --guidance-rescale: must be in [0, 1], got 1.5"),
+    (["cat", "--hires-resize", "0x0"], "argument --hires-resize: must be WxH in pixels (one side may be 0), got '0x0'"),
     (["cat", "-m", "no/such/model.safetensors", "--sampler", "ddim", "--schedule", "karras"],
      "schedule 'karras' is not available for sampler ddim; use one of: None, 'trailing'"),
     (["cat", "--vae-tiling", "yes"], "argument --vae-tiling: invalid choice: 'yes'"),

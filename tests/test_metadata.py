@@ -59,10 +59,10 @@ def test_an_explicit_empty_negative_prompt_survives_a_round_trip(tmp_path):
 def test_keys_other_features_write_pass_through_as_a1111_writes_them():
     extra = {"Schedule type": "Karras", "Model hash": "6ce0161689", "VAE": "vae-ft-mse-840000",
              "VAE hash": "735e4c3a44", "Lora hashes": "add_detail: 7c6bad76eb54, more_art: 0123456789ab",
-             "TI hashes": "easynegative: c74b4e810b03", "Hires resize": "1024x1536", "Hires upscaler": "R-ESRGAN 4x+"}
+             "TI hashes": "easynegative: c74b4e810b03", "Hires sampler": "Euler", "Hires upscaler": "R-ESRGAN 4x+"}
     text = metadata.format_parameters({**PARAMS, **extra})
     assert ('Lora hashes: "add_detail: 7c6bad76eb54, more_art: 0123456789ab", '
-            'TI hashes: "easynegative: c74b4e810b03", Hires resize: 1024x1536, ') in text
+            'TI hashes: "easynegative: c74b4e810b03", Hires sampler: Euler, ') in text
     back = metadata.parse_parameters(text)
     assert {k: back[k] for k in extra if k != "Schedule type"} == {
         k: str(v) for k, v in extra.items() if k != "Schedule type"}
@@ -164,7 +164,7 @@ def test_old_hires_fix_files_read_as_first_pass_and_hires_resize(first, size, ex
     p = metadata.parse_parameters(f"a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: {size}, "
                                   f"Denoising strength: 0.7, First pass size: {first}")
     assert (p["width"], p["height"]) == expected
-    assert p["Hires resize"] == size and p["hires_denoising"] == 0.7
+    assert p["hires_resize"] == tuple(map(int, size.split("x")))[::-1] and p["hires_denoising"] == 0.7
     assert not {"strength", "First pass size"} & p.keys()
 
 
