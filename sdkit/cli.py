@@ -45,7 +45,7 @@ DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).
 HIRES = ("hires_scale", "hires_steps", "hires_denoising", "hires_upscaler")  # restored without -i
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
-            "schedule", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
+            "schedule", "eta", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
             *micro_conditioning.ARGUMENTS, *INPAINT_KEYS, *HIRES, "Refiner", "refiner_start"}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=[s for s in A1111_SCHEDULES if s], metavar="SCHEDULE",
                    help="the noise levels the sampler steps through: trailing, karras, exponential or beta "
                         "(default: the model's own timestep spacing; which samplers take which: --list-samplers)")
+    p.add_argument("--eta", type=_unit, metavar="ETA",
+                   help="the tcd sampler's stochasticity (gamma) in [0, 1]: the share of each step re-noised "
+                        "(default 0.3)")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
     p.add_argument("--clip-skip", type=_positive_int, metavar="N",
@@ -199,10 +202,16 @@ def run(args: argparse.Namespace) -> int:
                         "clip_skip")}
     if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
         kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
+    if args.eta is not None:
+        kwargs["eta"] = args.eta
+    elif "eta" in stored and (args.sampler is None or resolve(args.sampler)[0].name == "tcd"):  # tcd's, kept with it
+        kwargs["eta"] = stored["eta"]
     kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if "sampler" in kwargs:
         resolve(kwargs["sampler"], kwargs.get("schedule"))  # a schedule the sampler lacks: refused before the load
+        if "eta" in kwargs and resolve(kwargs["sampler"])[0].name != "tcd":
+            raise ValueError(f"--eta is a setting of the tcd sampler, not of {kwargs['sampler']}")
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
     seeds = [kwargs["seed"] + i for i in range(args.num_images)]
     init = open_image(args.init_image) if args.init_image else None

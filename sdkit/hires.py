@@ -22,7 +22,7 @@ UPSCALERS = ("latent", "lanczos")  # A1111's "Latent" and "Lanczos"
 
 def generate(pipe, kwargs: dict, scale: float, steps: int | None, denoising: float, upscaler: str):
     """pipe.generate(**kwargs) with hires fix; kwargs are generate()'s other arguments."""
-    from .pipeline import _check_int  # here: pipeline imports this module
+    from .pipeline import Stage, _check_int  # here: pipeline imports this module
 
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 <= scale <= 16:
         raise ValueError(f"hires_scale must be a number in [1, 16], got {scale!r}")
@@ -51,8 +51,8 @@ def generate(pipe, kwargs: dict, scale: float, steps: int | None, denoising: flo
         done = step
         return None if callback is None else callback(step, total, x)
 
-    first = pipe.generate(**kw, output="latent" if upscaler == "latent" else "pil", hook=hook,
-                          callback=first_pass, _hires=dict(rngs=rngs))
+    first = pipe._generate(Stage(rngs=rngs), **kw, output="latent" if upscaler == "latent" else "pil", hook=hook,
+                           callback=first_pass, init_latents=None)
     # A1111's hr_upscale_to_x = int(width * scale); the latents are resized to its // 8
     W, H = int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
     if upscaler == "latent":
@@ -67,10 +67,10 @@ def generate(pipe, kwargs: dict, scale: float, steps: int | None, denoising: flo
     parameters = {"width": width, "height": height, "steps": kw["steps"] or pipe.checkpoint.recommended.steps,
                   "hires_scale": scale, "hires_steps": steps or None, "hires_denoising": denoising,
                   "hires_upscaler": upscaler}
-    return pipe.generate(**(kw | dict(width=W, height=H, steps=total, strength=min(1.0, (run + 0.5) / total))),
-                         init_latents=x0, output=output, hook=hook,
-                         callback=callback and (lambda step, total, x: callback(done + step, done + total, x)),
-                         _hires=dict(rngs=rngs, parameters=parameters))
+    return pipe._generate(Stage(rngs=rngs, parameters=parameters),
+                          **(kw | dict(width=W, height=H, steps=total, strength=min(1.0, (run + 0.5) / total))),
+                          init_latents=x0, output=output, hook=hook,
+                          callback=callback and (lambda step, total, x: callback(done + step, done + total, x)))
 
 
 def upscale_latents(x: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -54,7 +54,7 @@ _KEYS |= {"Aesthetic score": ("aesthetic_score", float),
 _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
-_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", "inpaint_area",
+_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "eta", "width", "height", "inpaint_area",
          "hires_scale", "hires_steps", "hires_denoising", "hires_upscaler",
          *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
@@ -121,6 +121,8 @@ def format_parameters(params: dict) -> str:
         pairs["Clip skip"] = params["clip_skip"]
     if params.get("guidance_rescale"):
         pairs["CFG rescale"] = params["guidance_rescale"]
+    if params.get("eta") is not None:  # A1111's key for its samplers' eta (ancestral, and TCD's in its forks)
+        pairs["Eta"] = params["eta"]
     pairs |= {k: v for k, v in params.items()
               if k not in _OURS and k not in pairs and k != "Version" and v is not None}  # A1111 skips None
     pairs["Version"] = f"sdkit {__version__}"
@@ -169,6 +171,7 @@ def to_keywords(info: Infotext) -> dict:
     first pass's size, as A1111 restores them; "Hires upscale", "Hires steps" and "Denoising strength" become
     hires_scale, hires_steps and hires_denoising (the hires pass's strength, not an image-to-image one), and
     "Hires upscaler" hires_upscaler when sdkit has it ("Latent", "Lanczos"; others stay under A1111's name).
+    "Eta" is eta with the tcd sampler only (A1111 writes it for its ancestral samplers' eta, which sdkit lacks).
     """
     params = {"prompt": info.prompt}
     if info.negative_prompt is not None:  # no line: generate()'s default None (which SDXL encodes as zeros)
@@ -176,6 +179,7 @@ def to_keywords(info: Infotext) -> dict:
 
     raw = _old_hires_fix(info.settings)
     hires = any(k in raw for k in HIRES_KEYS)
+    found = _sampler(raw["Sampler"], raw.get("Schedule type")) if "Sampler" in raw else None
     for key, value in raw.items():
         if hires and key in _HIRES:
             name, kind = _HIRES[key]
@@ -193,6 +197,11 @@ def to_keywords(info: Infotext) -> dict:
                 params[key] = value  # unreadable: kept as found, so a caller can name it
         elif key == "Size" and (m := _SIZE.match(value)):
             params["width"], params["height"] = int(m[1]), int(m[2])
+        elif key == "Eta" and found and found[0] == "tcd":  # tcd's eta; others' (A1111's ancestral) stay "Eta"
+            try:
+                params["eta"] = float(value)
+            except ValueError:
+                params[key] = value
         elif key == "Inpaint area" and value in INPAINT_AREAS.values():
             params["inpaint_area"] = next(k for k, v in INPAINT_AREAS.items() if v == value)
         elif key in _PAIRS and (m := _SIZE.match(value)):
@@ -201,7 +210,6 @@ def to_keywords(info: Infotext) -> dict:
             params[key] = value
 
     if "Sampler" in raw:
-        found = _sampler(raw["Sampler"], raw.get("Schedule type"))
         if found:
             params["sampler"] = found[0]
             if found[1] is not None:

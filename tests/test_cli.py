@@ -364,3 +364,17 @@ def test_refiner_and_its_stored_name(sdxl_folder, refiner_folder, gen, tmp_path)
     assert np.array_equal(pixels(out.split()[0]), pixels(path))
     with pytest.raises(SystemExit, match="2"):
         gen("a fox", "-m", sdxl_folder, *FAST, "--refiner-start", "1")
+
+
+def test_tcd_eta_is_written_and_restored_with_tcd_only(sd1_folder, tmp_path, gen):
+    code, _, err = gen("a cat", "-m", sd1_folder, *FAST, "--sampler", "tcd", "--eta", "0.9", "-s", "3", "-o", "tcd.png")
+    assert code == 0, err
+    assert ", Eta: 0.9," in Image.open(tmp_path / "tcd.png").info["parameters"]
+    assert sdkit.read_parameters(tmp_path / "tcd.png")["eta"] == 0.9
+    code, _, err = gen("--from", "tcd.png", "-m", sd1_folder, "--backend", "torch", "-o", "again.png")
+    assert code == 0 and "warning" not in err, err
+    assert np.array_equal(pixels(tmp_path / "tcd.png"), pixels(tmp_path / "again.png"))  # eta 0.9, not 0.3
+    code, _, err = gen("--from", "tcd.png", "-m", sd1_folder, "--backend", "torch", "--sampler", "euler", "-o", "e.png")
+    assert code == 0 and "Eta" not in Image.open(tmp_path / "e.png").info["parameters"], err  # tcd's eta stays tcd's
+    code, _, err = gen("a cat", "-m", sd1_folder, *FAST, "--sampler", "euler", "--eta", "0.5")
+    assert code == 2 and err.strip() == "sdkit-gen: error: --eta is a setting of the tcd sampler, not of euler", err

@@ -1,5 +1,7 @@
 """Hires fix (sdkit.hires): A1111's two-pass text-to-image, its metadata, and sdkit-gen --from applying it."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ import torch
 import sdkit
 from sdkit import hires
 from sdkit.metadata import parse_parameters
+from sdkit.pipeline import TWO_PASS, Stage
 
 KW = dict(width=32, height=16, steps=2, seed=5, num_images=2, sampler="euler_a")  # stochastic: noise continues
 
@@ -14,6 +17,13 @@ KW = dict(width=32, height=16, steps=2, seed=5, num_images=2, sampler="euler_a")
 @pytest.fixture(scope="module")
 def pipe(sd1_folder):
     return sdkit.load(sd1_folder, backend="torch", device="cpu", dtype="float32")
+
+
+def one_pass(pipe, stage, **kw):
+    """pipe._generate(stage, ...) with generate()'s defaults for what kw does not set."""
+    defaults = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()
+                if p.default is not p.empty and k not in TWO_PASS}
+    return pipe._generate(stage, "a cat", **(defaults | kw))
 
 
 def test_upscale_latents_is_torch_bilinear_without_antialias():
@@ -32,7 +42,7 @@ def test_equals_the_two_passes_by_hand(pipe, upscaler):
 
     # by hand: each image's generator continues through both passes (euler_a draws at each step)
     rngs = [np.random.default_rng(5 + i) for i in range(2)]
-    first = pipe.generate("a cat", **KW, output="latent" if upscaler == "latent" else "pil", _hires=dict(rngs=rngs))
+    first = one_pass(pipe, Stage(rngs=rngs), **KW, output="latent" if upscaler == "latent" else "pil")
     if upscaler == "latent":
         x0 = hires.upscale_latents(first, 3, 6)
     else:
@@ -40,9 +50,8 @@ def test_equals_the_two_passes_by_hand(pipe, upscaler):
         x0 = pipe.backend.numpy(pipe.vae.encode(pixels))
     seen = []
     total = int(2 / 0.6)  # A1111: the last hires_steps steps of int(hires_steps / denoising)
-    second = pipe.generate("a cat", **(KW | dict(width=48, height=24, steps=total, strength=2.5 / total)),
-                           init_latents=x0, output="latent", _hires=dict(rngs=rngs),
-                           hook=lambda i, x, sigma, d: seen.append(i) or x)
+    second = one_pass(pipe, Stage(rngs=rngs), **(KW | dict(width=48, height=24, steps=total, strength=2.5 / total)),
+                      init_latents=x0, output="latent", hook=lambda i, x, sigma, d: seen.append(i) or x)
     assert seen == [0, 1]  # exactly hires_steps steps
     np.testing.assert_allclose(got, second, atol=1e-4)
 
@@ -117,4 +126,8 @@ def test_batch_rows_take_hires_columns(tmp_path):
     assert rows._convert({"prompt": "a", "hires_scale": "1.5", "hires_steps": "5", "hires_denoising": "0.5",
                           "hires_upscaler": "lanczos"}, tmp_path) == dict(
         prompt="a", hires_scale=1.5, hires_steps=5, hires_denoising=0.5, hires_upscaler="lanczos")
-    assert "init_latents" not in rows.COLUMNS and "_hires" not in rows.COLUMNS
+    assert "init_latents" not in rows.COLUMNS
+
+
+def test_generate_has_no_private_keywords():
+    assert not [k for k in inspect.signature(sdkit.Pipeline.generate).parameters if k.startswith("_")]

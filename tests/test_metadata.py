@@ -71,7 +71,7 @@ def test_keys_other_features_write_pass_through_as_a1111_writes_them():
 
 A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "lms": "LMS",
                "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
-               "lcm": "LCM", "ddpm": "DDPM", "tcd": "TCD", "dpm2": "DPM2", "dpm2_a": "DPM2 a"}
+               "lcm": "LCM", "ddpm": "DDPM", "tcd": "TCD", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "deis": "DEIS"}
 A1111_SCHEDULES = {None: "Uniform", "trailing": "SGM Uniform", "karras": "Karras", "exponential": "Exponential",
                    "beta": "Beta"}
 
@@ -275,3 +275,11 @@ def test_cfg_rescale_round_trips_and_is_written_only_when_used():
     assert ", CFG rescale: 0.7, " in text
     assert metadata.parse_parameters(text)["guidance_rescale"] == 0.7
     assert "CFG rescale" not in metadata.format_parameters({**PARAMS, "guidance_rescale": 0.0})
+
+
+def test_eta_is_tcds_and_an_ancestral_eta_stays_a1111s():
+    text = metadata.format_parameters({**PARAMS, "sampler": "tcd", "schedule": None, "eta": 0.5})
+    assert ", Eta: 0.5, " in text
+    assert metadata.parse_parameters(text)["eta"] == 0.5
+    euler_a = metadata.parse_parameters("a\nSteps: 20, Sampler: Euler a, Seed: 1, Eta: 0.67, Size: 8x8")
+    assert euler_a["Eta"] == "0.67" and "eta" not in euler_a
