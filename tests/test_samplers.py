@@ -365,7 +365,8 @@ def test_same_code_runs_on_torch_and_mlx(name):
 @pytest.mark.parametrize("name", samplers.NAMES)
 def test_hook_sees_every_step_and_can_replace_x(name, strength):
     """hook(step, x, sigma, denoised) once per step, 0-based, noise levels falling to (about) zero; returning
-    None or x changes nothing; another array replaces x (what inpainting's blend does)."""
+    None or x changes nothing; another array replaces x (what inpainting's blend does). hook.inner(x, sigma) after
+    every other evaluation: each evaluation is reported once, as diffusers' inpainting blends per scheduler.step."""
     config = SchedulerConfig.from_diffusers(BASES["sd15"])
     p = samplers.plan(name, config, 6, strength)
     rng = np.random.default_rng(3)
@@ -385,6 +386,13 @@ def test_hook_sees_every_step_and_can_replace_x(name, strength):
     finals = []
     replaced = run(lambda i, x, sigma, x0: finals.append(x * 0.5) or finals[-1])
     assert np.array_equal(replaced, finals[-1]) and not np.allclose(replaced, plain)
+
+    inner = []
+    hook = lambda i, x, sigma, x0: x  # noqa: E731
+    hook.inner = lambda x, sigma: inner.append(sigma) or x
+    assert np.array_equal(run(hook), plain) and len(seen) + len(inner) == p.num_evaluations
+    hook.inner = lambda x, sigma: x * 0.5
+    assert inner == [] or not np.allclose(run(hook), plain)
 
 
 @pytest.mark.parametrize("schedule", [None, "karras"])

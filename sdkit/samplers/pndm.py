@@ -19,7 +19,8 @@ PRK_STEPS = 3  # pseudo Runge-Kutta steps before the multistep ones when skip_pr
 
 
 def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: str | None) -> Plan:
-    """diffusers' PNDMScheduler timesteps and, per evaluation, the [from, to] noise levels its step() uses.
+    """diffusers' PNDMScheduler timesteps and, per evaluation, the [from, to] noise levels its step() uses and
+    the level of the next evaluation's timestep, which x is then taken to be at (the last: `to`).
 
     Image-to-image slices the evaluations like diffusers, whose step counter restarts at 0 there: the warm-up
     then runs on the later timesteps (and PRK keeps reading its transfer start from the unsliced list)."""
@@ -50,6 +51,10 @@ def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: s
     pairs = np.array(pairs, np.int64).reshape(-1, 2)
     ac = alphas_cumprod(config)
     sigmas = np.where(pairs >= 0, to_sigma(ac[pairs.clip(0)]), final_sigma(config, False, ac))  # (E, 2)
+    # `to`, except where image-to-image's slicing shifts the warm-up: there diffusers' inpainting re-noises to
+    # the next timestep (add_noise(timesteps[i + 1])) and the next evaluation takes x as at that timestep
+    after = np.append(to_sigma(ac[evaluations[1:]]), sigmas[-1, 1])
+    sigmas = np.concatenate([sigmas, after[:, None]], axis=1)  # (E, 3)
     return Plan("pndm", config.prediction_type, evaluations.astype(np.float64), sigmas,
                 start_sigma=float(to_sigma(ac[evaluations[0]])),
                 init_noise_sigma=1.0, variance_preserving=True, warmup=min(len(prk), len(evaluations)))
@@ -70,7 +75,7 @@ def sample(plan: Plan, model, x, noise, hook=None):
     kind = plan.prediction_type
     ets = []  # model outputs at the start of each step, newest last
     step = 0
-    for c, (t, (sigma, sigma_prev)) in enumerate(zip(plan.timesteps, plan.sigmas.tolist())):
+    for c, (t, (sigma, sigma_prev, after)) in enumerate(zip(plan.timesteps, plan.sigmas.tolist())):
         out = model(x, float(t))
         x0 = prediction.x0(out, x, sigma, kind) if hook is not None else None
         if c < plan.warmup:  # Runge-Kutta: every evaluation transfers from the step's start x_start
@@ -84,9 +89,9 @@ def sample(plan: Plan, model, x, noise, hook=None):
                 out = rk + out / 6
             x = transfer(x_start, out, sigma, sigma_prev, kind)
             if k == 3:
-                x, step = report(hook, step, x, sigma_prev, x0), step + 1
+                x, step = report(hook, step, x, after, x0), step + 1
             else:
-                x = report_inner(hook, x, sigma_prev)
+                x = report_inner(hook, x, after)
             continue
         if c == 1:  # second evaluation of the opening step: average the two outputs (Heun)
             out, x = (out + ets[-1]) / 2, x_start
@@ -102,7 +107,7 @@ def sample(plan: Plan, model, x, noise, hook=None):
                 out = (ets[-1] * 55 - ets[-2] * 59 + ets[-3] * 37 - ets[-4] * 9) / 24
         x = transfer(x, out, sigma, sigma_prev, kind)
         if c == 0 and plan.warmup == 0 and plan.num_evaluations > 1:  # the opening step's first try
-            x = report_inner(hook, x, sigma_prev)
+            x = report_inner(hook, x, after)
         else:
-            x, step = report(hook, step, x, sigma_prev, x0), step + 1
+            x, step = report(hook, step, x, after, x0), step + 1
     return x

@@ -25,8 +25,9 @@ class Plan:
     prediction_type: str  # "epsilon" | "v_prediction" | "sample" (x0, an EDM model preconditioned): what the
     # model outputs
     timesteps: np.ndarray  # (E,) the t the UNet gets at each of its E evaluations, in order
-    # Noise levels. ddim, pndm: (E, 2) [from, to] per evaluation. The k-diffusion family (euler, euler_a, heun,
-    # lms, dpmpp_*, unipc): (N + 1,) levels of the whole N-step schedule, the last 0; the run starts at `start`.
+    # Noise levels. ddim: (E, 2) [from, to] per evaluation; pndm: (E, 3) [from, to, the next evaluation's]. The
+    # k-diffusion family (euler, euler_a, heun, lms, dpmpp_*, unipc): (N + 1,) levels of the whole N-step
+    # schedule, the last 0; the run starts at `start`.
     sigmas: np.ndarray
     start_sigma: float  # noise level of the first evaluation: where image-to-image noises the image to
     init_noise_sigma: float  # text-to-image starts from standard noise times this
