@@ -336,11 +336,13 @@ def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
     out = tmp_path / "sks.safetensors"
     code = main([str(sd1_folder), str(instance), "--method", "dreambooth", "--out", str(out), "--steps", "3",
                  "--instance-prompt", "a photo of sks dog", "--class-data", str(classes), "--class-prompt",
-                 "a photo of a dog", "--rank", "2", "--backend", "torch"])
+                 "a photo of a dog", "--rank", "2", "--backend", "torch", "--ema-decay", "0.99"])
     assert code == 0 and out.exists()
     assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "log.jsonl")]
     assert main([str(sd1_folder), str(tmp_path / "missing"), "--out", str(out), "--backend", "torch"]) == 2
     assert "sdkit-train: error: data" in capsys.readouterr().err
+    assert main([str(sd1_folder), str(instance), "--out", str(out), "--ema-decay", "1.5"]) == 2
+    assert capsys.readouterr().err == "sdkit-train: error: ema_decay must be in (0, 1), e.g. 0.9999, got 1.5\n"
 
 
 def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
