@@ -572,3 +572,15 @@ def test_single_file_writer_reads_back_for_sd2_and_sdxl(sd2v_folder, sdxl_folder
         for component, refs in source.weights.items():
             x, y = dict(read_tensors(refs, "numpy")), dict(read_tensors(back.weights[component], "numpy"))
             assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), (folder.name, component)
+
+
+def test_torch_finetune_in_bfloat16_runs_under_autocast(sd1_folder):
+    """A fine-tune keeps float32 weights; with dtype bfloat16 its forward runs under autocast: a loss near the
+    float32 one, but not it."""
+    from sdkit import backends
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.train.plan import Plan
+    ckpt, batch = open_checkpoint(sd1_folder), random_batch(0)
+    loss = {dtype: backends.get("torch")(device="cpu", dtype=dtype).trainer(
+        ckpt, Plan(learning_rate=1e-3, finetune=True)).accumulate(batch, 1.0) for dtype in ("float32", "bfloat16")}
+    assert loss["bfloat16"] != loss["float32"] and loss["bfloat16"] == pytest.approx(loss["float32"], rel=2e-2)

@@ -66,7 +66,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     the text encoders too; out: a single-file checkpoint when it ends in .safetensors (LDM names: A1111,
     ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
     backend, device, dtype as in sdkit.load (dtype default float32); in bfloat16 or float16 the frozen weights and
-    activations are half precision and the trained weights and AdamW float32; float16 adds dynamic loss scaling
+    activations are half precision and the trained weights and AdamW float32 (a fine-tune's forward runs under
+    torch's autocast; on MLX in float32); float16 adds dynamic loss scaling
     (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order, noise
     and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
     ema_decay (e.g. 0.9999): write an exponential moving average of the trained weights (diffusers' EMAModel
