@@ -346,7 +346,8 @@ def _mask(args: argparse.Namespace, init, stored: dict, kwargs: dict):
         return None
     kwargs |= settings
     if args.outpaint is not None:
-        init, mask = inpaint.outpaint_canvas(init, *args.outpaint, settings.get("mask_blur", DEFAULTS["mask_blur"]))
+        init, mask = inpaint.outpaint_canvas(init, *args.outpaint, settings.get("mask_blur", DEFAULTS["mask_blur"]),
+                                             kwargs["seed"])
         return init, mask
     return init, inpaint.open_mask(args.mask, init.size)
 

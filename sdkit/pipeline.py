@@ -324,6 +324,8 @@ class Pipeline:
         sampler, schedule = samplers.resolve(sampler, schedule)
         if schedule is None and self.checkpoint.scheduler.timestep_spacing == "trailing":
             schedule = "trailing"  # the same timesteps, named so in the image's metadata
+        if schedule is None and self.checkpoint.scheduler.edm:
+            schedule = self.checkpoint.scheduler.sigma_schedule  # an EDM model's own levels ("karras"), named so
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale), float(guidance_rescale),
                        sampler.name, schedule, seed, num_images, strength, values,
                        micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax,
@@ -436,6 +438,7 @@ def _chain(first: Hook, then: Hook | None) -> Hook:
         out = then(step, x, sigma, denoised)
         return x if out is None else out
 
+    hook.inner = getattr(first, "inner", None)  # inside a step only `first` blends (samplers.hook.report_inner)
     return hook
 
 

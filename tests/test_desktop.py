@@ -448,7 +448,7 @@ def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_fold
 def test_sampler_combo_shows_a1111_names_and_the_schedule_combo_only_what_it_takes(window):
     form = window.form
     shown = [form.sampler.itemText(i) for i in range(form.sampler.count())]
-    assert {"DPM++ 2M SDE", "Euler a", "DPM++ 2M", "DDIM", "UniPC"} <= set(shown) and "dpmpp_2m_sde" not in shown
+    assert {"DPM++ 2M SDE", "Euler a", "DPM++ 2M", "DDIM", "UniPC", "DEIS"} <= set(shown) and "dpmpp_2m_sde" not in shown
     form.sampler.setCurrentIndex(shown.index("DPM++ 2M SDE"))
     schedules = [form.schedule.itemText(i) for i in range(form.schedule.count())]
     assert schedules == ["Uniform (the model's own)", "SGM Uniform", "Karras", "Exponential", "Beta"]

@@ -71,7 +71,7 @@ def test_keys_other_features_write_pass_through_as_a1111_writes_them():
 
 A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "lms": "LMS",
                "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
-               "lcm": "LCM", "ddpm": "DDPM", "tcd": "TCD", "dpm2": "DPM2", "dpm2_a": "DPM2 a"}
+               "lcm": "LCM", "ddpm": "DDPM", "tcd": "TCD", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "deis": "DEIS"}
 A1111_SCHEDULES = {None: "Uniform", "trailing": "SGM Uniform", "karras": "Karras", "exponential": "Exponential",
                    "beta": "Beta"}
 

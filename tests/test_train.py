@@ -2,6 +2,7 @@
 load_lora_weights, A1111 embeddings with load_textual_inversion), torch vs MLX loss curves, and overfitting."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -584,3 +585,62 @@ def test_torch_finetune_in_bfloat16_runs_under_autocast(sd1_folder):
     loss = {dtype: backends.get("torch")(device="cpu", dtype=dtype).trainer(
         ckpt, Plan(learning_rate=1e-3, finetune=True)).accumulate(batch, 1.0) for dtype in ("float32", "bfloat16")}
     assert loss["bfloat16"] != loss["float32"] and loss["bfloat16"] == pytest.approx(loss["float32"], rel=2e-2)
+
+
+# --- the VAE, stopping while caching ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_vae_encodes_the_cached_latents(sd1_folder, photos, tmp_path, monkeypatch, backend):
+    """vae= (as sdkit.load's): the cached latents are the given VAE's posterior mean times the checkpoint's scaling
+    factor (diffusers' AutoencoderKL on the same weights), not the model's own VAE's; sdkit-train --vae takes an
+    LDM-named file."""
+    from diffusers import AutoencoderKL
+
+    from safetensors.torch import load_file as load_torch, save_file
+
+    from fixtures import vae_to_ldm
+    from sdkit.train import loop
+    from sdkit.train.cli import main
+    from test_vae import _autoencoder
+
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    other = _autoencoder(tmp_path / "other-vae", seed=5)
+    encoded = []
+    real = loop._encode_images
+    monkeypatch.setattr(loop, "_encode_images", lambda *a: encoded.append(real(*a)) or encoded[-1])
+    options = dict(method="lora", steps=1, rank=2, backend=backend, device="cpu", progress=False)
+    sdkit.train(sd1_folder, photos, out=tmp_path / "own" / "l.safetensors", **options)
+    sdkit.train(sd1_folder, photos, out=tmp_path / "other" / "l.safetensors", vae=other, **options)
+    scale = AutoencoderKL.load_config(sd1_folder / "vae")["scaling_factor"]
+    for vae, latents in zip((AutoencoderKL.from_pretrained(sd1_folder / "vae"), AutoencoderKL.from_pretrained(other)),
+                            encoded):
+        for i, x0 in enumerate(latents):
+            image = torch.from_numpy(data.load_image(photos / f"{i}.png", (64, 64)))[None]
+            with torch.no_grad():
+                expected = vae.encode(image).latent_dist.mean[0].numpy() * scale
+            np.testing.assert_allclose(x0, expected, atol=1e-4)
+    assert np.abs(encoded[0][0] - encoded[1][0]).max() > 0.1  # another VAE, other latents
+
+    ldm = tmp_path / "other-vae.safetensors"  # as vae-ft-mse-840000 ships
+    config = SimpleNamespace(**json.loads((other / "config.json").read_text()))
+    save_file(vae_to_ldm(load_torch(other / "diffusion_pytorch_model.safetensors"), config), ldm)
+    assert main([str(sd1_folder), str(photos), "--out", str(tmp_path / "cli" / "l.safetensors"), "--steps", "1",
+                 "--rank", "2", "--backend", backend, "--vae", str(ldm)]) == 0
+    np.testing.assert_allclose(np.stack(encoded[2]), np.stack(encoded[1]), atol=1e-5)
+
+
+def test_should_stop_while_caching_writes_nothing_and_a_later_run_works(sd1_folder, photos, tmp_path, monkeypatch):
+    """A GUI's Cancel during the first encoding: should_stop is consulted between images, the run raises
+    Cancelled before writing anything (no folder, log, state or output), and the next run trains as usual."""
+    from sdkit.train import loop
+    loaded = []
+    real = loop.dataset.load_image
+    monkeypatch.setattr(loop.dataset, "load_image", lambda *a: loaded.append(a) or real(*a))
+    out = tmp_path / "run" / "l.safetensors"
+    options = dict(method="lora", steps=2, rank=2, backend="torch", progress=False)
+    with pytest.raises(sdkit.Cancelled, match="cancelled while encoding .*nothing was written"):
+        sdkit.train(sd1_folder, photos, out=out, should_stop=lambda: len(loaded) == 1, **options)
+    assert len(loaded) == 1 and not out.parent.exists()
+    record = sdkit.train(sd1_folder, photos, out=out, should_stop=lambda: False, **options)
+    assert len(record.losses) == 2 and out.exists()

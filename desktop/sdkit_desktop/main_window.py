@@ -202,13 +202,14 @@ class MainWindow(QMainWindow):
         self.train_panel.started(kwargs)
         self._set_busy(True)
         self.worker.train(dict(kwargs, model=choice.model, backend=choice.backend, device=choice.device,
-                               dtype=choice.dtype))
+                               dtype=choice.dtype, vae=choice.vae))
 
     def cancel(self) -> None:
         self.worker.cancel()
         self.status.setText("Cancelling…")
         if self.train_panel.running:
-            self.train_panel.status.setText("Cancelling: saving a resumable state after this step…")
+            self.train_panel.status.setText("Cancelling: saving a resumable state after this step…"
+                                            if self.train_panel.stepped else "Cancelling…")
 
     def selected(self) -> int | None:
         row = self.gallery.currentRow()
@@ -409,8 +410,9 @@ class MainWindow(QMainWindow):
             self.train_panel.model_info.setText("Choose the model to train in the Generate tab's Model box")
             return
         where = " ".join(filter(None, (choice.backend, choice.device)))
-        self.train_panel.model_info.setText(f"Trains {choice.model} on {where} in {choice.dtype or 'float32'} (the "
-                                            "Generate tab's model)")
+        vae = f" with the VAE {Path(choice.vae).name}" if choice.vae else ""
+        self.train_panel.model_info.setText(f"Trains {choice.model}{vae} on {where} in {choice.dtype or 'float32'} "
+                                            "(the Generate tab's model)")
 
     def _sync_session(self) -> None:
         """Read the form into the session. An empty negative box is no negative prompt, unless it shows an image's

@@ -156,7 +156,7 @@ class Session:
         kwargs = self.settings.generate_kwargs()
         if self.mask is not None and self.settings.init_image:
             s = self.settings
-            kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding)
+            kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding, s.seed)
         return self.model, kwargs
 
     def remember(self, model: str, name: str) -> None:

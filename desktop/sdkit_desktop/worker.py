@@ -3,7 +3,8 @@
 The GUI thread never waits on it. It holds the loaded Pipeline between generations and reloads only when
 the requested ModelChoice changes. Cancel is a threading.Event the sampler callback polls after every UNet
 evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
-callback polls it after every training step (a cancelled run saves its resumable state, as Ctrl-C does).
+should_stop polls it between the images it first encodes (nothing is written then) and after every training step
+(a cancelled run saves its resumable state, as Ctrl-C does).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Worker(QObject):
     def _on_train(self, kwargs: dict) -> None:
         start = None  # (time, step) of the first report: the steps' rate leaves out the caching before them
 
-        def callback(step: int, total: int, loss: float, images: list[str]) -> bool:
+        def callback(step: int, total: int, loss: float, images: list[str]) -> None:
             nonlocal start
             now = time.perf_counter()
             start = start or (now, step)
@@ -119,10 +120,9 @@ class Worker(QObject):
             self.train_progress.emit(step, total, loss, rate)
             for path in images:
                 self.train_sample.emit(step, path)
-            return not self._cancel.is_set()
 
         try:
-            record = sdkit.train(**kwargs, progress=False, callback=callback)
+            record = sdkit.train(**kwargs, progress=False, callback=callback, should_stop=self._cancel.is_set)
         except sdkit.Cancelled as e:
             self.train_ended.emit("cancelled", str(e))
         except Exception as e:

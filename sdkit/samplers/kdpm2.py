@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import SchedulerConfig
-from .hook import report
+from .hook import report, report_inner
 from .prediction import denoise
 from .schedules import SIGMA_SCHEDULES, Plan, alphas_cumprod, spaced_timesteps, to_sigma
 
@@ -81,7 +81,8 @@ def dpm2(plan: Plan, model, x, noise, hook=None, ancestral: bool = False):
         if mid[i] == 0:
             x = report(hook, j, x + d * (0.0 - sigma), sigmas[i + 1], x0)
             continue
-        x_mid = x + d * (mid[i] - sigma)
+        # diffusers re-noises an inpainting's kept region to the step's end level here, not to the midpoint's
+        x_mid = report_inner(hook, x + d * (mid[i] - sigma), sigmas[i + 1])
         d_mid = (x_mid - denoise(model, x_mid, mid[i], float(t[2 * j + 1]), kind)) / mid[i]
         x = x + d_mid * (down[i] - sigma)
         if ancestral:

@@ -12,7 +12,7 @@ import numpy as np
 from ..config import SchedulerConfig
 from . import prediction
 from .ddim import final_sigma
-from .hook import report
+from .hook import report, report_inner
 from .schedules import Plan, alphas_cumprod, spaced_timesteps, to_sigma
 
 PRK_STEPS = 3  # pseudo Runge-Kutta steps before the multistep ones when skip_prk_steps is false
@@ -65,7 +65,8 @@ def transfer(x, out, sigma: float, sigma_prev: float, kind: str):
 
 def sample(plan: Plan, model, x, noise, hook=None):
     """PRK warm-up (plan.warmup evaluations), then PLMS: eps' = (55 e_0 - 59 e_-1 + 37 e_-2 - 9 e_-3) / 24.
-    The hook sees each completed step: every 4th PRK evaluation, and not the opening PLMS step's first try."""
+    The hook sees each completed step: every 4th PRK evaluation, and not the opening PLMS step's first try;
+    its `inner` (hook.report_inner) the other evaluations."""
     kind = plan.prediction_type
     ets = []  # model outputs at the start of each step, newest last
     step = 0
@@ -84,6 +85,8 @@ def sample(plan: Plan, model, x, noise, hook=None):
             x = transfer(x_start, out, sigma, sigma_prev, kind)
             if k == 3:
                 x, step = report(hook, step, x, sigma_prev, x0), step + 1
+            else:
+                x = report_inner(hook, x, sigma_prev)
             continue
         if c == 1:  # second evaluation of the opening step: average the two outputs (Heun)
             out, x = (out + ets[-1]) / 2, x_start
@@ -98,6 +101,8 @@ def sample(plan: Plan, model, x, noise, hook=None):
             else:
                 out = (ets[-1] * 55 - ets[-2] * 59 + ets[-3] * 37 - ets[-4] * 9) / 24
         x = transfer(x, out, sigma, sigma_prev, kind)
-        if not (c == 0 and plan.warmup == 0 and plan.num_evaluations > 1):  # not the opening step's first try
+        if c == 0 and plan.warmup == 0 and plan.num_evaluations > 1:  # the opening step's first try
+            x = report_inner(hook, x, sigma_prev)
+        else:
             x, step = report(hook, step, x, sigma_prev, x0), step + 1
     return x

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cuda:1, mps, cpu (torch); gpu, cpu (mlx)")
     p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", help="a VAE replacing the model's (as sdkit-gen --vae): it encodes the images and "
+                   "decodes the samples")
     p.add_argument("--resolution", type=int, help="bucket area is resolution^2 (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             noise_offset=a.noise_offset, min_snr_gamma=a.min_snr_gamma, weight_decay=a.weight_decay,
             gradient_checkpointing=a.gradient_checkpointing, ema_decay=a.ema_decay, save_every=a.save_every,
             resume=a.resume,
-            sample_every=a.sample_every, sample_prompts=a.sample_prompt, sample_seed=a.sample_seed)
+            sample_every=a.sample_every, sample_prompts=a.sample_prompt, sample_seed=a.sample_seed, vae=a.vae)
     except sdkit.Cancelled as e:
         print(f"sdkit-train: {e}", file=sys.stderr)
         return 130

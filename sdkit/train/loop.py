@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backends, conditioning, hub, micro_conditioning
-from ..checkpoint import Checkpoint, open_checkpoint
+from ..checkpoint import Checkpoint
 from ..families import FAMILIES
 from ..pipeline import _load_tokenizer, _text_layer
 from ..samplers.schedules import alphas_cumprod
@@ -26,6 +26,7 @@ from . import checkpoints, data as dataset, formats, loss, noise, samples, sched
 from .plan import Batch, Plan
 
 METHODS = ("lora", "dreambooth", "textual_inversion", "finetune")
+TEXT_BATCH = 16  # captions per text-encoder call while caching
 
 
 @dataclass
@@ -54,7 +55,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           gradient_checkpointing: bool = False, ema_decay: float | None = None, save_every: int | None = None,
           resume: bool = False,
           sample_every: int | None = None, sample_prompts: tuple[str, ...] | list[str] = (), sample_seed: int = 0,
-          sample_steps: int = 20, progress: bool = True, callback=None) -> Record:
+          sample_steps: int = 20, progress: bool = True, callback=None, should_stop=None,
+          vae: str | Path | None = None) -> Record:
     """Train `model` on a folder of captioned images; write the result to `out` and return a Record.
 
     method: "lora" (kohya-format .safetensors, or lora_format="peft" for diffusers' / PEFT's; rank, alpha
@@ -65,11 +67,11 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet, and with text_encoder
     the text encoders too; out: a single-file checkpoint when it ends in .safetensors (LDM names: A1111,
     ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
-    backend, device, dtype as in sdkit.load (dtype default float32); in bfloat16 or float16 the frozen weights and
-    activations are half precision and the trained weights and AdamW float32 (a fine-tune's forward runs under
-    torch's autocast; on MLX in float32); float16 adds dynamic loss scaling
-    (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order, noise
-    and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
+    backend, device, dtype, vae as in sdkit.load (dtype default float32; vae: the VAE that encodes the images);
+    in bfloat16 or float16 the frozen weights and activations are half precision and the trained weights and AdamW
+    float32 (a fine-tune's forward runs under torch's autocast; on MLX in float32); float16 adds dynamic loss
+    scaling (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order,
+    noise and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
     ema_decay (e.g. 0.9999): write an exponential moving average of the trained weights (diffusers' EMAModel
     schedule) instead of the last ones.
     save_every: write a resumable state (trained weights, AdamW moments, step, numpy RNG and data order) to
@@ -78,6 +80,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     sample_seed + i) every N steps into `samples/` beside the output.
     callback(step, steps, loss, sample_paths) after each step (sample_paths: the images that step wrote);
     returning False stops the run as Ctrl-C does, after that step (a GUI's Cancel).
+    should_stop(): polled before each image and caption is encoded (caching) and after each step; True while
+    caching raises sdkit.Cancelled with nothing written, in the loop stops as callback returning False does.
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not known; use one of {', '.join(METHODS)}")
@@ -95,7 +99,10 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
         raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}")
     out = Path(out)
     engine = backends.get(backend)(device=device, dtype=dtype or "float32")
-    ckpt = open_checkpoint(hub.resolve(str(model)), name=str(model) if not Path(model).exists() else None)
+    ckpt = hub.open_model(model, vae=vae)
+    if ckpt.scheduler.edm:  # its noise levels are continuous: the DDPM timesteps drawn below would be wrong
+        raise ValueError(f"model: {ckpt.name} is an EDM model (Playground v2.5); sdkit trains on DDPM-schedule "
+                         "models (SD 1.x, 2.x, XL) only")
     family = FAMILIES[ckpt.family]
     text_layer = _text_layer(ckpt.family, 1)
     resolution = resolution or ckpt.default_size[0]
@@ -127,15 +134,17 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     sizes = list(family.buckets) if family.buckets and resolution == family.native_size("epsilon") \
         else dataset.buckets(resolution)
     bucket_of = [dataset.nearest_bucket(*dataset.image_size(e.path), sizes) for e in examples]
-    latents = _encode_images(engine, ckpt, examples, bucket_of)
+    stop = _stopper(should_stop)
+    latents = _encode_images(engine, ckpt, examples, bucket_of, stop)
     captions = [_with_token(e.caption, token) if token else e.caption for e in examples]
     texts = sorted(set(captions) | ({""} if caption_dropout else set()))
     if plan.text_trained:
         ids = {t: {name: _ids(t, tok, token, ckpt.text_encoders[i].vocab_size, vectors)
                    for i, (name, tok) in enumerate(tokenizers.items())} for t in texts}
     else:
-        cached = _encode_texts(engine, ckpt, tokenizers, texts, text_layer)
+        cached = _encode_texts(engine, ckpt, tokenizers, texts, text_layer, stop)
     trainer = engine.trainer(ckpt, plan)
+    stop()  # the last chance to stop with nothing written
 
     # --- loop
     ac = alphas_cumprod(ckpt.scheduler)
@@ -196,8 +205,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
                 checkpoints.save(state_file, trainer, step + 1, rng.bit_generator.state, queue)
             images = sampler(step + 1, plan, token) if sampler is not None and (step + 1) % sample_every == 0 else []
             record.outputs += images
-            if callback is not None and callback(step + 1, steps, record.losses[-1], images) is False \
-                    and step + 1 < steps:
+            stopped = callback is not None and callback(step + 1, steps, record.losses[-1], images) is False
+            if (stopped or should_stop is not None and should_stop()) and step + 1 < steps:
                 step, snapshot = step + 1, (rng.bit_generator.state, queue)  # this step is done: resume after it
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -262,20 +271,38 @@ def _ids(text: str, tokenizer, token: str | None, vocab: int, vectors: int) -> n
     return row
 
 
-def _encode_images(engine, ckpt: Checkpoint, examples, bucket_of) -> list[np.ndarray]:
+def _stopper(should_stop):
+    """should_stop -> a function raising Cancelled when it says so: the caching's checkpoint, before anything
+    is written."""
+    def stop():
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled while encoding the training images and captions: nothing was written")
+    return stop
+
+
+def _encode_images(engine, ckpt: Checkpoint, examples, bucket_of, stop) -> list[np.ndarray]:
     """Each image once through the VAE encoder (posterior mean, scaled): (C, h, w) float32 each."""
     vae = engine.vae(ckpt.vae, ckpt.weights["vae"])
-    out = [engine.numpy(vae.encode(dataset.load_image(e.path, size)[None]))[0] for e, size in zip(examples, bucket_of)]
+    out = []
+    for e, size in zip(examples, bucket_of):
+        stop()
+        out.append(engine.numpy(vae.encode(dataset.load_image(e.path, size)[None]))[0])
     del vae
     return out
 
 
-def _encode_texts(engine, ckpt: Checkpoint, tokenizers, texts: list[str], text_layer: dict):
-    """text -> (context (77, C), pooled (P,) or None) through the frozen encoders (first 77 tokens)."""
+def _encode_texts(engine, ckpt: Checkpoint, tokenizers, texts: list[str], text_layer: dict, stop):
+    """text -> (context (77, C), pooled (P,) or None) through the frozen encoders (first 77 tokens), TEXT_BATCH
+    texts per call so that `stop` is consulted between calls."""
     towers = [conditioning.Tower(tok, engine.text_encoder(cfg, ckpt.weights[name]), cfg)
               for (name, tok), cfg in zip(tokenizers.items(), ckpt.text_encoders)]
-    enc = conditioning.encode(texts, towers, engine.numpy, prompt_syntax="plain", **text_layer)
-    return {t: (c[:77], p) for t, c, p in zip(texts, enc.contexts, enc.pooled)}
+    cached = {}
+    for i in range(0, len(texts), TEXT_BATCH):
+        stop()
+        batch = texts[i:i + TEXT_BATCH]
+        enc = conditioning.encode(batch, towers, engine.numpy, prompt_syntax="plain", **text_layer)
+        cached |= {t: (c[:77], p) for t, c, p in zip(batch, enc.contexts, enc.pooled)}
+    return cached
 
 
 def _time_ids(ckpt: Checkpoint, size: tuple[int, int], n: int) -> np.ndarray | None:

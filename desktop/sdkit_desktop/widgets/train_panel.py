@@ -1,6 +1,8 @@
 """The Train panel: a data folder (its images as thumbnails with their captions, listed by sdkit.train.data as
-training reads them), the method and its main options, steps, learning rate, output, sample prompt; Start and
-Cancel; the run's progress, live loss curve and sample images. The window supplies the model and runs it."""
+training reads them; the thumbnails load in other threads and fill in as they arrive), the method and its main
+options (DreamBooth class images and prior weight, LoRA rank and alpha), steps, learning rate, resolution, seed,
+output, sample prompt; Start and Cancel; the run's progress, live loss curve and sample images. The window
+supplies the model (and its VAE) and runs it."""
 
 from __future__ import annotations
 
@@ -8,16 +10,17 @@ import json
 from pathlib import Path
 
 from PIL import Image
-from PySide6.QtCore import QLocale, QSize, Signal
-from PySide6.QtGui import QDoubleValidator, QIcon, QPixmap
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QLineEdit, QListView, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-                               QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+from PySide6.QtCore import QLocale, QSize, Signal, Slot
+from PySide6.QtGui import QDoubleValidator, QIcon, QImage, QPixmap
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
+                               QHBoxLayout, QLabel, QLineEdit, QListView, QListWidget, QListWidgetItem, QProgressBar,
+                               QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 from sdkit.train import METHODS
 from sdkit.train import data as dataset
 
 from .gallery import Gallery, ImageView, to_qimage
 from .loss_plot import LossPlot
+from .thumbnails import Thumbnails
 
 THUMB = 80
 DEFAULT_LR = {"textual_inversion": "5e-3", "finetune": "1e-5"}  # else 1e-4: sdkit.train's defaults
@@ -36,6 +39,7 @@ class TrainPanel(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.running = False
+        self.stepped = False  # the run has reported a step (before that it is encoding its data)
         self.examples: list[dataset.Example] = []
         self._suggested = ""  # the output scan() filled in, replaced when the method changes
 
@@ -50,14 +54,24 @@ class TrainPanel(QWidget):
         self.images.setGridSize(QSize(THUMB + 40, THUMB + 40))
         self.images.setFixedHeight(2 * THUMB + 100)
         self.data_info = QLabel(wordWrap=True)
+        self.thumbnails = Thumbnails(THUMB)
 
         self.method = QComboBox()
         self.method.addItems(METHODS)
         self.method_note = QLabel(wordWrap=True)
         self.rank = QSpinBox(minimum=1, maximum=256, value=16)
         self.rank.setToolTip("LoRA rank: larger learns more and makes a larger file")
+        self.alpha = QDoubleSpinBox(minimum=0, maximum=1024, decimals=1, specialValueText="the rank")
+        self.alpha.setToolTip("LoRA alpha: the update is scaled by alpha / rank (kohya's ss_network_alpha)")
         self.instance_prompt = QLineEdit(placeholderText="a photo of sks dog")
         self.instance_prompt.setToolTip("The caption of images without a .txt (DreamBooth)")
+        self.class_folder = QLineEdit(placeholderText="optional: images of the class, for prior preservation")
+        self.class_folder.setToolTip("DreamBooth prior preservation: pictures of the subject's class (other dogs for "
+                                     "your dog) keep the model's idea of the class while it learns the subject")
+        self.class_prompt = QLineEdit(placeholderText="a photo of a dog")
+        self.class_prompt.setToolTip("The caption of class images without a .txt")
+        self.prior_weight = QDoubleSpinBox(minimum=0, maximum=10, singleStep=0.1, value=1.0)
+        self.prior_weight.setToolTip("How much the class images' loss counts against the subject's")
         self.token = QLineEdit(placeholderText="the output file's name")
         self.token.setToolTip("The new word prompts will use; captions without it get it in front")
         self.init_word = QLineEdit("*")
@@ -67,6 +81,11 @@ class TrainPanel(QWidget):
         rate = QDoubleValidator(0.0, 1.0, 10)
         rate.setLocale(QLocale.c())  # 1e-4 and 0.0001 in any locale, as float() reads them
         self.learning_rate.setValidator(rate)
+        self.resolution = QSpinBox(minimum=0, maximum=4096, singleStep=64, specialValueText="the model's")
+        self.resolution.setToolTip("Images are fitted to buckets of about resolution² pixels (the model's native "
+                                   "size by default: 512 for SD1, 1024 for SDXL)")
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.seed.setToolTip("Fixes the data order, noise and timesteps: the same seed gives the same run")
         self.out = QLineEdit(placeholderText="where the result goes (log.jsonl and samples/ beside it)")
         save_as = QPushButton("Save as…")
         self.resume = QCheckBox("Resume from the saved state")
@@ -92,6 +111,8 @@ class TrainPanel(QWidget):
         save_as.clicked.connect(self._browse_out)
         self.folder.editingFinished.connect(self.scan)
         self.instance_prompt.editingFinished.connect(self.scan)
+        self.thumbnails.loaded.connect(self._thumbnail_loaded)
+        self.destroyed.connect(self.thumbnails.stop)  # a job loading thousands ends with the panel
         self.method.currentTextChanged.connect(self._method_changed)
         self.out.textChanged.connect(self._out_changed)
         self.start_button.clicked.connect(self.start_clicked)
@@ -115,11 +136,17 @@ class TrainPanel(QWidget):
         self.form.addRow("Method", self.method)
         self.form.addRow(self.method_note)
         self.form.addRow("Rank", self.rank)
+        self.form.addRow("Alpha", self.alpha)
         self.form.addRow("Instance prompt", self.instance_prompt)
+        self.form.addRow("Class images", self.class_folder)
+        self.form.addRow("Class prompt", self.class_prompt)
+        self.form.addRow("Prior weight", self.prior_weight)
         self.form.addRow("Word", self.token)
         self.form.addRow("Init word", self.init_word)
         self.form.addRow("Steps", self.steps)
         self.form.addRow("Learning rate", self.learning_rate)
+        self.form.addRow("Resolution", self.resolution)
+        self.form.addRow("Seed", self.seed)
         out = QHBoxLayout()
         out.addWidget(self.out, 1)
         out.addWidget(save_as)
@@ -153,31 +180,42 @@ class TrainPanel(QWidget):
     # The form.
 
     def scan(self) -> None:
-        """List the data folder's images as training will read them (captions, repeats)."""
-        self.images.clear()
-        self.examples = []
+        """List the data folder's images as training will read them (captions, repeats); their thumbnails load
+        in other threads and fill in as they arrive."""
         folder = self.folder.text().strip()
-        if not folder:
-            self.data_info.setText("")
-            return
         try:
-            self.examples = dataset.scan(folder, self._instance_prompt())
+            examples = dataset.scan(folder, self._instance_prompt()) if folder else []
+            problem = ""
         except ValueError as e:
-            self.data_info.setText(str(e))
+            examples, problem = [], str(e)
+        if not (examples and examples == self.examples):  # else listed already (Start scans again): keep them
+            self._list(examples)
+        if not examples:
+            self.data_info.setText(problem)
             return
-        for e in self.examples:
-            with Image.open(e.path) as im:
-                im.thumbnail((THUMB, THUMB))
-                icon = QIcon(QPixmap.fromImage(to_qimage(im)))
-            repeats = f"{e.repeats}× " if e.repeats > 1 else ""
-            item = QListWidgetItem(icon, repeats + e.caption)
-            item.setToolTip(f"{e.path}\n{e.caption}" + (f"\nseen {e.repeats} times per epoch" if repeats else ""))
-            self.images.addItem(item)
-        per_epoch = sum(e.repeats for e in self.examples)
-        self.data_info.setText(f"{len(self.examples)} images, {per_epoch} per epoch")
+        per_epoch = sum(e.repeats for e in examples)
+        self.data_info.setText(f"{len(examples)} images, {per_epoch} per epoch")
         if self.out.text().strip() in ("", self._suggested):
             self._suggested = str(default_output(Path(folder), self.method.currentText()))
             self.out.setText(self._suggested)
+
+    def _list(self, examples: list[dataset.Example]) -> None:
+        """Show the images' captions now and their thumbnails as they load (a newer listing drops older ones)."""
+        self.images.clear()
+        self.examples = examples
+        self.thumbnails.stop()
+        for e in examples:
+            repeats = f"{e.repeats}× " if e.repeats > 1 else ""
+            item = QListWidgetItem(repeats + e.caption)
+            item.setToolTip(f"{e.path}\n{e.caption}" + (f"\nseen {e.repeats} times per epoch" if repeats else ""))
+            self.images.addItem(item)
+        if examples:
+            self.thumbnails.load([e.path for e in examples])
+
+    @Slot(int, int, QImage)
+    def _thumbnail_loaded(self, generation: int, row: int, image: QImage) -> None:
+        if generation == self.thumbnails.generation:  # else it belongs to a folder no longer shown
+            self.images.item(row).setIcon(QIcon(QPixmap.fromImage(image)))
 
     def kwargs(self) -> dict:
         """sdkit.train's arguments from the form (the window adds the model); ValueError names what is missing."""
@@ -189,7 +227,11 @@ class TrainPanel(QWidget):
             raise ValueError("Output: choose where the result goes")
         method = self.method.currentText()
         kw = dict(data=self.folder.text().strip(), method=method, out=out, steps=self.steps.value(),
-                  resume=self.resume.isChecked() and self.resume.isEnabled())
+                  resume=self.resume.isChecked() and self.resume.isEnabled(), seed=self.seed.value())
+        if resolution := self.resolution.value():
+            if resolution % 64:  # the buckets' sides are multiples of 64
+                raise ValueError(f"Resolution: {resolution} is not a multiple of 64; use one like 512 or 1024")
+            kw["resolution"] = resolution
         if rate := self.learning_rate.text().strip():
             try:
                 kw["learning_rate"] = float(rate)
@@ -197,8 +239,17 @@ class TrainPanel(QWidget):
                 raise ValueError(f"Learning rate: {rate!r} is not a number; write one like 1e-4") from None
         if method in ("lora", "dreambooth"):
             kw["rank"] = self.rank.value()
+            if self.alpha.value():
+                kw["alpha"] = self.alpha.value()
         if method == "dreambooth" and self._instance_prompt():
             kw["instance_prompt"] = self._instance_prompt()
+        if method == "dreambooth" and (classes := self.class_folder.text().strip()):
+            prompt = self.class_prompt.text().strip() or None
+            try:
+                dataset.scan(classes, prompt, prior=True)
+            except ValueError as e:
+                raise ValueError(f"Class images: {e}") from None
+            kw.update(class_data=classes, class_prompt=prompt, prior_loss_weight=self.prior_weight.value())
         if method == "textual_inversion":
             kw["init_word"] = self.init_word.text().strip() or "*"
             if self.token.text().strip():
@@ -213,8 +264,10 @@ class TrainPanel(QWidget):
 
     def _method_changed(self, method: str) -> None:
         self.method_note.setText(METHOD_NOTES[method])
-        for widget, methods in ((self.rank, ("lora", "dreambooth")), (self.instance_prompt, ("dreambooth",)),
-                                (self.token, ("textual_inversion",)), (self.init_word, ("textual_inversion",))):
+        lora, dreambooth, ti = ("lora", "dreambooth"), ("dreambooth",), ("textual_inversion",)
+        for widget, methods in ((self.rank, lora), (self.alpha, lora), (self.instance_prompt, dreambooth),
+                                (self.class_folder, dreambooth), (self.class_prompt, dreambooth),
+                                (self.prior_weight, dreambooth), (self.token, ti), (self.init_word, ti)):
             self.form.setRowVisible(widget, method in methods)
         self.learning_rate.setPlaceholderText(DEFAULT_LR.get(method, "1e-4"))
         self.scan()
@@ -251,7 +304,7 @@ class TrainPanel(QWidget):
 
     def started(self, kwargs: dict) -> None:
         """A run of sdkit.train(**kwargs) begins; a resumed one's plot starts with the steps already logged."""
-        self.running = True
+        self.running, self.stepped = True, False
         self.error.hide()
         self.plot.reset(kwargs["steps"])
         log = Path(kwargs["out"]).parent / "log.jsonl"
@@ -264,6 +317,7 @@ class TrainPanel(QWidget):
         self.status.setText("Preparing: encoding the images and captions once…")
 
     def show_progress(self, step: int, total: int, loss: float, rate: float) -> None:
+        self.stepped = True
         self.plot.add(step, loss)
         self.progress.setRange(0, total)
         self.progress.setValue(step)
@@ -283,7 +337,8 @@ class TrainPanel(QWidget):
         self.status.setText({"done": "Done: ", "cancelled": "Cancelled: "}.get(outcome, "Failed") + (
             message if outcome != "failed" else ""))
         self._out_changed(self.out.text())
-        self.resume.setChecked(outcome == "cancelled")
+        if outcome != "cancelled" or self.stepped:  # cancelled while encoding: the saved state (if any) is as it was
+            self.resume.setChecked(outcome == "cancelled")
 
 
 def open_rgb(path: str) -> Image.Image:
