@@ -49,12 +49,14 @@ class LoRA(nn.Module):
 class Trainer:
     def __init__(self, ckpt: Checkpoint, plan: Plan, device: torch.device, dtype: torch.dtype):
         self.plan, self.device, self.dtype = plan, device, dtype
-        self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device, dtype)
+        # what trains whole is loaded (and kept) in float32: half-precision Adam updates vanish
+        self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device,
+                         torch.float32 if plan.finetune else dtype)
         self.text = {}
         if plan.text_trained:  # context computed each step, through trainable parts
             for config, name in zip(ckpt.text_encoders, ckpt.text_encoder_names):
                 self.text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder", device,
-                                       dtype)
+                                       torch.float32 if plan.text_finetune else dtype)
         modules = {"unet": self.unet, **self.text}
         self.lora = {}
         for target, (down, up) in (plan.lora or {}).items():
@@ -73,12 +75,10 @@ class Trainer:
         params = [p for m in self.lora.values() for p in (m.down.weight, m.up.weight)]
         params += list(self.embeddings.values())
         if plan.finetune:
-            self.unet = self.unet.float()  # trained in float32: half-precision Adam updates vanish
             for p in self.unet.parameters():
                 p.data = p.data.clone()  # loaded weights may be read-only views of the file
             params += list(self.unet.parameters())
         for model in self.text.values() if plan.text_finetune else ():
-            model.float()
             for p in model.parameters():
                 p.data = p.data.clone()
             params += list(model.parameters())
@@ -97,14 +97,14 @@ class Trainer:
     def accumulate(self, batch: Batch, scale: float) -> float:
         """Forward and backward one micro-batch; gradients add up until step(). -> its (weighted) loss."""
         t = lambda a: torch.as_tensor(a, device=self.device)
-        context, pooled = (t(batch.context), None if batch.pooled is None else t(batch.pooled)) \
-            if batch.context is not None else self._encode(batch.ids)
-        added = None
-        if batch.time_ids is not None:
-            added = {"text_embeds": pooled.to(self.dtype), "time_ids": t(batch.time_ids)}
-        dtype = self.unet.conv_in.weight.dtype  # float32 when fine-tuning
-        x = t(batch.noisy).to(dtype)
-        pred = self.unet(x, t(batch.t).float(), context.to(dtype), added).float()
+        dtype = self.unet.conv_in.weight.dtype  # float32 when fine-tuning: then autocast runs it in self.dtype
+        with torch.autocast(self.device.type, self.dtype, enabled=dtype != self.dtype):
+            context, pooled = (t(batch.context), None if batch.pooled is None else t(batch.pooled)) \
+                if batch.context is not None else self._encode(batch.ids)
+            added = None
+            if batch.time_ids is not None:
+                added = {"text_embeds": pooled.to(dtype), "time_ids": t(batch.time_ids)}
+            pred = self.unet(t(batch.noisy).to(dtype), t(batch.t).float(), context.to(dtype), added).float()
         per_sample = (pred - t(batch.target)).square().mean(dim=(1, 2, 3))  # (B,)
         loss = (per_sample * t(batch.weights)).mean()
         (loss * (scale * (self.scaler.scale if self.scaler else 1.0))).backward()

@@ -69,10 +69,11 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
     backend, device, dtype, vae as in sdkit.load (dtype default float32; vae: the VAE that encodes the images);
     in bfloat16 or float16 the frozen weights and activations are half precision and the trained weights and AdamW
-    float32; float16 adds dynamic loss scaling (a step whose gradients overflow is skipped and logged with
-    "skipped": true). seed fixes data order, noise and timesteps. gradient_checkpointing: recompute block
-    activations in the backward pass (less memory). ema_decay (e.g. 0.9999): write an exponential moving
-    average of the trained weights (diffusers' EMAModel schedule) instead of the last ones.
+    float32 (a fine-tune's forward runs under torch's autocast; on MLX in float32); float16 adds dynamic loss
+    scaling (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order,
+    noise and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
+    ema_decay (e.g. 0.9999): write an exponential moving average of the trained weights (diffusers' EMAModel
+    schedule) instead of the last ones.
     save_every: write a resumable state (trained weights, AdamW moments, step, numpy RNG and data order) to
     `<out>.state.safetensors` every N steps; resume: continue from that file when it exists. Ctrl-C writes the
     state and the output so far, then raises sdkit.Cancelled. sample_every: generate `sample_prompts` (seed
