@@ -116,7 +116,7 @@ def main():
         return
     import os
     cache = Path(os.environ.get("SDKIT_BENCH_CACHE", Path.home() / ".cache" / "sdkit-bench"))
-    model = args.model or str(build_random(cache / "sd15-random-float32", "sd1", "float32"))
+    model = args.model or str(build_random(cache / "sd15-random-float32", "sd15", "float32"))
     data = make_data(Path(tempfile.mkdtemp()) / "data", args.size)
     results = {"sdkit": [], "diffusers": []}
     for _ in range(args.runs):

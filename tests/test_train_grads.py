@@ -201,3 +201,33 @@ def test_mlx_text_encoder_and_vae_encoder_gradients_match_torch(sdxl_folder):
     assert_grads_close(mlx_grads_as_torch(g_text, grads(theirs)), grads(theirs))
     encoder = lambda gs: {k: v for k, v in gs.items() if not k.startswith(("decoder.", "post_quant"))}
     assert_grads_close(encoder(mlx_grads_as_torch(g_vae, grads(vae_theirs))), encoder(grads(vae_theirs)))
+
+
+def test_lora_linear_fast_path_matches_autograd():
+    """The training LoRA's fused Linear path (sdkit_torch.train._LoRALinear): float64 finite differences for
+    x, bias, down and up, and the float32 module against base(x) + up(down(x)) * scale under plain autograd, with
+    and without a bias, with and without an input that wants gradients (the UNet's first layers and the context)."""
+    from sdkit_torch.train import LoRA, _LoRALinear
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape, dtype=torch.float64: torch.randn(*shape, generator=g, dtype=dtype)
+    x, w, b, down, up = r(2, 3, 8), r(6, 8), r(6), r(4, 8), r(6, 4)
+    for t in (x, b, down, up):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(_LoRALinear.apply, (x, w, b, down, up, 0.7))
+    assert torch.autograd.gradcheck(_LoRALinear.apply, (x, w, None, down, up, 1.0))
+
+    for bias, x_grad in ((True, True), (False, True), (True, False)):
+        base = torch.nn.Linear(8, 6, bias=bias).requires_grad_(False)
+        lora = LoRA(base, r(4, 8, dtype=torch.float32).numpy(), r(6, 4, dtype=torch.float32).numpy(), alpha=2.0)
+        lora.down.weight.requires_grad_(True)
+        lora.up.weight.requires_grad_(True)
+        x = r(2, 5, 8, dtype=torch.float32).requires_grad_(x_grad)
+        wy = r(2, 5, 6, dtype=torch.float32)
+        (lora(x) * wy).sum().backward()
+        ours = {"down": lora.down.weight.grad, "up": lora.up.weight.grad, "x": x.grad}
+        lora.down.weight.grad = lora.up.weight.grad = x.grad = None
+        ((base(x) + lora.up(lora.down(x)) * lora.scale) * wy).sum().backward()
+        theirs = {"down": lora.down.weight.grad, "up": lora.up.weight.grad, "x": x.grad}
+        if not x_grad:
+            assert ours.pop("x") is None and theirs.pop("x") is None
+        assert_grads_close(ours, theirs)

@@ -43,7 +43,36 @@ class LoRA(nn.Module):
             self.up.weight.copy_(torch.from_numpy(up).reshape(self.up.weight.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.base.weight
+        if isinstance(self.base, nn.Linear) and x.dtype == w.dtype == self.down.weight.dtype and not w.requires_grad:
+            return _LoRALinear.apply(x, w, self.base.bias, self.down.weight, self.up.weight, self.scale)
         return self.base(x) + (self.up(self.down(x.float())) * self.scale).to(x.dtype)
+
+
+class _LoRALinear(torch.autograd.Function):
+    """x W^T + b + scale (x A^T) B^T for a frozen W, as two GEMMs accumulating into one output: no separate scale
+    and add passes over the (N, out) activations, and in backward the input's two gradient paths accumulate
+    in one GEMM (4 fewer elementwise passes per layer than base(x) + up(down(x)) * scale). Saves x and the
+    rank-wide x A^T, as autograd would; W's gradient is never computed (the caller checks it is frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, down, up, scale):
+        x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+        h = x2 @ down.t()  # (N, r)
+        y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()  # (N, out)
+        y.addmm_(h, up.t(), alpha=scale)
+        ctx.save_for_backward(x2, h, weight, down, up)
+        ctx.scale, ctx.shape = scale, x.shape
+        return y.view(*x.shape[:-1], -1)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, h, weight, down, up = ctx.saved_tensors
+        gy2 = gy.reshape(-1, gy.shape[-1])  # (N, out)
+        gh = (gy2 @ up).mul_(ctx.scale)  # (N, r)
+        gx = (gy2 @ weight).addmm_(gh, down).view(ctx.shape) if ctx.needs_input_grad[0] else None
+        gbias = gy2.sum(0) if ctx.needs_input_grad[2] else None
+        return gx, None, gbias, gh.t() @ x2, torch.mm(gy2.t(), h).mul_(ctx.scale), None
 
 
 class Trainer:
@@ -85,8 +114,9 @@ class Trainer:
         for p in params:
             p.requires_grad_(True)
         self.params = params
+        # foreach: each AdamW op once over all tensors, not once per tensor (256 LoRA tensors on SD1.5's attention)
         self.optimizer = torch.optim.AdamW(params, lr=plan.learning_rate, betas=plan.betas, eps=plan.eps,
-                                           weight_decay=plan.weight_decay)
+                                           weight_decay=plan.weight_decay, foreach=True)
         self.ema = [p.detach().float().clone() for p in params] if plan.ema_decay else None
         self.updates = 0  # optimizer steps taken: the EMA's n
         self.scaler = LossScale() if plan.loss_scaling else None
