@@ -14,7 +14,7 @@ from pathlib import Path
 from . import backends, hashes, hub
 from .adapters.embeddings import Embeddings, folders as _embedding_folders
 from .adapters.lora import Library as _LoRAs, lora_folders as _lora_folders
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint
 from .errors import BackendError, Cancelled, CheckpointError, HubError, SdkitError
 from .memory import Memory
 from .image_metadata import read_parameters
@@ -63,12 +63,6 @@ def load(model: str | Path, backend: str = "auto", device: str | None = None, dt
     library = Embeddings(_embedding_folders(embedding_dirs))
     loras = _LoRAs(_lora_folders(lora_dirs))
     engine = backends.get(backend)(device=device, dtype=dtype, compile=compile)
-    # the VAE first: a mistyped path fails before a model download
-    vae_path = hub.resolve_vae(str(vae), prefer_fp16=engine.dtype == "float16") if vae is not None else None
-    vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None  # a Hub repo id
-    path = hub.resolve(str(model), prefer_fp16=engine.dtype == "float16")
-    name = str(model) if not Path(model).exists() else None
-    ckpt = open_checkpoint(path, prediction=prediction, prefer_fp16=engine.dtype == "float16", name=name,
-                           vae=vae_path, vae_name=vae_name)
+    ckpt = hub.open_model(model, vae=vae, prediction=prediction, prefer_fp16=engine.dtype == "float16")
     hashes.start_for(ckpt)  # Model hash / VAE hash for the images' metadata, in the background
     return Pipeline(ckpt, engine, memory, library, loras)

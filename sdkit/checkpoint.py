@@ -14,6 +14,9 @@ not in the shapes; sdkit takes it from, in this order:
     the file name: SD2 files predict v at 768 pixels unless the name says 512 or base (v2-1_512-ema-pruned,
     sd21-base...), which means epsilon at 512 pixels; SD1 and SDXL files predict epsilon.
 
+An SDXL file with `edm_mean` / `edm_std` tensors is an EDM model, Playground v2.5 (sdkit.families.PLAYGROUND):
+its published EDM scheduler config, VAE scaling factor 0.5 and those tensors as the VAE's latents_mean / _std.
+
 A file that is not a checkpoint sdkit can load (a LoRA, an embedding, a lone VAE or UNet, ControlNet, Flux,
 SD3, an inpainting model, ...) is refused in one line naming what it is (sdkit.identify), as is a diffusers
 folder of another pipeline type. A checkpoint published without a VAE ("noVAE") loads when a VAE is given.
@@ -38,9 +41,10 @@ from pathlib import Path
 from . import identify, ldm
 from .config import SchedulerConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from .errors import CheckpointError
-from .families import (ARCHITECTURES, FAMILIES, ORDINARY, PREDICTION_NAMES, UNET_PREFIX, V_PRED, VAE_PREFIX, ZTSNR,
-                       Layout, Recipe, recipe_from_name, recipe_from_scheduler, time_ids)
+from .families import (ARCHITECTURES, FAMILIES, ORDINARY, PLAYGROUND, PREDICTION_NAMES, UNET_PREFIX, V_PRED, VAE_PREFIX,
+                       ZTSNR, Layout, Recipe, recipe_from_name, recipe_from_scheduler, time_ids)
 from .interfaces import TensorRef, Weights
+from .weights import read_values
 
 DATA = Path(__file__).parent / "data"
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -308,9 +312,11 @@ def _open_single_file(path: Path, overridden: bool, vae_given: bool = False) -> 
                               "1.x, 2.x or XL layout sdkit knows")
     family = FAMILIES[layout.family]
     prediction, side, zsnr, recipe = _single_file_facts(file, metadata, layout, overridden)
-    config = SchedulerConfig.from_diffusers(_read_json(DATA / "schedulers" / family.scheduler))
-    scheduler = dataclasses.replace(config, prediction_type=prediction, rescale_betas_zero_snr=zsnr,
+    edm = PLAYGROUND if layout.family == "sdxl" and all(m in file.header for m in PLAYGROUND.markers) else None
+    config = SchedulerConfig.from_diffusers(_read_json(DATA / "schedulers" / (edm or family).scheduler))
+    scheduler = dataclasses.replace(config, prediction_type=prediction, rescale_betas_zero_snr=zsnr and not edm,
                                     timestep_spacing=recipe.schedule or config.timestep_spacing)
+    scaling_factor = (edm or family).scaling_factor
     sample_size = side // 8  # every SD VAE has 8 pixels per latent
     try:
         texts = [ldm.clip(file, t.prefix) if t.kind == "clip" else ldm.openclip(file, t.prefix, family)
@@ -320,15 +326,19 @@ def _open_single_file(path: Path, overridden: bool, vae_given: bool = False) -> 
             ids, width = _time_ids(path, file.header[UNET_PREFIX + "label_emb.0.0.weight"][1][1],
                                    texts[-1][0].projection_dim, None)
         unet, unet_weights, unexpected = ldm.unet(file, family, sample_size, width)
-        vae, vae_weights, unexpected_vae = ldm.vae(file, family.scaling_factor, side) if file.has(VAE_PREFIX) else (
-            VAEConfig(scaling_factor=family.scaling_factor, sample_size=side), {}, [])  # noVAE: replaced
+        vae, vae_weights, unexpected_vae = ldm.vae(file, scaling_factor, side) if file.has(VAE_PREFIX) else (
+            VAEConfig(scaling_factor=scaling_factor, sample_size=side), {}, [])  # noVAE: replaced
     except (KeyError, StopIteration, IndexError) as e:
         missing = f"tensor {e} is missing" if isinstance(e, KeyError) else "its blocks are not where they should be"
         raise CheckpointError(f"{path}: cannot read it as an {layout.name} checkpoint; {missing}") from None
 
+    if edm:  # the latents' channel statistics (diffusers' from_single_file reads them as its VAE's)
+        mean, std = (read_values(path, file.stored[m]) for m in edm.markers)
+        vae = dataclasses.replace(vae, latents_mean=mean, latents_std=std)
     covered = (UNET_PREFIX, VAE_PREFIX, *(t.prefix for t in layout.towers))
     unexpected += unexpected_vae + [k for _, _, u in texts for k in u]
-    unexpected += [file.stored[k] for k in file.header if not k.startswith(covered) and not ldm.LEFTOVER.fullmatch(k)]
+    unexpected += [file.stored[k] for k in file.header if not k.startswith(covered) and not ldm.LEFTOVER.fullmatch(k)
+                   and k not in (edm.markers if edm else ())]
     if unexpected:
         more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
         raise CheckpointError(f"{path}: unexpected tensors {', '.join(unexpected[:5])}{more}; "
@@ -467,6 +477,7 @@ def _replace_vae(ckpt: Checkpoint, path: Path, prefer_fp16: bool, name: str | No
         raise CheckpointError(f"{path}: this VAE makes {vae.latent_channels} latent channels at 1/{vae.scale} of "
                               f"the image size, but {ckpt.name}'s UNet takes {ckpt.unet.in_channels} at "
                               f"1/{ckpt.vae.scale}; use a VAE made for {ckpt.family.upper()} models")
+    vae = dataclasses.replace(vae, latents_mean=ckpt.vae.latents_mean, latents_std=ckpt.vae.latents_std)  # stay too
     return dataclasses.replace(ckpt, vae=vae, weights={**ckpt.weights, "vae": weights}, vae_file=path,
                                vae_name=name or path.name)
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import sdkit
-from sdkit import backends, hashes, hub, inpaint, micro_conditioning
+from sdkit import backends, hashes, hires, hub, inpaint, micro_conditioning
 from sdkit.adapters import lora
 from sdkit.adapters.embeddings import folders
 from sdkit.checkpoint import PICKLES
@@ -42,10 +42,11 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULTS = {k: p.default for k, p in inspect.signature(sdkit.Pipeline.generate).parameters.items()}
 # read_parameters() keys that sdkit-gen hands on to generate() or load(); a feature that restores another stored
 # setting adds its key here. Every other stored key (A1111's, an extension's, another tool's) is named in a warning.
-HIRES = ("hires_scale", "hires_steps", "hires_denoising", "hires_upscaler")  # restored without -i
+HIRES = ("hires_scale", "hires_resize", "hires_steps", "hires_denoising", "hires_upscaler")  # restored without -i
+HIRES_ON = {"hires_scale", "hires_resize"}  # either turns hires fix on
 INPAINT_KEYS = ("mask_blur", "inpaint_area", "inpaint_padding")  # restored from --from with its NAME.mask.png
 HONOURED = {"prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "guidance_rescale", "sampler",
-            "schedule", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
+            "schedule", "eta", "seed", "strength", "model", "clip_skip", "TI hashes", "Lora hashes", "VAE", "VAE hash",
             *micro_conditioning.ARGUMENTS, *INPAINT_KEYS, *HIRES, "Refiner", "refiner_start"}
 # Stored keys that change nothing in the picture.
 HARMLESS = {"Version", "Model hash"}
@@ -84,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=[s for s in A1111_SCHEDULES if s], metavar="SCHEDULE",
                    help="the noise levels the sampler steps through: trailing, karras, exponential or beta "
                         "(default: the model's own timestep spacing; which samplers take which: --list-samplers)")
+    p.add_argument("--eta", type=_unit, metavar="ETA",
+                   help="the tcd sampler's stochasticity (gamma) in [0, 1]: the share of each step re-noised "
+                        "(default 0.3)")
     p.add_argument("-b", "--num-images", type=_positive_int, default=1, metavar="NUM_IMAGES",
                    help="images to make in one batch (default 1)")
     p.add_argument("--clip-skip", type=_positive_int, metavar="N",
@@ -129,12 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULTS['refiner_start']}; with --from, the stored Refiner switch at)")
     p.add_argument("--hires-scale", type=_hires_scale, metavar="SCALE",
                    help="hires fix (A1111's): generate at -W x -H, upscale by SCALE, refine image-to-image")
+    p.add_argument("--hires-resize", type=_hires_resize, metavar="WxH",
+                   help="hires fix to this size instead of --hires-scale (A1111's Hires resize; 0 for one side: "
+                        "from the other by the aspect; both: the aspect kept and the overflow cropped)")
     p.add_argument("--hires-steps", type=_non_negative_int, metavar="N",
                    help="steps of the hires pass (default 0: --steps)")
     p.add_argument("--hires-denoising", type=_strength, metavar="STRENGTH",
                    help=f"strength of the hires pass, in (0, 1] (default {DEFAULTS['hires_denoising']})")
-    p.add_argument("--hires-upscaler", choices=("latent", "lanczos"),
-                   help="latent (default: A1111's Latent, bilinear on the latents) or lanczos (on the pixels)")
+    p.add_argument("--hires-upscaler", choices=hires.UPSCALERS, metavar="UPSCALER",
+                   help="latent (default: A1111's Latent, bilinear on the latents), latent_antialiased, "
+                        "latent_bicubic, latent_bicubic_antialiased, latent_nearest, latent_nearest_exact (A1111's "
+                        "other Latent modes) or lanczos (on the pixels)")
     p.add_argument("-i", "--init-image", metavar="INIT_IMAGE", help="start from this picture (image-to-image)")
     p.add_argument("--strength", type=_strength, help=f"with -i: how much to change it, in (0, 1] "
                                                       f"(default {IMG2IMG_STRENGTH}; 1 with --mask or --outpaint)")
@@ -199,10 +208,16 @@ def run(args: argparse.Namespace) -> int:
                         "clip_skip")}
     if args.schedule is not None or args.sampler is None:  # a stored schedule goes with the stored sampler
         kwargs["schedule"] = args.schedule if args.schedule is not None else stored.get("schedule")
+    if args.eta is not None:
+        kwargs["eta"] = args.eta
+    elif "eta" in stored and (args.sampler is None or resolve(args.sampler)[0].name == "tcd"):  # tcd's, kept with it
+        kwargs["eta"] = stored["eta"]
     kwargs |= {k: stored[k] for k in micro_conditioning.ARGUMENTS if k in stored}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if "sampler" in kwargs:
         resolve(kwargs["sampler"], kwargs.get("schedule"))  # a schedule the sampler lacks: refused before the load
+        if "eta" in kwargs and resolve(kwargs["sampler"])[0].name != "tcd":
+            raise ValueError(f"--eta is a setting of the tcd sampler, not of {kwargs['sampler']}")
     kwargs["seed"] = kwargs.get("seed", secrets.randbits(32))  # chosen here: the file names carry it
     seeds = [kwargs["seed"] + i for i in range(args.num_images)]
     init = open_image(args.init_image) if args.init_image else None
@@ -337,7 +352,8 @@ def _mask(args: argparse.Namespace, init, stored: dict, kwargs: dict):
         return None
     kwargs |= settings
     if args.outpaint is not None:
-        init, mask = inpaint.outpaint_canvas(init, *args.outpaint, settings.get("mask_blur", DEFAULTS["mask_blur"]))
+        init, mask = inpaint.outpaint_canvas(init, *args.outpaint, settings.get("mask_blur", DEFAULTS["mask_blur"]),
+                                             kwargs["seed"])
         return init, mask
     return init, inpaint.open_mask(args.mask, init.size)
 
@@ -485,9 +501,9 @@ def unhonoured(stored: dict, honoured: set[str], sampler: str | None = None) -> 
     if "Sampler" in rest:
         a1111 = ", ".join(f"{k}: {rest.pop(k)}" for k in ("Sampler", "Schedule type") if k in rest)
         notes.append(f"{a1111} is not available in sdkit; using " + (sampler or "the model's recommended sampler"))
-    if "hires_scale" in stored and "Hires upscaler" in rest:  # applied, with a stand-in for the upscaler
+    if HIRES_ON & stored.keys() and "Hires upscaler" in rest:  # applied, with a stand-in for the upscaler
         notes.append(f"Hires upscaler: {rest.pop('Hires upscaler')} is not in sdkit; using Lanczos")
-    if any(k in rest for k in HIRES_KEYS):  # "Hires resize" alone (A1111's resize-to mode): not applied
+    if any(k in rest for k in HIRES_KEYS):  # hires keys sdkit cannot read (an unreadable scale or size)
         notes.append(f"hires fix is not applied: only its first pass is generated{_hires_sizes(stored)}")
         for k in [k for k in rest if k.startswith("Hires ")]:
             notes.append(f"not applied (hires fix): {k}: {rest.pop(k)}")
@@ -505,14 +521,17 @@ def _hires(args: argparse.Namespace, stored: dict, init) -> dict:
     if init is not None:
         if given:
             raise ValueError("--hires-* make a two-pass text-to-image; they take no -i INIT_IMAGE")
-        if "hires_scale" in stored:
+        if HIRES_ON & stored.keys():
             _warn("the stored hires fix is not applied: -i makes this image-to-image")
         return {}
-    if "hires_scale" not in stored:
-        if given and "hires_scale" not in given:
-            raise ValueError("--hires-steps, --hires-denoising and --hires-upscaler need --hires-scale")
+    if len(HIRES_ON & given.keys()) == 2:
+        raise ValueError("give --hires-scale or --hires-resize, not both")
+    if not HIRES_ON & stored.keys():
+        if given and not HIRES_ON & given.keys():
+            raise ValueError("--hires-steps, --hires-denoising and --hires-upscaler need --hires-scale or "
+                             "--hires-resize")
         return given
-    restored = {k: stored[k] for k in HIRES if k in stored}
+    restored = {k: stored[k] for k in HIRES if k in stored and not (HIRES_ON & given.keys() and k in HIRES_ON)}
     restored.setdefault("hires_upscaler", "lanczos" if "Hires upscaler" in stored else "latent")
     return restored | given
 
@@ -522,6 +541,14 @@ def _hires_scale(text: str) -> float:
     if not 1 <= value <= 16:
         raise argparse.ArgumentTypeError(f"must be a number in [1, 16], got {text!r}")
     return value
+
+
+def _hires_resize(text: str) -> tuple[int, int]:
+    """"1024x1536" -> (1536, 1024): generate()'s (height, width); 0 for one side, not both."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not any(int(p) for p in parts):
+        raise argparse.ArgumentTypeError(f"must be WxH in pixels (one side may be 0), got {text!r}")
+    return int(parts[1]), int(parts[0])
 
 
 def _hires_sizes(stored: dict) -> str:

@@ -93,6 +93,9 @@ class VAEConfig:
     scaling_factor: float = 0.18215
     force_upcast: bool = True
     sample_size: int = 512
+    # Playground v2.5: latents are normalised per channel, (z - mean) * scaling_factor / std, before the UNet
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
 
     @property
     def scale(self) -> int:
@@ -121,7 +124,27 @@ class SchedulerConfig:
     set_alpha_to_one: bool | None = None
     skip_prk_steps: bool | None = None
     rescale_betas_zero_snr: bool = False  # zero terminal SNR (Lin et al. 2023): the last ᾱ is rescaled to 0
+    # EDM (Karras et al. 2022; diffusers' EDM*Scheduler, Playground v2.5): continuous noise levels in
+    # [sigma_min, sigma_max] instead of the betas above; sigma_data None: not an EDM model
+    sigma_data: float | None = None
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_schedule: str = "karras"  # "karras" | "exponential"
+    rho: float = 7.0
+    final_sigmas_type: str = "zero"  # "zero" | "sigma_min": the level the last step lands on
+
+    @property
+    def edm(self) -> bool:
+        return self.sigma_data is not None
 
     @classmethod
     def from_diffusers(cls, d: dict) -> SchedulerConfig:
-        return cls(**{k: v for k, v in _pick(cls, d).items() if v is not None or k == "trained_betas"})
+        kw = {k: v for k, v in _pick(cls, d).items() if v is not None or k == "trained_betas"}
+        if not str(d.get("_class_name", "")).startswith("EDM"):  # other schedulers' sigma_min etc. mean else
+            kw = {k: v for k, v in kw.items() if k not in EDM_FIELDS}
+        else:
+            kw.setdefault("sigma_data", 0.5)
+        return cls(**kw)
+
+
+EDM_FIELDS = ("sigma_data", "sigma_min", "sigma_max", "sigma_schedule", "rho", "final_sigmas_type")

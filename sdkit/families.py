@@ -7,7 +7,8 @@ them here instead of keeping rules of their own.
            the refiner: OpenCLIP bigG alone, aesthetic-score micro-conditioning
 
 Single files carry no configs; what their tensors cannot tell comes from here (scheduler, VAE scaling, sizes,
-tokenizers), from the file's `__metadata__` (modelspec.*) and marker tensors (`v_pred`, `ztsnr`), or, last,
+tokenizers), from the file's `__metadata__` (modelspec.*) and marker tensors (`v_pred`, `ztsnr`; `edm_mean` and
+`edm_std`: an EDM model, Playground v2.5, see PLAYGROUND), or, last,
 from its name. Few-step models (Turbo, Lightning, Hyper-SD, LCM) get their published recipe as generate()'s
 defaults: see RECIPES and `recipe_from_name`.
 """
@@ -129,6 +130,26 @@ ARCHITECTURES = {
     "stable-diffusion-xl-v1-refiner": ("sdxl", None, 1024),
     "stable-diffusion-xl-v0_9-refiner": ("sdxl", None, 1024),
 }
+
+
+# ---- EDM models ----
+
+@dataclass(frozen=True)
+class EDM:
+    """An SDXL UNet trained in EDM's formulation (sdkit.samplers.edm) on latents normalised per channel, as its
+    single file says by two marker tensors: the channel statistics, (1, C, 1, 1), beside SDXL's keys (ComfyUI's
+    model_detection and diffusers' from_single_file read them so). The rest is its published folder's."""
+
+    name: str
+    markers: tuple[str, str]  # the latents' mean and std
+    scheduler: str  # the published scheduler config, bundled in sdkit/data/schedulers
+    scaling_factor: float  # of its VAE config
+
+
+# playgroundai/playground-v2.5-1024px-aesthetic: EDMDPMSolverMultistepScheduler (sigma 0.002..80, sigma_data 0.5,
+# karras, epsilon), VAE scaling factor 0.5 (diffusers' PLAYGROUND_VAE_SCALING_FACTOR, ComfyUI's
+# latent_formats.SDXL_Playground_2_5)
+PLAYGROUND = EDM("Playground v2.5", ("edm_mean", "edm_std"), "playground-v2.5-scheduler_config.json", 0.5)
 
 
 # ---- few-step recipes ----

@@ -51,7 +51,7 @@ INVOKEAI_SCHEDULERS = {
     "dpmpp_2m_k": ("DPM++ 2M", "Karras"), "dpmpp_2m_sde": ("DPM++ 2M SDE", None),
     "dpmpp_2m_sde_k": ("DPM++ 2M SDE", "Karras"), "dpmpp_sde": ("DPM++ SDE", None),
     "dpmpp_sde_k": ("DPM++ SDE", "Karras"), "unipc": ("UniPC", None), "unipc_k": ("UniPC", "Karras"),
-    "lcm": ("LCM", None),
+    "deis": ("DEIS", None), "deis_k": ("DEIS", "Karras"), "lcm": ("LCM", None),
 }
 
 

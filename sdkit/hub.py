@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .checkpoint import COMPONENTS, choose_weights
+from .checkpoint import COMPONENTS, Checkpoint, choose_weights, open_checkpoint
 from .errors import CheckpointError, HubError
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -29,6 +29,17 @@ def resolve(model: str, *, prefer_fp16: bool = False) -> Path:
     return _snapshot(model, lambda files: needed_files(files, prefer_fp16) if "model_index.json" in files else
                      _not(model, "a diffusers pipeline repo (no model_index.json); download its .safetensors file "
                           "and pass that path"))
+
+
+def open_model(model: str | Path, *, vae: str | Path | None = None, prediction: str | None = None,
+               prefer_fp16: bool = False) -> Checkpoint:
+    """sdkit.load's and sdkit.train's `model` and `vae=` -> the Checkpoint (headers only), the VAE resolved first
+    so a mistyped path fails before a model download; Hub repo ids become the display names."""
+    vae_path = resolve_vae(str(vae), prefer_fp16=prefer_fp16) if vae is not None else None
+    vae_name = str(vae) if vae is not None and not Path(vae).expanduser().exists() else None
+    name = str(model) if not Path(model).exists() else None
+    return open_checkpoint(resolve(str(model), prefer_fp16=prefer_fp16), prediction=prediction,
+                           prefer_fp16=prefer_fp16, name=name, vae=vae_path, vae_name=vae_name)
 
 
 def resolve_vae(vae: str, *, prefer_fp16: bool = False) -> Path:

@@ -24,8 +24,9 @@ KINDS = (
     ("Stable Diffusion 3", r"(^|\.)joint_blocks\.\d|^context_embedder\.weight$", NOT_SD),
     ("Stable Cascade", r"(^|\.)(clip_txt_mapper|clf\.1)\.weight$|^vquantizer\.", NOT_SD),
     ("Stable Video Diffusion", r"\.time_stack\.", NOT_SD),
-    ("an EDM model (Playground v2.5 or EDM v-prediction)", r"^(edm_mean|edm_std|edm_vpred\.sigma_max)$",
-     "sdkit does not run EDM models yet"),
+    # EDM with latent statistics (edm_mean, edm_std: Playground v2.5) loads; EDM v-prediction does not yet
+    ("an EDM v-prediction model (CosXL)", r"^edm_vpred\.sigma_(max|min)$",
+     "sdkit runs EDM models with edm_mean / edm_std (Playground v2.5), not EDM v-prediction yet"),
     ("SD 2 depth-to-image", r"^depth_model\.", NOT_SD),
     ("an unCLIP model", r"^(embedder|noise_augmentor)\.", NOT_SD),
 )

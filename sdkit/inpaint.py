@@ -16,6 +16,7 @@ Conventions (diffusers' inpainting pipelines and AUTOMATIC1111's img2img):
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,15 +173,17 @@ def finish(job: Job, generated: Image.Image, composite: bool) -> Image.Image:
 
 SIDES = ("left", "top", "right", "bottom")
 PREFILL_NOISE = 24.0  # standard deviation, in 0..255 levels, of the noise over the stretched edges
+PREFILL_STREAM = 0x0F11  # keys the pre-fill's generator apart from the latent noise's default_rng(seed)
 
 
-def outpaint_canvas(image: Image.Image, left: int, top: int, right: int, bottom: int,
-                    mask_blur: int) -> tuple[Image.Image, Image.Image]:
+def outpaint_canvas(image: Image.Image, left: int, top: int, right: int, bottom: int, mask_blur: int,
+                    seed: int) -> tuple[Image.Image, Image.Image]:
     """(canvas, mask) for outpainting: the image at (left, top) of a canvas grown by the given pixels
     (multiples of 8), the new area pre-filled with the image's edge pixels stretched outwards plus noise (so the
     model starts from the colours it must continue, not black), and a mask that is white over the new area and
     over a band of the old image `mask_blur` pixels wide along each grown edge, so the seam itself is repainted.
-    The noise is drawn from a fixed generator: one canvas for one image."""
+    The noise comes from the generation's `seed` (a generator keyed by it apart from the latent noise's): one
+    seed, one canvas. A batch shares the canvas of its first seed, as it shares the init image."""
     check_blur(mask_blur)
     grow = dict(zip(SIDES, (left, top, right, bottom)))
     for side, n in grow.items():
@@ -195,7 +198,7 @@ def outpaint_canvas(image: Image.Image, left: int, top: int, right: int, bottom:
     canvas = np.pad(rgb, ((top, bottom), (left, right), (0, 0)), mode="edge").astype(np.float32)  # (H, W, 3)
     new = np.ones(canvas.shape[:2], dtype=bool)  # (H, W): the added area
     new[top:top + h, left:left + w] = False
-    noise = np.random.default_rng(0).normal(0.0, PREFILL_NOISE, canvas.shape).astype(np.float32)
+    noise = np.random.default_rng([PREFILL_STREAM, seed]).normal(0.0, PREFILL_NOISE, canvas.shape).astype(np.float32)
     canvas[new] += noise[new]
     canvas = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     canvas[~new] = rgb.reshape(-1, 3)  # the original's bytes, untouched by the rounding above
@@ -213,25 +216,31 @@ def outpaint(pipe, image: Image.Image | str | Path, left: int = 0, top: int = 0,
              prompt: str = "", **generate_kwargs) -> list[Image.Image]:
     """Extend `image` by the given pixels on each side (multiples of 8) and inpaint the new area with
     pipe.generate (ordinary and inpainting checkpoints alike); the original sits at (left, top) of each result.
-    generate_kwargs: generate()'s, e.g. mask_blur (default 4), steps, seed; width / height default to the canvas
-    size."""
+    generate_kwargs: generate()'s, e.g. mask_blur (default 4), steps, seed (also the pre-fill noise's; None:
+    random, chosen here); width / height default to the canvas size."""
     for name in ("init_image", "mask_image"):
         if name in generate_kwargs:
             raise ValueError(f"outpaint: {name} is made from `image` and the sides; do not pass it")
+    if generate_kwargs.get("seed") is None:
+        generate_kwargs["seed"] = secrets.randbits(32)  # as generate() would: the canvas takes it too
     canvas, mask = outpaint_canvas(images.open_image(image), left, top, right, bottom,
-                                   generate_kwargs.get("mask_blur", 4))
+                                   generate_kwargs.get("mask_blur", 4), generate_kwargs["seed"])
     return pipe.generate(prompt, init_image=canvas, mask_image=mask, **generate_kwargs)
 
 
 def blend(noised, mask, last: int):
-    """The sampler hook of ordinary (4-channel) checkpoints, as diffusers' 4-channel inpainting: after each step
-    the kept region (mask 0) is put back as the image's latents noised to the level x is now at, `noised(sigma)`,
-    and after step `last` (0-based) as the clean latents, `noised(0)` (DDIM's last step may land at ᾱ_0 < 1);
-    the repainted region (mask 1) is the sampler's. mask: (1, 1, h, w) backend array in {0, 1}.
-    diffusers also blends after the inner evaluations of Heun and of PNDM's opening step, which feed that step's
-    next evaluation; sdkit blends once per step for every sampler (the hook sees whole steps only)."""
-    def hook(step, x, sigma, denoised):
-        kept = noised(0.0 if step == last else sigma)
+    """The sampler hook of ordinary (4-channel) checkpoints, as diffusers' 4-channel inpainting: after every
+    model evaluation the kept region (mask 0) is put back as the image's latents noised to the sampler's level,
+    `noised(sigma)`, and after step `last` (0-based) as the clean latents, `noised(0)` (DDIM's last step may
+    land at ᾱ_0 < 1); the repainted region (mask 1) is the sampler's. mask: (1, 1, h, w) backend array in
+    {0, 1}. The hook blends after each step; its `inner` after the evaluations inside a step (Heun's
+    predictor, DPM2's midpoint, PNDM's warm-up: samplers.hook.report_inner), which diffusers blends too."""
+    def inner(x, sigma):
+        kept = noised(sigma)
         return kept + (x - kept) * mask
 
+    def hook(step, x, sigma, denoised):
+        return inner(x, 0.0 if step == last else sigma)
+
+    hook.inner = inner
     return hook

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from PIL import Image, PngImagePlugin
 
+from .hires import UPSCALERS
 from .samplers.registry import SAMPLERS, SCHEDULES, resolve
 
 # Our sampler name -> A1111's "Sampler", our schedule -> A1111's "Schedule type" (both from the sampler registry).
@@ -54,15 +55,16 @@ _KEYS |= {"Aesthetic score": ("aesthetic_score", float),
 _PAIRS = {"Original size": "original_size", "Crop offset": "crops_coords_top_left", "Target size": "target_size",
           "Negative original size": "negative_original_size",
           "Negative crop offset": "negative_crops_coords_top_left", "Negative target size": "negative_target_size"}
-_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "width", "height", "inpaint_area",
-         "hires_scale", "hires_steps", "hires_denoising", "hires_upscaler",
+_OURS = {"prompt", "negative_prompt", "sampler", "schedule", "eta", "width", "height", "inpaint_area",
+         "hires_scale", "hires_resize", "hires_steps", "hires_denoising", "hires_upscaler",
          *(k for k, _ in _KEYS.values()), *_PAIRS.values()}
 # With any of these, "Denoising strength" is the hires-fix pass's, not an image-to-image strength.
 HIRES_KEYS = ("Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "First pass size")
 # A1111's hires keys generate() takes (sdkit.hires); "Hires upscaler" only for upscalers sdkit has
 _HIRES = {"Hires upscale": ("hires_scale", float), "Hires steps": ("hires_steps", int),
           "Denoising strength": ("hires_denoising", float)}
-_UPSCALERS = {"latent": "latent", "lanczos": "lanczos"}  # A1111's "Hires upscaler", lower case -> ours
+_UPSCALERS = {a1111.lower(): ours for ours, (a1111, *_) in UPSCALERS.items()}  # A1111's "Hires upscaler" -> ours
+_UPSCALERS["none"] = "lanczos"  # A1111's images.resize_image: no upscaler is a PIL Lanczos resize
 
 # One `Key: value` pair of the last line; a value is a JSON-quoted string or runs to the next comma (A1111's re_param).
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -98,12 +100,15 @@ def format_parameters(params: dict) -> str:
             pairs[key] = params[key]
     if params.get("strength") is not None:
         pairs["Denoising strength"] = params["strength"]
-    if params.get("hires_scale") is not None:  # A1111's order: the hires pass's strength, then its keys
+    if params.get("hires_scale") is not None or params.get("hires_resize") is not None:  # A1111's order
         pairs["Denoising strength"] = params.get("hires_denoising", 0.7)
-        pairs["Hires upscale"] = params["hires_scale"]
+        if params.get("hires_resize") is not None:  # (height, width) -> "WxH"
+            pairs["Hires resize"] = f"{params['hires_resize'][1]}x{params['hires_resize'][0]}"
+        else:
+            pairs["Hires upscale"] = params["hires_scale"]
         if params.get("hires_steps"):
             pairs["Hires steps"] = params["hires_steps"]
-        pairs["Hires upscaler"] = {"latent": "Latent", "lanczos": "Lanczos"}[params.get("hires_upscaler", "latent")]
+        pairs["Hires upscaler"] = UPSCALERS[params.get("hires_upscaler", "latent")][0]
     if params.get("Refiner"):  # A1111's pair: the refiner's model name and where it took over
         pairs["Refiner"], pairs["Refiner switch at"] = params["Refiner"], params.get("refiner_start", 0.8)
     if params.get("mask_blur") is not None:
@@ -121,6 +126,8 @@ def format_parameters(params: dict) -> str:
         pairs["Clip skip"] = params["clip_skip"]
     if params.get("guidance_rescale"):
         pairs["CFG rescale"] = params["guidance_rescale"]
+    if params.get("eta") is not None:  # A1111's key for its samplers' eta (ancestral, and TCD's in its forks)
+        pairs["Eta"] = params["eta"]
     pairs |= {k: v for k, v in params.items()
               if k not in _OURS and k not in pairs and k != "Version" and v is not None}  # A1111 skips None
     pairs["Version"] = f"sdkit {__version__}"
@@ -166,9 +173,11 @@ def to_keywords(info: Infotext) -> dict:
     """An Infotext -> generate()'s keywords for what sdkit understands; other settings stay under their names.
 
     Hires fix ("Hires ..." keys, or "First pass size" before A1111's late-2022 rework): width and height are the
-    first pass's size, as A1111 restores them; "Hires upscale", "Hires steps" and "Denoising strength" become
-    hires_scale, hires_steps and hires_denoising (the hires pass's strength, not an image-to-image one), and
-    "Hires upscaler" hires_upscaler when sdkit has it ("Latent", "Lanczos"; others stay under A1111's name).
+    first pass's size, as A1111 restores them; "Hires upscale", "Hires resize" ("WxH"), "Hires steps" and
+    "Denoising strength" become hires_scale, hires_resize ((height, width)), hires_steps and hires_denoising (the
+    hires pass's strength, not an image-to-image one), and "Hires upscaler" hires_upscaler when sdkit has it
+    ("Latent", its five other "Latent (...)" modes, "Lanczos"; others stay under A1111's name).
+    "Eta" is eta with the tcd sampler only (A1111 writes it for its ancestral samplers' eta, which sdkit lacks).
     """
     params = {"prompt": info.prompt}
     if info.negative_prompt is not None:  # no line: generate()'s default None (which SDXL encodes as zeros)
@@ -176,6 +185,7 @@ def to_keywords(info: Infotext) -> dict:
 
     raw = _old_hires_fix(info.settings)
     hires = any(k in raw for k in HIRES_KEYS)
+    found = _sampler(raw["Sampler"], raw.get("Schedule type")) if "Sampler" in raw else None
     for key, value in raw.items():
         if hires and key in _HIRES:
             name, kind = _HIRES[key]
@@ -185,6 +195,8 @@ def to_keywords(info: Infotext) -> dict:
                 params[key] = value
         elif hires and key == "Hires upscaler" and value.strip().lower() in _UPSCALERS:
             params["hires_upscaler"] = _UPSCALERS[value.strip().lower()]
+        elif hires and key == "Hires resize" and (m := _SIZE.match(value)):
+            params["hires_resize"] = (int(m[2]), int(m[1]))
         elif key in _KEYS:
             name, kind = _KEYS[key]
             try:
@@ -193,6 +205,11 @@ def to_keywords(info: Infotext) -> dict:
                 params[key] = value  # unreadable: kept as found, so a caller can name it
         elif key == "Size" and (m := _SIZE.match(value)):
             params["width"], params["height"] = int(m[1]), int(m[2])
+        elif key == "Eta" and found and found[0] == "tcd":  # tcd's eta; others' (A1111's ancestral) stay "Eta"
+            try:
+                params["eta"] = float(value)
+            except ValueError:
+                params[key] = value
         elif key == "Inpaint area" and value in INPAINT_AREAS.values():
             params["inpaint_area"] = next(k for k, v in INPAINT_AREAS.items() if v == value)
         elif key in _PAIRS and (m := _SIZE.match(value)):
@@ -201,7 +218,6 @@ def to_keywords(info: Infotext) -> dict:
             params[key] = value
 
     if "Sampler" in raw:
-        found = _sampler(raw["Sampler"], raw.get("Schedule type"))
         if found:
             params["sampler"] = found[0]
             if found[1] is not None:

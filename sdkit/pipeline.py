@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +19,7 @@ from PIL import Image
 from . import conditioning, hashes, hires, images, inpaint, metadata, micro_conditioning, refiner as ensemble, \
     samplers, tiling
 from .adapters import lora
-from .samplers import guidance
+from .samplers import guidance, lcm
 from .adapters.embeddings import SDXL_KEYS, Embeddings
 from .checkpoint import Checkpoint
 from .families import FAMILIES
@@ -56,6 +56,23 @@ class Request:
     clip_skip: int  # A1111's: 1 the last layer, 2 the penultimate, ...
     prompt_syntax: str  # "a1111" | "plain"
     loras: tuple[tuple[str, Path, float, float], ...] = ()  # (name, file, text-encoder weight, UNet weight)
+    eta: float | None = None  # tcd's; None: its default
+
+
+# generate()'s arguments for two passes (hires fix, a refiner); the others are each pass's
+TWO_PASS = ("hires_scale", "hires_resize", "hires_steps", "hires_denoising", "hires_upscaler", "refiner",
+            "refiner_start")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pass of a two-pass generate() (sdkit.hires, sdkit.refiner); Stage() is a whole one-pass generate()."""
+
+    rngs: list[np.random.Generator] | None = None  # each image's generator, continued from the first pass
+    denoising_start: float | None = None  # a refiner's share of the schedule: from here (latents handed over)...
+    denoising_end: float | None = None  # ... or to here, then `handoff`
+    handoff: Callable | None = None  # numpy latents -> (final latents, the Pipeline that decodes, metadata it adds)
+    parameters: dict = field(default_factory=dict)  # metadata the first pass decides (hires fix: its size)
 
 
 class Pipeline:
@@ -107,9 +124,9 @@ class Pipeline:
                  loras: dict | None = None, mask_image: Image.Image | str | Path | None = None, mask_blur: int = 4,
                  inpaint_area: str = "whole", inpaint_padding: int = 32, composite: bool = True,
                  hook: Hook | None = None, output: str = "pil", init_latents: np.ndarray | None = None,
-                 hires_scale: float | None = None, hires_steps: int | None = None, hires_denoising: float = 0.7,
-                 hires_upscaler: str = "latent", _hires: dict | None = None, refiner: Pipeline | None = None,
-                 refiner_start: float = 0.8, _split: dict | None = None) -> list[Image.Image] | np.ndarray:
+                 hires_scale: float | None = None, hires_resize: tuple[int, int] | None = None,
+                 hires_steps: int | None = None, hires_denoising: float = 0.7, hires_upscaler: str = "latent",
+                 refiner: Pipeline | None = None, refiner_start: float = 0.8) -> list[Image.Image] | np.ndarray:
         """Generate `num_images` images; image i uses seed + i, so any one can be regenerated alone.
 
         steps, guidance_scale, sampler: None is the model's recommendation (`checkpoint.recommended`: a
@@ -139,22 +156,35 @@ class Pipeline:
         returns replaces x. `output="latent"` returns the final latents, before the VAE, as numpy (B, C, h, w).
         `init_latents` (numpy (B, C, h, w)): image-to-image from latents instead of init_image (at `strength`).
         `hires_scale`: A1111's hires fix (sdkit.hires): this text-to-image at width x height, upscaled by
-        `hires_upscaler` ("latent" or "lanczos") to hires_scale times the size, then image-to-image at
-        `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
+        `hires_upscaler` ("latent", "latent_antialiased", "latent_bicubic", "latent_bicubic_antialiased",
+        "latent_nearest", "latent_nearest_exact" or "lanczos") to hires_scale times the size, then image-to-image
+        at `hires_denoising` for `hires_steps` steps (None or 0: `steps`); `callback` counts both passes on.
+        `hires_resize` (height, width) instead of hires_scale: A1111's "Hires resize" to that size (0 for one
+        side: from the other by the aspect; both: the first pass's aspect kept and the overflow cropped).
         `refiner` (an SDXL refiner's Pipeline): this model denoises to `refiner_start` of the schedule, the refiner
         the rest with the same sampler and steps (sdkit.refiner, diffusers' denoising_end/denoising_start
         ensemble); its VAE decodes; micro-conditioning goes to whichever model takes it.
         """
+        kwargs = {k: v for k, v in locals().items() if k not in ("self", *TWO_PASS)}  # one pass's arguments
         if refiner is not None:
-            kwargs = {k: v for k, v in locals().items() if k not in ("self", "refiner", "refiner_start", "_split")}
+            if hires_scale is not None or hires_resize is not None:
+                raise ValueError("refiner is a text-to-image ensemble; it takes no hires fix")
             return ensemble.generate(self, refiner, refiner_start, kwargs)
-        if hires_scale is not None:
+        if hires_scale is not None or hires_resize is not None:
             if init_image is not None or init_latents is not None:
-                raise ValueError("hires_scale is A1111's two-pass text-to-image; it takes no init_image or "
+                raise ValueError("hires fix is A1111's two-pass text-to-image; it takes no init_image or "
                                  "init_latents")
-            kwargs = {k: v for k, v in locals().items() if k not in ("self", "hires_scale", "hires_steps",
-                                                                     "hires_denoising", "hires_upscaler", "_hires")}
-            return hires.generate(self, kwargs, hires_scale, hires_steps, hires_denoising, hires_upscaler)
+            return hires.generate(self, kwargs, hires_scale, hires_resize, hires_steps, hires_denoising,
+                                  hires_upscaler)
+        return self._generate(Stage(), **kwargs)
+
+    def _generate(self, stage: Stage, prompt, negative_prompt, *, width, height, steps, guidance_scale,
+                  guidance_rescale, sampler, schedule, eta, seed, num_images, init_image, strength, latents, callback,
+                  original_size, crops_coords_top_left, target_size, aesthetic_score, negative_original_size,
+                  negative_crops_coords_top_left, negative_target_size, negative_aesthetic_score, clip_skip,
+                  prompt_syntax, loras, mask_image, mask_blur, inpaint_area, inpaint_padding, composite, hook, output,
+                  init_latents) -> list[Image.Image] | np.ndarray:
+        """One pass of generate() (its arguments but the two-pass ones), as `stage` says: Stage() a whole one."""
         if output not in ("pil", "latent"):
             raise ValueError(f"output must be 'pil' or 'latent', got {output!r}")
         init = images.open_image(init_image) if init_image is not None else None
@@ -174,20 +204,18 @@ class Pipeline:
         req = self._request(prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale,
                             sampler, schedule, seed, num_images,
                             strength if init is not None or init_latents is not None else None, micro,
-                            clip_skip, prompt_syntax, loras)
+                            clip_skip, prompt_syntax, loras, eta)
         job = None if mask_image is None else inpaint.prepare(init, mask_image, req.width, req.height, mask_blur,
                                                               inpaint_area, inpaint_padding)
         mem = self._fit(req, encode=init is not None)
-        split = _split or {}  # a refiner ensemble's share of the schedule (sdkit.refiner)
-        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule, eta,
-                             split.get("denoising_start"), split.get("denoising_end"))
+        plan = samplers.plan(req.sampler, self.checkpoint.scheduler, req.steps, req.strength or 1.0, req.schedule,
+                             req.eta, stage.denoising_start, stage.denoising_end)
         f = self.checkpoint.vae.scale
         shape = (self.checkpoint.vae.latent_channels, req.height // f, req.width // f)  # per image (C, h, w)
 
-        # hires fix's second pass continues the first pass's generators
-        # hires fix's second pass and a refiner continue the first model's generators
-        rngs = (_hires or split).get("rngs") or [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
-        if "denoising_start" in split:  # the latents handed over are as noisy as the plan starts: no noise
+        # hires fix's second pass and a refiner continue the first pass's generators
+        rngs = stage.rngs or [np.random.default_rng(req.seed + i) for i in range(req.num_images)]
+        if stage.denoising_start is not None:  # the latents handed over are as noisy as the plan starts: no noise
             noise0 = None
         else:
             noise0 = _draw_noise(rngs, shape) if latents is None else _check_latents(latents, req.num_images, shape)
@@ -223,15 +251,15 @@ class Pipeline:
         noise = lambda: self.backend.asarray(_draw_noise(rngs, shape))  # euler_a's per-step noise
         x = samplers.sample(plan, model, x, noise, hook)
         decoder, added_parameters = self, {}
-        if "handoff" in split:  # a refiner denoises the rest and decodes (sdkit.refiner)
-            x, decoder, added_parameters = split["handoff"](self.backend.numpy(x))
+        if stage.handoff is not None:  # a refiner denoises the rest and decodes (sdkit.refiner)
+            x, decoder, added_parameters = stage.handoff(self.backend.numpy(x))
         if output == "latent":
             return decoder.backend.numpy(x)
 
         pixels = tiling.decode(decoder.vae, decoder.checkpoint.vae, x, mem.vae_slicing, mem.vae_tiling)  # (B, H, W, 3)
         inpainting = {} if job is None else dict(mask_blur=mask_blur, inpaint_area=inpaint_area,
                                                   inpaint_padding=inpaint_padding)
-        inpainting |= (_hires or {}).get("parameters", {}) | added_parameters  # hires: the first pass's size
+        inpainting |= stage.parameters | added_parameters  # hires: the first pass's size
         out = [images.to_pil(p, metadata.format_parameters(self._parameters(req, i, used) | inpainting))
                for i, p in enumerate(pixels)]
         return out if job is None else [inpaint.finish(job, image, composite) for image in out]
@@ -248,7 +276,8 @@ class Pipeline:
         return conditioning.token_usage(lora.tags(text)[0], self.tokenizers[0], prompt_syntax, find)
 
     def _request(self, prompt, negative_prompt, width, height, steps, guidance_scale, guidance_rescale, sampler,
-                 schedule, seed, num_images, strength, micro, clip_skip, prompt_syntax, loras=None) -> Request:
+                 schedule, seed, num_images, strength, micro, clip_skip, prompt_syntax, loras=None,
+                 eta=None) -> Request:
         default_h, default_w = self.default_size
         width = default_w if width is None else width
         height = default_h if height is None else height
@@ -300,10 +329,12 @@ class Pipeline:
         sampler, schedule = samplers.resolve(sampler, schedule)
         if schedule is None and self.checkpoint.scheduler.timestep_spacing == "trailing":
             schedule = "trailing"  # the same timesteps, named so in the image's metadata
+        if schedule is None and self.checkpoint.scheduler.edm:
+            schedule = self.checkpoint.scheduler.sigma_schedule  # an EDM model's own levels ("karras"), named so
         return Request(prompt, negative_prompt, width, height, steps, float(guidance_scale), float(guidance_rescale),
                        sampler.name, schedule, seed, num_images, strength, values,
                        micro_conditioning.to_write(values, ids, height, width), int(clip_skip), prompt_syntax,
-                       found)
+                       found, eta)
 
     def _fit(self, req: Request, encode: bool) -> Memory:
         """self.memory with each None decided for this call from the device's free memory; ValueError when
@@ -387,6 +418,8 @@ class Pipeline:
             params["strength"] = req.strength
         if req.clip_skip > 1:
             params["clip_skip"] = req.clip_skip
+        if req.sampler == "tcd":  # written always: other tools' default eta is not tcd's (A1111's ancestral 1.0)
+            params["eta"] = lcm.TCD_ETA if req.eta is None else req.eta
         if req.guidance_rescale and req.guidance_scale > 1:  # it acts only with guidance
             params["guidance_rescale"] = req.guidance_rescale
         if req.loras:  # tags for those given as loras=, so that the prompt stored says them all (as A1111's)
@@ -410,6 +443,7 @@ def _chain(first: Hook, then: Hook | None) -> Hook:
         out = then(step, x, sigma, denoised)
         return x if out is None else out
 
+    hook.inner = getattr(first, "inner", None)  # inside a step only `first` blends (samplers.hook.report_inner)
     return hook
 
 

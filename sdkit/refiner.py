@@ -20,13 +20,13 @@ MICRO = ("original_size", "crops_coords_top_left", "target_size", "aesthetic_sco
 
 def generate(base, refiner, start: float, kwargs: dict):
     """base.generate(**kwargs) with `refiner` (a Pipeline) denoising from `start` (in (0, 1)) on."""
-    from .pipeline import Pipeline, _check_int  # here: pipeline imports this module
+    from .pipeline import Pipeline, Stage, _check_int  # here: pipeline imports this module
 
     if not isinstance(refiner, Pipeline):
         raise ValueError(f"refiner must be an sdkit Pipeline (sdkit.load), got {type(refiner).__name__}")
     if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start < 1:
         raise ValueError(f"refiner_start must be a number in (0, 1), got {start!r}")
-    for name in ("init_image", "init_latents", "mask_image", "hires_scale"):
+    for name in ("init_image", "init_latents", "mask_image"):
         if kwargs[name] is not None:
             raise ValueError(f"refiner is a text-to-image ensemble; it takes no {name}")
     if refiner.checkpoint.vae.latent_channels != base.checkpoint.vae.latent_channels:
@@ -42,6 +42,7 @@ def generate(base, refiner, start: float, kwargs: dict):
     rngs = [np.random.default_rng(kw["seed"] + i) for i in range(kw["num_images"])]
     micro = {k: kw.pop(k) for k in [*MICRO, *(f"negative_{m}" for m in MICRO)]}
     base_micro, refiner_micro = _split_micro(micro, base.checkpoint.time_ids, refiner.checkpoint.time_ids)
+    unset = dict.fromkeys(micro)  # what a model does not take is None for it
     height, width = base.default_size
     width, height = kw["width"] or width, kw["height"] or height
     done = 0  # the callback counts both models' UNet evaluations
@@ -55,17 +56,17 @@ def generate(base, refiner, start: float, kwargs: dict):
         """The base's latents at `start` (numpy (B, C, h, w)) -> the refiner's final ones (its backend's array),
         the refiner (whose VAE decodes) and what the image's metadata adds."""
         # the base's LoRAs are not the refiner's: their tags leave the refiner's prompt
-        refined = refiner.generate(**(kw | dict(prompt=lora.tags(kw["prompt"])[0], width=width, height=height,
-                                                loras=None) | refiner_micro),
-                                   init_latents=x, output="latent", hook=hook,
-                                   callback=callback and (lambda i, n, y: callback(done + i, done + n, y)),
-                                   _split=dict(rngs=rngs, denoising_start=start))
+        refined = refiner._generate(Stage(rngs=rngs, denoising_start=start),
+                                    **(kw | dict(prompt=lora.tags(kw["prompt"])[0], width=width, height=height,
+                                                 loras=None) | unset | refiner_micro),
+                                    init_latents=x, output="latent", hook=hook,
+                                    callback=callback and (lambda i, n, y: callback(done + i, done + n, y)))
         given = {k: v for k, v in refiner_micro.items() if v is not None and k not in base_micro}  # aesthetic
         return refiner.backend.asarray(refined), refiner, {"Refiner": refiner.checkpoint.name, "refiner_start": start,
                                                            **given}
 
-    return base.generate(**(kw | base_micro), output=output, hook=hook, callback=base_callback,
-                         _split=dict(rngs=rngs, denoising_end=start, handoff=handoff))
+    return base._generate(Stage(rngs=rngs, denoising_end=start, handoff=handoff), **(kw | unset | base_micro),
+                          output=output, hook=hook, callback=base_callback, init_latents=None)
 
 
 def _split_micro(micro: dict, base_ids: tuple[str, ...], refiner_ids: tuple[str, ...]) -> tuple[dict, dict]:

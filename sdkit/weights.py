@@ -99,3 +99,13 @@ def read_raw(file: Path, keys) -> Iterator[tuple[str, str, tuple[int, ...], np.n
         entry = header[key]
         begin, end = entry["data_offsets"]
         yield key, entry["dtype"], tuple(entry["shape"]), data[begin:end]
+
+
+def read_values(file: Path, key: str) -> tuple[float, ...]:
+    """A small float tensor's values, flattened, read when a checkpoint is opened (Playground's edm_mean)."""
+    (_, dtype, _, raw), = read_raw(file, [key])
+    if dtype == "BF16":  # the upper half of a float32
+        return tuple((np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32).tolist())
+    if dtype not in ("F64", "F32", "F16"):
+        raise CheckpointError(f"{file}: tensor {key!r} is {dtype}; a float tensor (F32, F16, BF16) was expected")
+    return tuple(np.frombuffer(raw, {"F64": np.float64, "F32": np.float32, "F16": np.float16}[dtype]).tolist())

@@ -84,3 +84,27 @@ def sd1_inpaint_single_file(models_dir, sd1_inpaint_folder):
 @pytest.fixture(scope="session")
 def sdxl_inpaint_folder(models_dir):
     return build_folder(models_dir / "tiny-sdxl-inpainting", "sdxl_inpaint")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (pytestmark = pytest.mark.usefixtures("one_thread")): tiny models on a shared
+    2-core machine, where torch's second thread only waits on the first (10x slower under load)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def gen(tmp_path, monkeypatch, capsys):
+    """sdkit-gen's main() in this process, run in tmp_path: args -> (exit status, stdout, stderr)."""
+    from sdkit import cli
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        return (code, *capsys.readouterr())
+
+    return run

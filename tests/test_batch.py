@@ -26,17 +26,9 @@ from sdkit.batch.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = dict(width=32, height=32, steps=2, sampler="euler_a")  # euler_a: its per-step noise is seeded too
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here, as in the workers (Ray's 1-CPU actors, the CLI run with OMP_NUM_THREADS=1): the
-    same BLAS blocking, so the same pixels; and no thread contention on a shared machine."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread, as in the workers (Ray's 1-CPU actors, the CLI run with OMP_NUM_THREADS=1): the same BLAS
+# blocking, so the same pixels
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """sdkit-gen run for real in a subprocess on the tiny SD1 folder: files, metadata, --from, errors, Ctrl-C."""
 
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +25,6 @@ FAST = ["--steps", "2", "-W", "64", "-H", "64", "--backend", "torch", "--device"
 def env(tmp_path):
     """No network, an empty Hub cache: nothing here may download."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
-
-
-@pytest.fixture
-def gen(tmp_path, monkeypatch, capsys):
-    """sdkit-gen's main() in this process, run in tmp_path: args -> (exit status, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        code = cli.main([str(a) for a in args])
-        return (code, *capsys.readouterr())
-
-    return run
 
 
 def sdkit_gen(*args, cwd, env, command=(SDKIT_GEN,)) -> subprocess.CompletedProcess:
@@ -140,10 +128,26 @@ def test_unhonoured_is_extended_by_the_keys_a_feature_restores():
     assert cli.unhonoured(stored, cli.HONOURED | cli.HARMLESS | {"Hypernet"}) == []
     old_hires = sdkit.metadata.parse_parameters(
         "a\nSteps: 20, Seed: 1, Size: 1024x1024, Denoising strength: 0.7, First pass size: 0x0")
-    assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == [
-        "hires fix is not applied: only its first pass is generated, at 512x512 (the stored image is 1024x1024)",
-        "not applied (hires fix): Hires resize: 1024x1024",
-        "not applied (hires fix): Denoising strength: 0.7 (the hires pass's strength)"]
+    assert cli.unhonoured(old_hires, cli.HONOURED | cli.HARMLESS) == []  # applied as A1111 does: Hires resize
+    assert {k: old_hires[k] for k in ("width", "hires_resize", "hires_denoising")} == dict(
+        width=512, hires_resize=(1024, 1024), hires_denoising=0.7)
+    unreadable = sdkit.metadata.parse_parameters("a\nSteps: 20, Seed: 1, Size: 512x512, Hires resize: big")
+    assert cli.unhonoured(unreadable, cli.HONOURED | cli.HARMLESS) == [
+        "hires fix is not applied: only its first pass is generated, at 512x512 (the stored image is big)",
+        "not applied (hires fix): Hires resize: big"]
+
+
+def test_hires_flags_and_a_stored_hires_resize():
+    parse = cli.build_parser().parse_args
+    stored = sdkit.metadata.parse_parameters("a\nSteps: 20, Seed: 1, Size: 512x768, Denoising strength: 0.5, "
+                                             "Hires resize: 1024x0, Hires upscaler: Latent (nearest-exact)")
+    assert cli._hires(parse([]), stored, None) == dict(hires_resize=(0, 1024), hires_denoising=0.5,
+                                                      hires_upscaler="latent_nearest_exact")
+    assert cli._hires(parse(["--hires-scale", "2"]), stored, None) == dict(hires_scale=2, hires_denoising=0.5,
+                                                                          hires_upscaler="latent_nearest_exact")
+    assert cli._hires(parse(["--hires-resize", "1024x1536"]), {}, None) == dict(hires_resize=(1536, 1024))
+    with pytest.raises(ValueError, match="give --hires-scale or --hires-resize, not both"):
+        cli._hires(parse(["--hires-resize", "0x64", "--hires-scale", "2"]), {}, None)
 
 
 @pytest.mark.parametrize("parameters,lines", [
@@ -212,6 +216,7 @@ def test_output_folder_with_trailing_slash_is_created(sd1_folder, tmp_path, gen)
     (["cat", "--strength", "1.5"], "argument --strength: must be in (0, 1], got 1.5"),
     (["cat", "--schedule", "polyexponential"], "argument --schedule: invalid choice: 'polyexponential'"),
     (["cat", "--guidance-rescale", "1.5"], "argument --guidance-rescale: must be in [0, 1], got 1.5"),
+    (["cat", "--hires-resize", "0x0"], "argument --hires-resize: must be WxH in pixels (one side may be 0), got '0x0'"),
     (["cat", "-m", "no/such/model.safetensors", "--sampler", "ddim", "--schedule", "karras"],
      "schedule 'karras' is not available for sampler ddim; use one of: None, 'trailing'"),
     (["cat", "--vae-tiling", "yes"], "argument --vae-tiling: invalid choice: 'yes'"),
@@ -251,28 +256,41 @@ def test_ctrl_c_stops_within_a_step_exits_130_and_writes_nothing(sd1_folder, tmp
     # 1000 steps of a batch of 4 at 256x256: tens of seconds of denoising, so a loaded machine cannot finish
     # the run before the signal lands (at 64x64 it once did, and exited 0).
     slow = ["--steps", "1000", "-b", "4", "-W", "256", "-H", "256", "--backend", "torch", "--device", "cpu"]
+    # the bar shows every step (no time-based throttling), so its count is the number of steps done
+    env = {**env, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
     # SIGINT back to its default in the child, as in a terminal: a test run started in the background
     # (`cmd &` in a script) inherits SIGINT ignored, and Python then installs no Ctrl-C handler at all.
     proc = subprocess.Popen([SDKIT_GEN, "a cat", "-m", sd1_folder, *slow], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     request.addfinalizer(proc.kill)  # never leave a 1000-step run behind when an assertion fails
-    started = threading.Event()
-    err = []
+    err = b""
 
-    def read_stderr():
-        while chunk := proc.stderr.read(1):
-            err.append(chunk)
-            if "/1000" in "".join(err[-60:]):  # the tqdm bar: denoising is under way
-                started.set()
+    def read_available() -> bool:
+        """Appends what the child has written to stderr; False at its end."""
+        nonlocal err
+        while select.select([proc.stderr], [], [], 0)[0]:
+            if not (chunk := os.read(proc.stderr.fileno(), 65536)):
+                return False
+            err += chunk
+        return True
 
-    threading.Thread(target=read_stderr, daemon=True).start()
-    assert started.wait(120), "".join(err)
+    def steps_done() -> int:
+        return max(map(int, re.findall(rb"(\d+)/1000", err)), default=0)
+
+    while steps_done() == 0:  # the tqdm bar: denoising is under way
+        assert select.select([proc.stderr], [], [], 120)[0] and read_available(), err.decode()
+    # Ctrl-C at a known step, not a wall-clock race: stop the child, read all it wrote, then signal and resume it
+    proc.send_signal(signal.SIGSTOP)
+    os.waitpid(proc.pid, os.WUNTRACED)
+    read_available()
+    at_signal = steps_done()
     proc.send_signal(signal.SIGINT)
-    t0 = time.monotonic()
-    assert proc.wait(30) == 130
-    assert time.monotonic() - t0 < 5
-    assert proc.stdout.read() == "" and "sdkit-gen: interrupted" in "".join(err)
+    proc.send_signal(signal.SIGCONT)
+    assert proc.wait(120) == 130
+    err += proc.stderr.read()
+    assert steps_done() - at_signal <= 1, f"{steps_done() - at_signal} steps after Ctrl-C"
+    assert proc.stdout.read() == b"" and b"sdkit-gen: interrupted" in err
     assert pngs(tmp_path) == []
 
 
@@ -364,3 +382,17 @@ def test_refiner_and_its_stored_name(sdxl_folder, refiner_folder, gen, tmp_path)
     assert np.array_equal(pixels(out.split()[0]), pixels(path))
     with pytest.raises(SystemExit, match="2"):
         gen("a fox", "-m", sdxl_folder, *FAST, "--refiner-start", "1")
+
+
+def test_tcd_eta_is_written_and_restored_with_tcd_only(sd1_folder, tmp_path, gen):
+    code, _, err = gen("a cat", "-m", sd1_folder, *FAST, "--sampler", "tcd", "--eta", "0.9", "-s", "3", "-o", "tcd.png")
+    assert code == 0, err
+    assert ", Eta: 0.9," in Image.open(tmp_path / "tcd.png").info["parameters"]
+    assert sdkit.read_parameters(tmp_path / "tcd.png")["eta"] == 0.9
+    code, _, err = gen("--from", "tcd.png", "-m", sd1_folder, "--backend", "torch", "-o", "again.png")
+    assert code == 0 and "warning" not in err, err
+    assert np.array_equal(pixels(tmp_path / "tcd.png"), pixels(tmp_path / "again.png"))  # eta 0.9, not 0.3
+    code, _, err = gen("--from", "tcd.png", "-m", sd1_folder, "--backend", "torch", "--sampler", "euler", "-o", "e.png")
+    assert code == 0 and "Eta" not in Image.open(tmp_path / "e.png").info["parameters"], err  # tcd's eta stays tcd's
+    code, _, err = gen("a cat", "-m", sd1_folder, *FAST, "--sampler", "euler", "--eta", "0.5")
+    assert code == 2 and err.strip() == "sdkit-gen: error: --eta is a setting of the tcd sampler, not of euler", err

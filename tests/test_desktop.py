@@ -448,7 +448,7 @@ def test_inpaint_mode_paints_a_mask_and_inpaints(qtbot, window, sd1_inpaint_fold
 def test_sampler_combo_shows_a1111_names_and_the_schedule_combo_only_what_it_takes(window):
     form = window.form
     shown = [form.sampler.itemText(i) for i in range(form.sampler.count())]
-    assert {"DPM++ 2M SDE", "Euler a", "DPM++ 2M", "DDIM", "UniPC"} <= set(shown) and "dpmpp_2m_sde" not in shown
+    assert {"DPM++ 2M SDE", "Euler a", "DPM++ 2M", "DDIM", "UniPC", "DEIS"} <= set(shown) and "dpmpp_2m_sde" not in shown
     form.sampler.setCurrentIndex(shown.index("DPM++ 2M SDE"))
     schedules = [form.schedule.itemText(i) for i in range(form.schedule.count())]
     assert schedules == ["Uniform (the model's own)", "SGM Uniform", "Karras", "Exponential", "Beta"]
@@ -486,6 +486,14 @@ def test_dropping_a_png_restores_sampler_schedule_and_hires_fix(window, tmp_path
     drop(window, tmp_path / "plain.png")
     assert not form.hires.isChecked() and not form.hires_scale.isEnabled()
     assert (form.sampler.currentText(), form.schedule.currentData()) == ("DDIM", None)
+    assert not form.eta.isEnabled()
+
+    info = PngImagePlugin.PngInfo()  # TCD's eta: its own control, enabled with TCD only
+    info.add_text("parameters", "a fox\nSteps: 4, Sampler: TCD, CFG scale: 1, Seed: 5, Size: 64x64, Eta: 0.8")
+    Image.new("RGB", (64, 64)).save(tmp_path / "tcd.png", pnginfo=info)
+    drop(window, tmp_path / "tcd.png")
+    assert form.sampler.currentText() == "TCD" and form.eta.isEnabled() and form.eta.value() == 0.8
+    assert form.settings(window.session.settings).generate_kwargs()["eta"] == 0.8
 
 
 def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):

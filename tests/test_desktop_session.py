@@ -189,6 +189,15 @@ def test_hires_fix_is_restored_and_an_image_without_it_turns_it_off():
     assert not s.with_parameters({"prompt": "y"}, SAMPLERS).hires
 
 
+def test_tcd_eta_reaches_generate_and_is_restored_with_tcd_only():
+    assert Settings(sampler="tcd", schedule=None, eta=0.6).generate_kwargs()["eta"] == 0.6
+    assert "eta" not in Settings(eta=0.6).generate_kwargs()  # dpmpp_2m takes none
+    tcd = Settings().with_parameters(dict(prompt="x", sampler="tcd", eta=0.9), SAMPLERS + ("tcd",))
+    assert (tcd.sampler, tcd.eta) == ("tcd", 0.9)
+    assert tcd.with_parameters(dict(prompt="x", sampler="tcd"), SAMPLERS + ("tcd",)).eta == 0.3  # none stored
+    assert tcd.with_parameters(dict(prompt="x", sampler="euler_a"), SAMPLERS).eta == 0.9  # kept for later
+
+
 def test_saved_settings_with_an_alias_sampler_or_a_schedule_it_lacks_still_load():
     assert (Settings.from_dict({"sampler": "dpmpp_2m_karras"}).sampler,
             Settings.from_dict({"sampler": "dpmpp_2m_karras"}).schedule) == ("dpmpp_2m", "karras")

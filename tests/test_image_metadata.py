@@ -291,6 +291,15 @@ def test_invokeai_3(tmp_path):
         "VAE": "sd-vae-ft-mse", "Version": "InvokeAI 3.3.0post3"}
 
 
+@pytest.mark.parametrize("scheduler,expected", [("deis", ("deis", None)), ("deis_k", ("deis", "karras"))])
+def test_invokeai_deis(tmp_path, scheduler, expected):
+    """InvokeAI's deis is diffusers' DEISMultistepScheduler with its defaults, sdkit's deis; _k: Karras sigmas."""
+    meta = {"app_version": "3.3.0post3", "generation_mode": "txt2img", "positive_prompt": "landscape", "width": 64,
+            "height": 64, "seed": 1, "cfg_scale": 7.5, "steps": 20, "scheduler": scheduler}
+    p = sdkit.read_parameters(png(tmp_path, invokeai_metadata=json.dumps(meta), invokeai_graph="{}"))
+    assert (p["sampler"], p.get("schedule")) == expected
+
+
 def test_invokeai_5_with_lora_img2img_and_clip_skip(tmp_path):
     meta = {"generation_mode": "sdxl_img2img", "positive_prompt": "a watercolor fox", "negative_prompt": "photo",
             "width": 1024, "height": 1024, "seed": 99, "steps": 30, "cfg_scale": 7.5, "scheduler": "euler_a",

@@ -93,7 +93,7 @@ def test_only_masked_crops_the_box_as_a1111():
 
 def test_outpaint_canvas():
     image = picture(40, 48)
-    canvas, mask = inpaint.outpaint_canvas(image, 16, 0, 8, 24, mask_blur=4)
+    canvas, mask = inpaint.outpaint_canvas(image, 16, 0, 8, 24, mask_blur=4, seed=1)
     assert canvas.size == (48 + 24, 40 + 24)
     c, m = np.asarray(canvas), np.asarray(mask)
     assert np.array_equal(c[:40, 16:64], np.asarray(image))  # the original at (left, top)
@@ -104,7 +104,11 @@ def test_outpaint_canvas():
                          ({}, "all 0"), ({"top": -8}, "top must be an integer")):
         sides = dict(left=0, top=0, right=0, bottom=0) | bad
         with pytest.raises(ValueError, match=message):
-            inpaint.outpaint_canvas(image, **sides, mask_blur=4)
+            inpaint.outpaint_canvas(image, **sides, mask_blur=4, seed=1)
+    # the pre-fill noise is the seed's: one seed, one canvas; another seed, another
+    again, other = (np.asarray(inpaint.outpaint_canvas(image, 16, 0, 8, 24, 4, seed)[0]) for seed in (1, 2))
+    assert np.array_equal(again, c) and not np.array_equal(other[40:], c[40:])
+    assert np.array_equal(other[:40, 16:64], c[:40, 16:64])
 
 
 # ---- end to end on a tiny inpainting model (torch); parity with diffusers is in test_parity_inpaint.py ----
@@ -135,6 +139,9 @@ def test_generate_composites_and_checks_before_any_step(sd1_inpaint_folder, tmp_
 
     wide, = sdkit.outpaint(pipe, image, right=16, bottom=8, prompt="a cat", steps=2, seed=1, mask_blur=2)
     assert wide.size == (96, 72)
+    canvas, mask = inpaint.outpaint_canvas(image, 0, 0, 16, 8, mask_blur=2, seed=1)  # the call's seed's canvas
+    same, = pipe.generate("a cat", init_image=canvas, mask_image=mask, steps=2, seed=1, mask_blur=2)
+    assert np.array_equal(np.asarray(wide), np.asarray(same))
     assert np.array_equal(np.asarray(wide)[:56, :70], np.asarray(image)[:56, :70])  # the far side of the seam
 
     # sdkit-gen: --mask, the mask saved beside the output, and --from finding it

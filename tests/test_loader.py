@@ -258,7 +258,8 @@ def _tiny(tmp_path, keys, name="file.safetensors"):
     (["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"], "Flux"),
     (["model.diffusion_model.joint_blocks.0.context_block.attn.qkv.weight"], "Stable Diffusion 3"),
     (["text_model.encoder.layers.0.mlp.fc1.weight", "text_model.final_layer_norm.weight"], "a text encoder on its own"),
-    (["edm_mean", "edm_std", "model.diffusion_model.input_blocks.0.0.weight"], "an EDM model"),
+    (["edm_vpred.sigma_max", "edm_vpred.sigma_min", "model.diffusion_model.input_blocks.0.0.weight"],
+     "an EDM v-prediction model"),  # Playground's edm_mean / edm_std load: test_edm
     (["something.else.weight"], "not a Stable Diffusion checkpoint; none of its 1 tensors"),
 ])
 def test_what_is_not_a_checkpoint_is_named(tmp_path, keys, what):

@@ -59,10 +59,10 @@ def test_an_explicit_empty_negative_prompt_survives_a_round_trip(tmp_path):
 def test_keys_other_features_write_pass_through_as_a1111_writes_them():
     extra = {"Schedule type": "Karras", "Model hash": "6ce0161689", "VAE": "vae-ft-mse-840000",
              "VAE hash": "735e4c3a44", "Lora hashes": "add_detail: 7c6bad76eb54, more_art: 0123456789ab",
-             "TI hashes": "easynegative: c74b4e810b03", "Hires resize": "1024x1536", "Hires upscaler": "R-ESRGAN 4x+"}
+             "TI hashes": "easynegative: c74b4e810b03", "Hires sampler": "Euler", "Hires upscaler": "R-ESRGAN 4x+"}
     text = metadata.format_parameters({**PARAMS, **extra})
     assert ('Lora hashes: "add_detail: 7c6bad76eb54, more_art: 0123456789ab", '
-            'TI hashes: "easynegative: c74b4e810b03", Hires resize: 1024x1536, ') in text
+            'TI hashes: "easynegative: c74b4e810b03", Hires sampler: Euler, ') in text
     back = metadata.parse_parameters(text)
     assert {k: back[k] for k in extra if k != "Schedule type"} == {
         k: str(v) for k, v in extra.items() if k != "Schedule type"}
@@ -71,7 +71,7 @@ def test_keys_other_features_write_pass_through_as_a1111_writes_them():
 
 A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "euler": "Euler", "euler_a": "Euler a", "heun": "Heun", "lms": "LMS",
                "dpmpp_2m": "DPM++ 2M", "unipc": "UniPC", "dpmpp_2m_sde": "DPM++ 2M SDE", "dpmpp_3m_sde": "DPM++ 3M SDE",
-               "lcm": "LCM", "ddpm": "DDPM", "tcd": "TCD", "dpm2": "DPM2", "dpm2_a": "DPM2 a"}
+               "lcm": "LCM", "ddpm": "DDPM", "tcd": "TCD", "dpm2": "DPM2", "dpm2_a": "DPM2 a", "deis": "DEIS"}
 A1111_SCHEDULES = {None: "Uniform", "trailing": "SGM Uniform", "karras": "Karras", "exponential": "Exponential",
                    "beta": "Beta"}
 
@@ -164,7 +164,7 @@ def test_old_hires_fix_files_read_as_first_pass_and_hires_resize(first, size, ex
     p = metadata.parse_parameters(f"a castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: {size}, "
                                   f"Denoising strength: 0.7, First pass size: {first}")
     assert (p["width"], p["height"]) == expected
-    assert p["Hires resize"] == size and p["hires_denoising"] == 0.7
+    assert p["hires_resize"] == tuple(map(int, size.split("x")))[::-1] and p["hires_denoising"] == 0.7
     assert not {"strength", "First pass size"} & p.keys()
 
 
@@ -275,3 +275,11 @@ def test_cfg_rescale_round_trips_and_is_written_only_when_used():
     assert ", CFG rescale: 0.7, " in text
     assert metadata.parse_parameters(text)["guidance_rescale"] == 0.7
     assert "CFG rescale" not in metadata.format_parameters({**PARAMS, "guidance_rescale": 0.0})
+
+
+def test_eta_is_tcds_and_an_ancestral_eta_stays_a1111s():
+    text = metadata.format_parameters({**PARAMS, "sampler": "tcd", "schedule": None, "eta": 0.5})
+    assert ", Eta: 0.5, " in text
+    assert metadata.parse_parameters(text)["eta"] == 0.5
+    euler_a = metadata.parse_parameters("a\nSteps: 20, Sampler: Euler a, Seed: 1, Eta: 0.67, Size: 8x8")
+    assert euler_a["Eta"] == "0.67" and "eta" not in euler_a

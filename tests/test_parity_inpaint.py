@@ -4,13 +4,14 @@ their largest value), images
 within 3/255. diffusers samples the VAE posterior; it is made to take the mean, as sdkit does
 (fixtures.img2img_like_sdkit)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as sd_inpaint_module
 from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as xl_inpaint_module
-from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a_module
-from fixtures import SCHEDULERS, img2img_like_sdkit
+from fixtures import SCHEDULERS, img2img_like_sdkit, step_noise_like_sdkit
 from PIL import Image
 from test_parity_torch import NEGATIVE, PROMPT, SEED, assert_close, draw, seeded_noise
 
@@ -46,12 +47,11 @@ def run_both(ours, theirs, module, monkeypatch, sampler, strength, negative, n=1
     rngs = seeded_noise(SEED, n, shape)
     noise = draw(rngs, shape)
     img2img_like_sdkit(monkeypatch, module, noise)
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **k: draw(rngs, tuple(s[1:])))
+    step_noise_like_sdkit(monkeypatch, lambda s: draw(rngs, s[1:]))  # each image's generator continues
     args = dict(prompt=PROMPT, image=init, mask_image=mask, negative_prompt=negative, strength=strength,
                 width=W, height=H, num_inference_steps=STEPS, guidance_scale=7.5, num_images_per_prompt=n, **kw)
     expected_latents = theirs(**args, output_type="latent").images
     img2img_like_sdkit(monkeypatch, module, draw(seeded_noise(SEED, n, shape), shape))
-    monkeypatch.setattr(euler_a_module, "randn_tensor", lambda s, **k: draw(rngs, tuple(s[1:])))
     rngs[:] = seeded_noise(SEED, n, shape)
     draw(rngs, shape)  # the initial draw, so euler_a's per-step noise continues the generators again
     expected = theirs(**args).images
@@ -121,26 +121,41 @@ def sd1_ordinary(sd1_folder):
 
 @pytest.mark.parametrize("sampler, strength, negative, n", [
     ("euler", 1.0, None, 1), ("ddim", 0.75, NEGATIVE, 1), ("dpmpp_2m", 1.0, NEGATIVE, 2), ("euler_a", 0.8, None, 2),
-    ("lms", 0.9, None, 1), ("unipc", 1.0, NEGATIVE, 1)])
+    ("lms", 0.9, None, 1), ("unipc", 1.0, NEGATIVE, 1), ("heun", 1.0, None, 1), ("dpm2", 0.8, NEGATIVE, 1),
+    ("dpm2_a", 1.0, None, 2), ("pndm", 0.8, NEGATIVE, 1)])
 def test_sd1_ordinary_model_blends_latents(sd1_ordinary, monkeypatch, sampler, strength, negative, n):
-    """4-channel checkpoints: after every step the kept region is the image's latents noised to the next level.
-    (Heun and PNDM are left out: diffusers blends after their inner evaluations too; see inpaint.blend.)"""
+    """4-channel checkpoints: after every model evaluation (diffusers' scheduler.step), inner ones included
+    (Heun's predictor, DPM2's midpoint, PNDM's Runge-Kutta stages), the kept region is the image's latents
+    noised to the level diffusers' scheduler gives the next one."""
     ours, theirs = sd1_ordinary
     run_both(ours, theirs, sd_inpaint_module, monkeypatch, sampler, strength, negative, n)
 
 
-@pytest.mark.parametrize("sampler", ["heun", "pndm", "dpmpp_2m_sde"])
-def test_every_sampler_ends_on_the_image_latents_outside_the_mask(sd1_ordinary, monkeypatch, sampler):
+def test_sd1_ordinary_model_blends_inside_pndm_runge_kutta_warmup(sd1_ordinary, monkeypatch):
+    """PNDM with skip_prk_steps false: its 12 pseudo Runge-Kutta evaluations are each blended, as diffusers does,
+    also where image-to-image slices the warm-up (the kept region noised to the next evaluation's timestep)."""
+    ours, theirs = sd1_ordinary
+    checkpoint = ours.checkpoint
+    monkeypatch.setattr(ours, "checkpoint", dataclasses.replace(
+        checkpoint, scheduler=dataclasses.replace(checkpoint.scheduler, skip_prk_steps=False)))
+    monkeypatch.setattr(theirs, "original_scheduler_config", {**theirs.scheduler.config, "skip_prk_steps": False})
+    for strength in (1.0, 0.6):
+        run_both(ours, theirs, sd_inpaint_module, monkeypatch, "pndm", strength, None)
+
+
+def test_every_sampler_ends_on_the_image_latents_outside_the_mask(sd1_ordinary, monkeypatch):
+    """Every registered sampler (those without a diffusers comparison above too) blends on 4-channel models."""
     ours, _ = sd1_ordinary
     init, mask = init_and_mask()
-    seen = capture_latents(monkeypatch)
-    ours.generate(PROMPT, init_image=init, mask_image=mask, steps=4, sampler=sampler, seed=SEED)
-    final = ours.backend.numpy(seen[-1])
     image = ours.backend.numpy(ours.vae.encode(sdkit.images.to_model_input(init, W, H)[None]))
     keep = np.asarray(mask)[::8, ::8] < 128  # the latent mask: pixel (8i, 8j)
     assert keep.any() and (~keep).any()
-    assert np.abs(final - image)[:, :, keep].max() < 1e-5
-    assert np.abs(final - image)[:, :, ~keep].max() > 0.1
+    seen = capture_latents(monkeypatch)
+    for sampler in sdkit.SAMPLERS:
+        ours.generate(PROMPT, init_image=init, mask_image=mask, steps=4, sampler=sampler, seed=SEED)
+        final = ours.backend.numpy(seen[-1])
+        assert np.abs(final - image)[:, :, keep].max() < 1e-5, sampler
+        assert np.abs(final - image)[:, :, ~keep].max() > 0.1, sampler
 
 
 def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_file):
@@ -152,14 +167,15 @@ def test_single_file_inpainting_model(sd1_inpaint_folder, sd1_inpaint_single_fil
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("model", ["sd1_inpaint_folder", "sd1_folder"])
-def test_mlx_equals_torch(request, model, monkeypatch):
+@pytest.mark.parametrize("model, sampler", [("sd1_inpaint_folder", "dpmpp_2m"), ("sd1_folder", "heun")])
+def test_mlx_equals_torch(request, model, sampler, monkeypatch):
     """The MLX backend's inpainting (mask and masked-image latents concatenated inside its UNet; the 4-channel
-    blend on MLX arrays) gives torch's latents and picture, only-masked area and composite included."""
+    blend on MLX arrays, Heun's predictor included) gives torch's latents and picture, only-masked area and
+    composite included."""
     pytest.importorskip("mlx.core", reason="mlx is not installed (pip install 'sdkit-diffusion[mlx]')")
     sd1_inpaint_folder = request.getfixturevalue(model)
     init, mask = init_and_mask()
-    kw = dict(init_image=init, mask_image=mask, width=32, height=32, steps=3, sampler="dpmpp_2m", seed=SEED,
+    kw = dict(init_image=init, mask_image=mask, width=32, height=32, steps=3, sampler=sampler, seed=SEED,
               num_images=2, inpaint_area="masked", inpaint_padding=4)
     results = {}
     for backend in ("torch", "mlx"):

@@ -150,3 +150,19 @@ def test_zero_terminal_snr_and_guidance_rescale(pipes, monkeypatch):
     assert np.abs(plain - got).max() > 1e-2  # the rescale is not lost in the tolerance
     assert_close(ours.generate(PROMPT, steps=STEPS, sampler="ddim", schedule="trailing", seed=SEED, **kw),
                  theirs(PROMPT, num_inference_steps=STEPS, latents=latents, **kw).images)
+
+
+def test_deis_latents_on_a_sigma_schedule(pipes):
+    """deis with karras levels (its last step repeats the last level) against diffusers' DEISMultistepScheduler:
+    latents within 1e-4 (the parametrized tests above compare its pictures on the default schedule)."""
+    ours, theirs = pipes
+    cls, extra = SCHEDULERS["deis"]
+    theirs.scheduler = cls.from_config(theirs.original_scheduler_config, **extra, use_karras_sigmas=True)
+    shape = (4, 48 // 8, 64 // 8)
+    latents = draw(seeded_noise(SEED, 1, shape), shape)
+    kw = dict(width=64, height=48, guidance_scale=7.5)
+    expected = theirs(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, latents=latents,
+                      output_type="latent", **kw).images
+    got = ours.generate(PROMPT, NEGATIVE, steps=STEPS, sampler="deis", schedule="karras", seed=SEED, output="latent",
+                        **kw)
+    assert np.abs(got - expected.cpu().numpy()).max() < 1e-4

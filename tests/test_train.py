@@ -2,6 +2,7 @@
 load_lora_weights, A1111 embeddings with load_textual_inversion), torch vs MLX loss curves, and overfitting."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from sdkit.train import data, formats, loss, schedule
 from fixtures import diffusers_pipeline
 
 SD15 = SchedulerConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # the fixtures' schedule
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder, captions, size=(64, 64), seed=0):
@@ -28,16 +30,6 @@ def write_images(folder, captions, size=(64, 64), seed=0):
         if caption is not None:
             (folder / f"{i}.txt").write_text(caption)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: torch's second thread only waits on the first (10x slower under
-    load), so these run on one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -226,41 +218,76 @@ def x0_error(unet, latents, context, prediction="epsilon", seed=0):
     return float(torch.stack(errs).mean())
 
 
-# LoRA on MLX, fine-tuning on torch: the loss-curve test above ties each method's backends together
-@pytest.mark.parametrize("method, backend", [("finetune", "torch"), ("lora", "mlx")])
-def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend):
-    """A short run on one captioned image: the trained prompt's x0 estimates come much closer to the image's
-    latents than the untrained model's (read back by diffusers: the folder, or the LoRA through
-    load_lora_weights)."""
+# Each method on a backend, tiny and short: (method, backend, steps, options)
+OVERFIT = [
+    ("finetune", "torch", 60, dict(learning_rate=2e-3)),
+    ("finetune", "mlx", 20, dict(learning_rate=3e-3, text_encoder=True)),  # a single file, read back
+    ("lora", "torch", 60, dict(rank=8, conv=True, learning_rate=2e-2)),
+    # a DreamBooth LoRA is MLX's LoRA with an instance prompt; plain LoRA on MLX follows torch's loss curve above
+    ("dreambooth", "mlx", 60, dict(rank=8, conv=True, learning_rate=2e-2, instance_prompt="a photo of sks cube")),
+]
+# Textual inversion is not here: the tiny model's x0 estimates barely depend on the prompt (any prompt, or none,
+# moves them by under 1%), so no embedding can overfit them. Its torch run is checked against diffusers and its
+# MLX run against torch (test_textual_inversion_on_mlx_trains_as_on_torch).
+
+
+@pytest.mark.parametrize("method, backend, steps, options", OVERFIT, ids=[f"{m}-{b}" for m, b, *_ in OVERFIT])
+def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend, steps, options):
+    """A short run on one image: the trained prompt's x0 estimates come much closer to the image's latents than
+    the untrained model's, read back by diffusers (the fine-tuned single file or folder, or load_lora_weights)."""
     if backend == "mlx":
         pytest.importorskip("mlx.core")
-    photo = write_images(tmp_path / "one", ["a photo of a red cube"])
-    out = tmp_path / ("tuned" if method == "finetune" else "cube.safetensors")
-    sdkit.train(sd1_folder, photo, method=method, out=out, steps=60, rank=8, conv=True, learning_rate=2e-3 if method ==
-                "finetune" else 2e-2, backend=backend, device="cpu", progress=False)
+    photo = write_images(tmp_path / "one", [None if method == "dreambooth" else "a photo of a red cube"])
+    single = method == "finetune" and backend == "mlx"  # the other fine-tune writes a folder
+    out = tmp_path / ("tuned.safetensors" if single else "tuned" if method == "finetune" else "cube.safetensors")
+    sdkit.train(sd1_folder, photo, method=method, out=out, steps=steps, backend=backend, device="cpu", progress=False,
+                **options)
+    prompt = "a photo of sks cube" if method == "dreambooth" else "a photo of a red cube"
     pipe = diffusers_pipeline(sd1_folder)
-    with torch.no_grad():
-        image = torch.from_numpy(data.load_image(photo / "0.png", (64, 64)))[None]
-        latents = pipe.vae.encode(image).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
-        context = pipe.text_encoder(ids).last_hidden_state
-    before = x0_error(pipe.unet, latents, context)
-    if method == "finetune":
+
+    def error(p):
+        with torch.no_grad():
+            image = torch.from_numpy(data.load_image(photo / "0.png", (64, 64)))[None]
+            latents = p.vae.encode(image).latent_dist.mean * p.vae.config.scaling_factor
+            context = p.encode_prompt(prompt, "cpu", 1, False)[0]
+        return x0_error(p.unet, latents, context)
+    before = error(pipe)
+    if single:
+        from diffusers import StableDiffusionPipeline
+        tuned = StableDiffusionPipeline.from_single_file(str(out), config=str(sd1_folder), safety_checker=None,
+                                                         local_files_only=True)
+    elif method == "finetune":
         tuned = diffusers_pipeline(out)
     else:
         tuned = pipe
         tuned.load_lora_weights(str(out))
-    after = x0_error(tuned.unet, latents, context)
+    after = error(tuned)
     assert after < 0.3 * before, (before, after)
+
+
+def test_textual_inversion_on_mlx_trains_as_on_torch(sd1_folder, photos, tmp_path):
+    """Textual inversion with two vectors: MLX's loss curve and trained vectors are torch's (same seed)."""
+    pytest.importorskip("mlx.core")
+    runs = {b: sdkit.train(sd1_folder, photos, method="textual_inversion", out=tmp_path / b / "shiny.safetensors",
+                           steps=5, vectors=2, init_word="cube", learning_rate=1e-1, backend=b, device="cpu",
+                           progress=False) for b in ("torch", "mlx")}
+    np.testing.assert_allclose(runs["mlx"].losses, runs["torch"].losses, rtol=1e-3)
+    vectors = {b: load_file(str(tmp_path / b / "shiny.safetensors"))["emb_params"] for b in runs}
+    pipe = diffusers_pipeline(sd1_folder)
+    cube = pipe.tokenizer.encode("cube", add_special_tokens=False)[0]
+    start = pipe.text_encoder.get_input_embeddings().weight[cube].detach().numpy()
+    assert np.abs(vectors["torch"] - start).max() > 0.1  # it trained (lr 0.1, 5 steps)
+    np.testing.assert_allclose(vectors["mlx"], vectors["torch"], atol=1e-4)
 
 
 # --- long runs: resume, Ctrl-C, samples -------------------------------------------------------------------------
 
 def test_ctrl_c_saves_and_resume_continues_the_same_run(sd1_folder, photos, tmp_path, monkeypatch):
     """Interrupted at step 4 of 6 (Ctrl-C inside the step), then resumed: the same losses and LoRA as one
-    uninterrupted run with that seed (which ran with gradient checkpointing); samples appear every N steps."""
+    uninterrupted run with that seed (which ran with gradient checkpointing), whose output is the EMA of the
+    weights; samples appear every N steps."""
     options = dict(method="lora", steps=6, rank=4, learning_rate=1e-2, backend="torch", seed=5, progress=False,
-                   caption_dropout=0.3, save_every=2)
+                   caption_dropout=0.3, save_every=2, ema_decay=0.8)
     # gradient checkpointing recomputes activations: the same run, less memory
     whole = sdkit.train(sd1_folder, photos, out=tmp_path / "a" / "l.safetensors", gradient_checkpointing=True,
                         **options)
@@ -284,6 +311,11 @@ def test_ctrl_c_saves_and_resume_continues_the_same_run(sd1_folder, photos, tmp_
     assert resumed.losses == pytest.approx(whole.losses, rel=1e-6)
     a, b = load_file(str(tmp_path / "a" / "l.safetensors")), load_file(str(out))
     assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    state = load_file(str(out) + ".state.safetensors")
+    ups = [v for k, v in b.items() if k.endswith("lora_up.weight")]
+    same = lambda prefix: all(any(np.allclose(u.ravel(), v.ravel()) for k, v in state.items()
+                                  if k.startswith(prefix) and v.size == u.size) for u in ups)
+    assert same("ema.") and not same("param.")  # the output is the average
     assert [p.rsplit("/", 1)[-1] for p in resumed.outputs[2:]] == ["step000006-0.png"]  # step 3 ran before
 
 
@@ -296,11 +328,13 @@ def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
     out = tmp_path / "sks.safetensors"
     code = main([str(sd1_folder), str(instance), "--method", "dreambooth", "--out", str(out), "--steps", "3",
                  "--instance-prompt", "a photo of sks dog", "--class-data", str(classes), "--class-prompt",
-                 "a photo of a dog", "--rank", "2", "--backend", "torch"])
+                 "a photo of a dog", "--rank", "2", "--backend", "torch", "--ema-decay", "0.99"])
     assert code == 0 and out.exists()
     assert capsys.readouterr().out.split() == [str(out), str(tmp_path / "log.jsonl")]
     assert main([str(sd1_folder), str(tmp_path / "missing"), "--out", str(out), "--backend", "torch"]) == 2
     assert "sdkit-train: error: data" in capsys.readouterr().err
+    assert main([str(sd1_folder), str(instance), "--out", str(out), "--ema-decay", "1.5"]) == 2
+    assert capsys.readouterr().err == "sdkit-train: error: ema_decay must be in (0, 1), e.g. 0.9999, got 1.5\n"
 
 
 def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
@@ -379,3 +413,225 @@ def test_sdkit_applies_its_own_trained_lora_as_diffusers_does(sd1_folder, photos
     assert_same_run(ours, run_theirs(theirs, ["mine"], [1.0], prompt="a photo of a red cube"))
     mine = pipe.generate("a photo of a red cube", "blurry", loras={out: 1.0}, **run)
     assert np.abs(mine - base).max() > 1e-2  # the LoRA changes the picture: the comparison proves something
+
+
+# --- trainer options: EMA, loss scaling, gradient checkpointing ------------------------------------------------
+
+def lora_trainer(folder, backend, dtype="float32", **options):
+    """A backend's LoRA trainer (rank 2 on the UNet's attention) on `folder`, with Plan `options`."""
+    from sdkit import backends
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.train.plan import Plan
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    ckpt = open_checkpoint(folder)
+    lora = formats.lora_init(formats.lora_targets(ckpt), 2, np.random.default_rng(0))
+    engine = backends.get(backend)(device="cpu", dtype=dtype)
+    return engine.trainer(ckpt, Plan(learning_rate=1e-2, lora=lora, alpha=2.0, **options))
+
+
+def random_batch(seed, target_scale=1.0, width=64):
+    from sdkit.train.plan import Batch
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, 4, 8, 8), dtype=np.float32)
+    target = rng.standard_normal((1, 4, 8, 8), dtype=np.float32) * np.float32(target_scale)
+    context = rng.standard_normal((1, 77, width), dtype=np.float32)
+    return Batch(x, target, np.array([500.0], np.float32), np.ones(1, np.float32), context, None, None, None)
+
+
+def trained(trainer, prefix="param."):
+    return {k.removeprefix(prefix): v for k, v in trainer.state().items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_ema_follows_diffusers_ema_model_and_survives_resume(sd1_folder, backend):
+    """ema_decay: after each step the average is diffusers' EMAModel.step of the trained weights (its default
+    schedule: a copy, then min(decay, n / (n + 9))); averaged() swaps it in for writing and back; a resumed trainer
+    carries it on."""
+    from diffusers.training_utils import EMAModel
+    trainer = lora_trainer(sd1_folder, backend, ema_decay=0.9)
+    oracle = None
+    for step in range(4):
+        trainer.accumulate(random_batch(step), 1.0)
+        assert trainer.step(1e-2)
+        weights = trained(trainer)
+        tensors = [torch.nn.Parameter(torch.from_numpy(weights[k].copy())) for k in sorted(weights)]
+        oracle = oracle or EMAModel([t.detach().clone() for t in tensors], decay=0.9)
+        oracle.step(tensors)  # (Parameters: EMAModel only averages what requires grad)
+    average = trained(trainer, "ema.")
+    assert sorted(average) == sorted(weights)
+    for k, want in zip(sorted(weights), oracle.shadow_params):
+        np.testing.assert_allclose(average[k], want.numpy(), rtol=1e-5, atol=1e-7)
+    assert max(np.abs(average[k] - weights[k]).max() for k in weights) > 1e-4  # the average lags the weights
+    k = next(t for t in trainer.lora)
+    last = trainer.lora_weights()[k][1].copy()
+    with trainer.averaged():
+        during = trainer.lora_weights()[k][1].copy()
+    assert not np.allclose(during, last) and np.array_equal(trainer.lora_weights()[k][1], last)
+
+    resumed = lora_trainer(sd1_folder, backend, ema_decay=0.9)
+    resumed.load_state(trainer.state())
+    for t in (trainer, resumed):
+        t.accumulate(random_batch(9), 1.0)
+        t.step(1e-2)
+    want, got = trained(trainer, "ema."), trained(resumed, "ema.")
+    assert all(np.allclose(got[k], want[k], rtol=1e-6, atol=1e-8) for k in want)
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_float16_loss_scaling_skips_overflowing_steps(sd1_folder, backend):
+    """float16 with loss scaling: a step whose scaled gradients overflow is skipped (weights and AdamW untouched)
+    and halves the scale; the finite steps around it are the steps of a run without that batch, whose scale
+    stayed 2^16: the gradients are unscaled by the scale they were computed with."""
+    scaled = lora_trainer(sd1_folder, backend, "float16", loss_scaling=True)
+    plain = lora_trainer(sd1_folder, backend, "float16", loss_scaling=True)
+    assert scaled.scaler.scale == 2.0**16
+    taken = []
+    for batch in (random_batch(0), random_batch(1, target_scale=1e5), random_batch(2)):
+        before = trained(scaled)
+        scaled.accumulate(batch, 1.0)
+        taken.append(scaled.step(1e-2))
+        if not taken[-1]:
+            assert scaled.scaler.scale == 2.0**15
+            after = trained(scaled)
+            assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert taken == [True, False, True]
+    for batch in (random_batch(0), random_batch(2)):
+        plain.accumulate(batch, 1.0)
+        assert plain.step(1e-2)
+    want, got = trained(plain), trained(scaled)
+    assert all(np.abs(got[k]).max() > 0 for k in got)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6, err_msg=k)
+
+
+def test_mlx_gradient_checkpointing_gives_the_same_gradients(sd1_folder):
+    """MLX gradient checkpointing (mx.checkpoint around each resnet and transformer block): the same loss and
+    LoRA gradients as without it, and parameter names unchanged."""
+    from mlx.utils import tree_flatten
+    plain = lora_trainer(sd1_folder, "mlx")
+    light = lora_trainer(sd1_folder, "mlx", gradient_checkpointing=True)
+    assert any(type(m).__name__.startswith("Checkpointed") for _, m in light.model.unet.named_modules())
+    assert sorted(trained(light)) == sorted(trained(plain))
+    batch = random_batch(0)
+    assert light.accumulate(batch, 1.0) == pytest.approx(plain.accumulate(batch, 1.0), rel=1e-6)
+    want, got = dict(tree_flatten(plain.sum)), dict(tree_flatten(light.sum))
+    assert want.keys() == got.keys() and any(np.abs(np.array(g)).max() > 0 for g in want.values())
+    for k in want:
+        np.testing.assert_allclose(np.array(got[k]), np.array(want[k]), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_finetune_with_text_encoder_writes_a_single_file_and_a_folder(sd1_folder, photos, tmp_path):
+    """finetune with text_encoder=True: out=*.safetensors is an LDM single file that diffusers' from_single_file
+    and sdkit read as the same weights as the diffusers folder the same run writes; UNet and text encoder
+    trained, the VAE the source's."""
+    from diffusers import StableDiffusionPipeline
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.weights import read_tensors
+    options = dict(method="finetune", text_encoder=True, steps=2, learning_rate=1e-3, backend="torch", progress=False)
+    single, folder = tmp_path / "tuned.safetensors", tmp_path / "tuned"
+    sdkit.train(sd1_folder, photos, out=single, **options)
+    sdkit.train(sd1_folder, photos, out=folder, **options)
+    assert "model.diffusion_model.input_blocks.0.0.weight" in load_file(str(single))
+
+    theirs = StableDiffusionPipeline.from_single_file(str(single), config=str(sd1_folder), safety_checker=None,
+                                                       local_files_only=True)
+    ours, base = diffusers_pipeline(folder), diffusers_pipeline(sd1_folder)
+    for name in ("unet", "text_encoder", "vae"):
+        a, b, c = (getattr(p, name).state_dict() for p in (theirs, ours, base))
+        assert a.keys() == b.keys(), name
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        changed = max(float((b[k] - c[k]).abs().max()) for k in b if k in c)
+        assert (changed > 1e-5) == (name != "vae"), (name, changed)
+    a, b = open_checkpoint(single), open_checkpoint(folder)
+    for component in a.weights:
+        x, y = dict(read_tensors(a.weights[component], "numpy")), dict(read_tensors(b.weights[component], "numpy"))
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), component
+
+
+def test_single_file_writer_reads_back_for_sd2_and_sdxl(sd2v_folder, sdxl_folder, tmp_path):
+    """ldm_writer for OpenCLIP towers (SD2; SDXL's CLIP-L + bigG with its projection): sdkit's reader gives back
+    the family, the text encoders and every tensor exactly."""
+    from sdkit import ldm_writer
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.weights import read_tensors
+    for folder in (sd2v_folder, sdxl_folder):
+        source = open_checkpoint(folder)
+        ldm_writer.write(tmp_path / f"{folder.name}.safetensors", source, {})
+        back = open_checkpoint(tmp_path / f"{folder.name}.safetensors")
+        assert (back.family, back.text_encoder_names, back.unet.block_out_channels) == (
+            source.family, source.text_encoder_names, source.unet.block_out_channels)
+        for component, refs in source.weights.items():
+            x, y = dict(read_tensors(refs, "numpy")), dict(read_tensors(back.weights[component], "numpy"))
+            assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), (folder.name, component)
+
+
+def test_torch_finetune_in_bfloat16_runs_under_autocast(sd1_folder):
+    """A fine-tune keeps float32 weights; with dtype bfloat16 its forward runs under autocast: a loss near the
+    float32 one, but not it."""
+    from sdkit import backends
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.train.plan import Plan
+    ckpt, batch = open_checkpoint(sd1_folder), random_batch(0)
+    loss = {dtype: backends.get("torch")(device="cpu", dtype=dtype).trainer(
+        ckpt, Plan(learning_rate=1e-3, finetune=True)).accumulate(batch, 1.0) for dtype in ("float32", "bfloat16")}
+    assert loss["bfloat16"] != loss["float32"] and loss["bfloat16"] == pytest.approx(loss["float32"], rel=2e-2)
+
+
+# --- the VAE, stopping while caching ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_vae_encodes_the_cached_latents(sd1_folder, photos, tmp_path, monkeypatch, backend):
+    """vae= (as sdkit.load's): the cached latents are the given VAE's posterior mean times the checkpoint's scaling
+    factor (diffusers' AutoencoderKL on the same weights), not the model's own VAE's; sdkit-train --vae takes an
+    LDM-named file."""
+    from diffusers import AutoencoderKL
+
+    from safetensors.torch import load_file as load_torch, save_file
+
+    from fixtures import vae_to_ldm
+    from sdkit.train import loop
+    from sdkit.train.cli import main
+    from test_vae import _autoencoder
+
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    other = _autoencoder(tmp_path / "other-vae", seed=5)
+    encoded = []
+    real = loop._encode_images
+    monkeypatch.setattr(loop, "_encode_images", lambda *a: encoded.append(real(*a)) or encoded[-1])
+    options = dict(method="lora", steps=1, rank=2, backend=backend, device="cpu", progress=False)
+    sdkit.train(sd1_folder, photos, out=tmp_path / "own" / "l.safetensors", **options)
+    sdkit.train(sd1_folder, photos, out=tmp_path / "other" / "l.safetensors", vae=other, **options)
+    scale = AutoencoderKL.load_config(sd1_folder / "vae")["scaling_factor"]
+    for vae, latents in zip((AutoencoderKL.from_pretrained(sd1_folder / "vae"), AutoencoderKL.from_pretrained(other)),
+                            encoded):
+        for i, x0 in enumerate(latents):
+            image = torch.from_numpy(data.load_image(photos / f"{i}.png", (64, 64)))[None]
+            with torch.no_grad():
+                expected = vae.encode(image).latent_dist.mean[0].numpy() * scale
+            np.testing.assert_allclose(x0, expected, atol=1e-4)
+    assert np.abs(encoded[0][0] - encoded[1][0]).max() > 0.1  # another VAE, other latents
+
+    ldm = tmp_path / "other-vae.safetensors"  # as vae-ft-mse-840000 ships
+    config = SimpleNamespace(**json.loads((other / "config.json").read_text()))
+    save_file(vae_to_ldm(load_torch(other / "diffusion_pytorch_model.safetensors"), config), ldm)
+    assert main([str(sd1_folder), str(photos), "--out", str(tmp_path / "cli" / "l.safetensors"), "--steps", "1",
+                 "--rank", "2", "--backend", backend, "--vae", str(ldm)]) == 0
+    np.testing.assert_allclose(np.stack(encoded[2]), np.stack(encoded[1]), atol=1e-5)
+
+
+def test_should_stop_while_caching_writes_nothing_and_a_later_run_works(sd1_folder, photos, tmp_path, monkeypatch):
+    """A GUI's Cancel during the first encoding: should_stop is consulted between images, the run raises
+    Cancelled before writing anything (no folder, log, state or output), and the next run trains as usual."""
+    from sdkit.train import loop
+    loaded = []
+    real = loop.dataset.load_image
+    monkeypatch.setattr(loop.dataset, "load_image", lambda *a: loaded.append(a) or real(*a))
+    out = tmp_path / "run" / "l.safetensors"
+    options = dict(method="lora", steps=2, rank=2, backend="torch", progress=False)
+    with pytest.raises(sdkit.Cancelled, match="cancelled while encoding .*nothing was written"):
+        sdkit.train(sd1_folder, photos, out=out, should_stop=lambda: len(loaded) == 1, **options)
+    assert len(loaded) == 1 and not out.parent.exists()
+    record = sdkit.train(sd1_folder, photos, out=out, should_stop=lambda: False, **options)
+    assert len(record.losses) == 2 and out.exists()

@@ -16,7 +16,7 @@ import torch
 from fixtures import perturb, relayout, vae_to_ldm
 from safetensors.torch import load_file, save_file
 from test_checkpoint import assert_one_line_error, assert_same_weights
-from test_cli import FAST, gen  # noqa: F401 (a fixture)
+from test_cli import FAST
 
 import sdkit
 from sdkit import hub

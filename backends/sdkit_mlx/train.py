@@ -4,6 +4,8 @@ correction, so the same seed and data give torch's loss curve. Latents are NCHW 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
@@ -11,11 +13,13 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from sdkit.checkpoint import Checkpoint
+from sdkit.train import ema
 from sdkit.train.plan import Batch, Plan
+from sdkit.train.scaling import LossScale
 
 from .clip import CLIPTextModel
 from .loading import load
-from .unet import UNet2DConditionModel
+from .unet import BasicTransformerBlock, ResnetBlock2D, UNet2DConditionModel
 
 
 class LoRA(nn.Module):
@@ -71,13 +75,16 @@ class Trainer:
             text = {}
             if plan.text_trained:
                 for config, name in zip(ckpt.text_encoders, ckpt.text_encoder_names):
-                    text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder", dtype)
+                    text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder",
+                                      mx.float32 if plan.text_finetune else dtype)
             embeddings = {name: text[name].embeddings.token_embedding.weight[mx.array(rows)].astype(mx.float32)
                           for name, rows in (plan.embeddings or {}).items()}
             self.model = Trained(unet, text, Vectors(embeddings))
             self.model.freeze()
             if plan.finetune:
                 unet.unfreeze()
+            for model in text.values() if plan.text_finetune else ():
+                model.unfreeze()
             if embeddings:
                 self.model.embeddings.unfreeze()
             modules = {"unet": unet, **text}
@@ -95,14 +102,20 @@ class Trainer:
                 else:
                     setattr(owner, leaf, wrapped)
                 self.lora[target] = wrapped
+            if plan.gradient_checkpointing:
+                _checkpoint_blocks(unet)
             self.model.train()
-            mx.eval(self.model.parameters())
+            self.ema = tree_map(lambda p: p.astype(mx.float32), self.model.trainable_parameters()) \
+                if plan.ema_decay else None
+            mx.eval(self.model.parameters(), self.ema)
+        self.updates = 0  # optimizer steps taken: the EMA's n
+        self.scaler = LossScale() if plan.loss_scaling else None
         self.optimizer = optim.AdamW(plan.learning_rate, betas=list(plan.betas), eps=plan.eps,
                                      weight_decay=plan.weight_decay, bias_correction=True)
         self.grad = nn.value_and_grad(self.model, self._loss)
         self.sum = None  # accumulated gradients
 
-    def _loss(self, model: Trained, x, t, target, w, context, pooled, ids, time_ids):
+    def _loss(self, model: Trained, x, t, target, w, context, pooled, ids, time_ids, scale):
         if context is None:
             contexts = []
             for name, encoder in model.text.items():
@@ -112,27 +125,53 @@ class Trainer:
         added = None if time_ids is None else {"text_embeds": pooled.astype(self.dtype), "time_ids": time_ids}
         pred = model.unet(x.astype(model.unet.conv_in.weight.dtype), t, context.astype(self.dtype), added)
         per_sample = mx.square(pred.astype(mx.float32) - target).mean(axis=(1, 2, 3))  # (B,)
-        return (per_sample * w).mean()
+        return (per_sample * w).mean() * scale
 
     def accumulate(self, batch: Batch, scale: float) -> float:
         nhwc = lambda a: mx.array(a.transpose(0, 2, 3, 1))
         arr = lambda a: None if a is None else mx.array(a)
         with mx.stream(self.device):
             ids = None if batch.ids is None else {k: mx.array(v.astype(np.int32)) for k, v in batch.ids.items()}
+            loss_scale = self.scaler.scale if self.scaler else 1.0
             loss, grads = self.grad(self.model, nhwc(batch.noisy), mx.array(batch.t), nhwc(batch.target),
                                     mx.array(batch.weights), arr(batch.context), arr(batch.pooled), ids,
-                                    arr(batch.time_ids))
+                                    arr(batch.time_ids), mx.array(loss_scale, mx.float32))
             grads = tree_map(lambda g: g * scale, grads)
             self.sum = grads if self.sum is None else tree_map(mx.add, self.sum, grads)
             mx.eval(loss, self.sum)
-        return loss.item()
+        return loss.item() / loss_scale
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float) -> bool:
+        grads, self.sum = self.sum, None
         with mx.stream(self.device):
+            if self.scaler is not None:
+                scale = self.scaler.scale
+                finite = all(mx.isfinite(g).all().item() for _, g in tree_flatten(grads))
+                if not self.scaler.update(finite):
+                    return False
+                grads = tree_map(lambda g: g / scale, grads)
             self.optimizer.learning_rate = lr
-            self.optimizer.update(self.model, self.sum)
-            mx.eval(self.model.parameters(), self.optimizer.state)
-        self.sum = None
+            self.optimizer.update(self.model, grads)
+            self.updates += 1
+            if self.ema is not None:
+                d = ema.decay(self.updates, self.plan.ema_decay)
+                self.ema = tree_map(lambda e, p: d * e + (1 - d) * p.astype(mx.float32), self.ema,
+                                    self.model.trainable_parameters())
+            mx.eval(self.model.parameters(), self.optimizer.state, self.ema)
+        return True
+
+    @contextmanager
+    def averaged(self):
+        """The EMA weights in place of the trained ones, for writing the output."""
+        if self.ema is None:
+            yield
+            return
+        trained = self.model.trainable_parameters()
+        self.model.update(self.ema)
+        try:
+            yield
+        finally:
+            self.model.update(trained)
 
     def attach(self, pipe) -> None:
         """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained: uncompiled, as
@@ -163,9 +202,17 @@ class Trainer:
             out[name] = (a.transpose(0, 3, 1, 2) if a.ndim == 4 else a).reshape(self.shapes[name])
         return out
 
+    def text_weights(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: {k: np.array(w.astype(mx.float32)) for k, w in tree_flatten(model.parameters())}
+                for name, model in self.model.text.items()} if self.plan.text_finetune else {}
+
     def state(self) -> dict[str, np.ndarray]:
         out = {f"param.{k}": np.array(v) for k, v in tree_flatten(self.model.trainable_parameters())}
         out |= {f"adam.{k}": np.array(v) for k, v in tree_flatten(self.optimizer.state)}
+        out |= {f"ema.{k}": np.array(v) for k, v in tree_flatten(self.ema or {})}
+        out["updates"] = np.array(self.updates)
+        if self.scaler is not None:
+            out["loss_scale"] = np.array([self.scaler.scale, self.scaler.good_steps])
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -173,3 +220,27 @@ class Trainer:
         self.model.update(tree_unflatten(params))
         self.optimizer.state = tree_unflatten([(k.removeprefix("adam."), mx.array(v))
                                                for k, v in state.items() if k.startswith("adam.")])
+        if self.ema is not None:
+            self.ema = tree_unflatten([(k.removeprefix("ema."), mx.array(v)) for k, v in state.items()
+                                       if k.startswith("ema.")])
+        self.updates = int(state.get("updates", np.zeros(1)).reshape(-1)[0])  # older states have none
+        if self.scaler is not None:
+            self.scaler.scale, self.scaler.good_steps = float(state["loss_scale"][0]), int(state["loss_scale"][1])
+
+
+def _checkpoint_blocks(unet: nn.Module) -> None:
+    """Gradient checkpointing (mx.checkpoint): resnets and transformer blocks keep only their inputs and recompute
+    their activations in the backward pass. Each block's class becomes a subclass whose call is checkpointed, so
+    parameter names stay as they are."""
+    for _, module in unet.named_modules():
+        if type(module) in (ResnetBlock2D, BasicTransformerBlock):
+            module.__class__ = _CHECKPOINTED[type(module)]
+
+
+def _checkpointed(cls: type) -> type:
+    def __call__(self, *args):
+        return nn.utils.checkpoint(self, lambda *a: cls.__call__(self, *a))(*args)
+    return type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": __call__})
+
+
+_CHECKPOINTED = {cls: _checkpointed(cls) for cls in (ResnetBlock2D, BasicTransformerBlock)}

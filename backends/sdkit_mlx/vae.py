@@ -165,10 +165,22 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Linear(config.latent_channels, config.latent_channels)
 
     def encode(self, x: mx.array) -> mx.array:
-        """x (B, H, W, 3) in [-1, 1] -> posterior mean * scaling_factor (B, H/f, W/f, 4)."""
+        """x (B, H, W, 3) in [-1, 1] -> posterior mean * scaling_factor (B, H/f, W/f, 4); with latents_mean and
+        _std (Playground v2.5), (mean - latents_mean) * scaling_factor / latents_std, as diffusers' SDXL pipelines."""
         moments = self.quant_conv(self.encoder(x))  # (B, h, w, 2 * latent): mean, log-variance
-        return moments[..., : self.config.latent_channels] * self.config.scaling_factor
+        z = moments[..., : self.config.latent_channels]
+        if self.config.latents_mean is None:
+            return z * self.config.scaling_factor
+        mean, std = self._channel_stats(z)
+        return (z - mean) * self.config.scaling_factor / std
 
     def decode(self, z: mx.array) -> mx.array:
         """z (B, h, w, 4) scaled latents -> x (B, h*f, w*f, 3), about [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z / self.config.scaling_factor))
+        if self.config.latents_mean is None:
+            return self.decoder(self.post_quant_conv(z / self.config.scaling_factor))
+        mean, std = self._channel_stats(z)
+        return self.decoder(self.post_quant_conv(z * std / self.config.scaling_factor + mean))
+
+    def _channel_stats(self, like: mx.array) -> tuple[mx.array, mx.array]:
+        """latents_mean, latents_std as (C,) arrays like `like` (channels last: they broadcast)."""
+        return tuple(mx.array(v, dtype=like.dtype) for v in (self.config.latents_mean, self.config.latents_std))

@@ -4,13 +4,17 @@ noise and timesteps and says what to train (sdkit.train.plan.Plan); this file ow
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sdkit.checkpoint import Checkpoint
+from sdkit.train import ema
 from sdkit.train.plan import Batch, Plan
+from sdkit.train.scaling import LossScale
 
 from .clip import CLIPTextModel
 from .loading import load
@@ -26,6 +30,7 @@ class LoRA(nn.Module):
         self.base = base
         self.scale = alpha / down.shape[0]
         if isinstance(base, nn.Conv2d):
+            self.padding = base.padding  # Downsample2D reads its conv's padding (LoCon wraps that conv)
             self.down = nn.Conv2d(base.in_channels, down.shape[0], base.kernel_size, base.stride, base.padding,
                                   bias=False, device=base.weight.device)
             self.up = nn.Conv2d(down.shape[0], base.out_channels, 1, bias=False, device=base.weight.device)
@@ -73,12 +78,14 @@ class _LoRALinear(torch.autograd.Function):
 class Trainer:
     def __init__(self, ckpt: Checkpoint, plan: Plan, device: torch.device, dtype: torch.dtype):
         self.plan, self.device, self.dtype = plan, device, dtype
-        self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device, dtype)
+        # what trains whole is loaded (and kept) in float32: half-precision Adam updates vanish
+        self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device,
+                         torch.float32 if plan.finetune else dtype)
         self.text = {}
         if plan.text_trained:  # context computed each step, through trainable parts
             for config, name in zip(ckpt.text_encoders, ckpt.text_encoder_names):
                 self.text[name] = load(lambda: CLIPTextModel(config), ckpt.weights[name], "text encoder", device,
-                                       dtype)
+                                       torch.float32 if plan.text_finetune else dtype)
         modules = {"unet": self.unet, **self.text}
         self.lora = {}
         for target, (down, up) in (plan.lora or {}).items():
@@ -97,16 +104,22 @@ class Trainer:
         params = [p for m in self.lora.values() for p in (m.down.weight, m.up.weight)]
         params += list(self.embeddings.values())
         if plan.finetune:
-            self.unet = self.unet.float()  # trained in float32: half-precision Adam updates vanish
             for p in self.unet.parameters():
                 p.data = p.data.clone()  # loaded weights may be read-only views of the file
             params += list(self.unet.parameters())
+        for model in self.text.values() if plan.text_finetune else ():
+            for p in model.parameters():
+                p.data = p.data.clone()
+            params += list(model.parameters())
         for p in params:
             p.requires_grad_(True)
         self.params = params
         # foreach: each AdamW op once over all tensors, not once per tensor (256 LoRA tensors on SD1.5's attention)
         self.optimizer = torch.optim.AdamW(params, lr=plan.learning_rate, betas=plan.betas, eps=plan.eps,
                                            weight_decay=plan.weight_decay, foreach=True)
+        self.ema = [p.detach().float().clone() for p in params] if plan.ema_decay else None
+        self.updates = 0  # optimizer steps taken: the EMA's n
+        self.scaler = LossScale() if plan.loss_scaling else None
         if plan.gradient_checkpointing:
             _checkpoint_blocks(self.unet)
         self.unet.train()
@@ -114,16 +127,17 @@ class Trainer:
     def accumulate(self, batch: Batch, scale: float) -> float:
         """Forward and backward one micro-batch; gradients add up until step(). -> its (weighted) loss."""
         t = lambda a: torch.as_tensor(a, device=self.device)
-        context, pooled = (t(batch.context), None if batch.pooled is None else t(batch.pooled)) \
-            if batch.context is not None else self._encode(batch.ids)
-        added = None
-        if batch.time_ids is not None:
-            added = {"text_embeds": pooled.to(self.dtype), "time_ids": t(batch.time_ids)}
-        x = t(batch.noisy).to(self.dtype)
-        pred = self.unet(x, t(batch.t).float(), context.to(self.dtype), added).float()
+        dtype = self.unet.conv_in.weight.dtype  # float32 when fine-tuning: then autocast runs it in self.dtype
+        with torch.autocast(self.device.type, self.dtype, enabled=dtype != self.dtype):
+            context, pooled = (t(batch.context), None if batch.pooled is None else t(batch.pooled)) \
+                if batch.context is not None else self._encode(batch.ids)
+            added = None
+            if batch.time_ids is not None:
+                added = {"text_embeds": pooled.to(dtype), "time_ids": t(batch.time_ids)}
+            pred = self.unet(t(batch.noisy).to(dtype), t(batch.t).float(), context.to(dtype), added).float()
         per_sample = (pred - t(batch.target)).square().mean(dim=(1, 2, 3))  # (B,)
         loss = (per_sample * t(batch.weights)).mean()
-        (loss * scale).backward()
+        (loss * (scale * (self.scaler.scale if self.scaler else 1.0))).backward()
         return float(loss.detach())
 
     def _encode(self, ids: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -134,11 +148,40 @@ class Trainer:
             contexts.append(c)
         return torch.cat(contexts, dim=-1), pooled
 
-    def step(self, lr: float) -> None:
+    def step(self, lr: float) -> bool:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.scaler is not None:
+            scale, finite = self.scaler.scale, all(bool(g.isfinite().all()) for g in grads)
+            if not self.scaler.update(finite):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+            torch._foreach_div_(grads, scale)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, [p.detach().float() for p in self.params],
+                                     1 - ema.decay(self.updates, self.plan.ema_decay))
+        return True
+
+    @contextmanager
+    def averaged(self):
+        """The EMA weights in place of the trained ones (swapped, not copied), for writing the output."""
+        if self.ema is None:
+            yield
+            return
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def _swap(self) -> None:
+        for i, p in enumerate(self.params):
+            p.data, self.ema[i] = self.ema[i], p.data
 
     def attach(self, pipe) -> None:
         """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained."""
@@ -154,6 +197,10 @@ class Trainer:
     def unet_weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().float().cpu().numpy() for k, v in self.unet.state_dict().items()}
 
+    def text_weights(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+                for name, model in self.text.items()} if self.plan.text_finetune else {}
+
     def state(self) -> dict[str, np.ndarray]:
         """Trained tensors and AdamW's moments, flat, for a resumable checkpoint."""
         out = {f"param.{i}": p.detach().float().cpu().numpy() for i, p in enumerate(self.params)}
@@ -163,6 +210,11 @@ class Trainer:
                 out[f"adam.{i}.m"] = s["exp_avg"].cpu().numpy()
                 out[f"adam.{i}.v"] = s["exp_avg_sq"].cpu().numpy()
                 out[f"adam.{i}.step"] = np.array(float(s["step"]))
+            if self.ema is not None:
+                out[f"ema.{i}"] = self.ema[i].cpu().numpy()
+        out["updates"] = np.array(self.updates)
+        if self.scaler is not None:
+            out["loss_scale"] = np.array([self.scaler.scale, self.scaler.good_steps])
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -174,6 +226,11 @@ class Trainer:
                         "exp_avg": torch.from_numpy(state[f"adam.{i}.m"]).to(p.device),
                         "exp_avg_sq": torch.from_numpy(state[f"adam.{i}.v"]).to(p.device),
                         "step": torch.tensor(float(state[f"adam.{i}.step"].reshape(-1)[0]))}
+                if self.ema is not None:
+                    self.ema[i] = torch.from_numpy(state[f"ema.{i}"]).to(p.device)
+        self.updates = int(state.get("updates", np.zeros(1)).reshape(-1)[0])  # older states have none
+        if self.scaler is not None:
+            self.scaler.scale, self.scaler.good_steps = float(state["loss_scale"][0]), int(state["loss_scale"][1])
 
 
 def _np(w: torch.Tensor, shape: tuple[int, ...], up: bool = False) -> np.ndarray:

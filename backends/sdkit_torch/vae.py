@@ -156,10 +156,23 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W) in [-1, 1] -> posterior mean * scaling_factor (B, 4, H/f, W/f)."""
+        """x (B, 3, H, W) in [-1, 1] -> posterior mean * scaling_factor (B, 4, H/f, W/f); with latents_mean and
+        _std (Playground v2.5), (mean - latents_mean) * scaling_factor / latents_std, as diffusers' SDXL pipelines."""
         moments = self.quant_conv(self.encoder(x))  # (B, 2 * latent, h, w): mean, log-variance
-        return moments[:, : self.config.latent_channels] * self.config.scaling_factor
+        z = moments[:, : self.config.latent_channels]
+        if self.config.latents_mean is None:
+            return z * self.config.scaling_factor
+        mean, std = self._channel_stats(z)
+        return (z - mean) * self.config.scaling_factor / std
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, 4, h, w) scaled latents -> x (B, 3, h*f, w*f), about [-1, 1]."""
-        return self.decoder(self.post_quant_conv(z / self.config.scaling_factor))
+        if self.config.latents_mean is None:
+            return self.decoder(self.post_quant_conv(z / self.config.scaling_factor))
+        mean, std = self._channel_stats(z)
+        return self.decoder(self.post_quant_conv(z * std / self.config.scaling_factor + mean))
+
+    def _channel_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """latents_mean, latents_std as (1, C, 1, 1) tensors like `like`."""
+        return tuple(torch.tensor(v, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+                     for v in (self.config.latents_mean, self.config.latents_std))

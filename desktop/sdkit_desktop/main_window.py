@@ -10,7 +10,7 @@ import sdkit
 from PySide6.QtCore import QSettings, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
-                               QPushButton, QScrollArea, QVBoxLayout, QWidget)
+                               QPushButton, QScrollArea, QTabWidget, QVBoxLayout, QWidget)
 from sdkit import identify
 from sdkit.checkpoint import PICKLES, read_header
 from sdkit.cli import stored_vae
@@ -29,6 +29,7 @@ from .widgets.model_picker import ModelPicker
 from .widgets.networks import NetworkBrowser
 from .widgets.prompt import PromptEdit
 from .widgets.settings_panel import SettingsPanel
+from .widgets.train_panel import TrainPanel
 from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
@@ -42,6 +43,7 @@ class MainWindow(QMainWindow):
 
     ended = Signal(str)  # a generation ended, after the window showed it: "" when done, else why not
     model_loaded = Signal(object)  # Loaded, after the window applied it (emitted in the GUI thread, unlike the worker's)
+    trained = Signal(str, str)  # a training run ended, after the Train panel showed it: outcome, message
 
     def __init__(self, store: QSettings | None = None, persist: bool = True, load=sdkit.load):
         super().__init__()
@@ -76,6 +78,7 @@ class MainWindow(QMainWindow):
         self.gallery = Gallery()
         self.save_button, self.copy_button = QPushButton("Save PNG…"), QPushButton("Copy")
         self.use_button = QPushButton("Use these settings")
+        self.train_panel = TrainPanel()
         self._layout()
 
         self.thread = QThread(self)
@@ -89,6 +92,7 @@ class MainWindow(QMainWindow):
         self._set_busy(False)
         if persist:
             self._restore()
+        self._show_train_model()
 
     def _layout(self) -> None:
         left = QVBoxLayout()
@@ -125,7 +129,10 @@ class MainWindow(QMainWindow):
         row = QHBoxLayout(central)
         row.addWidget(scroll)
         row.addLayout(right, 1)
-        self.setCentralWidget(central)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(central, "Generate")
+        self.tabs.addTab(self.train_panel, "Train")
+        self.setCentralWidget(self.tabs)
 
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
@@ -139,6 +146,9 @@ class MainWindow(QMainWindow):
         self.copy_button.clicked.connect(self.copy_selected)
         self.use_button.clicked.connect(self.use_selected)
         self.download_timer.timeout.connect(self._show_download)
+        self.tabs.currentChanged.connect(self._show_train_model)
+        self.train_panel.start_clicked.connect(self.train)
+        self.train_panel.cancel_clicked.connect(self.cancel)
         w = self.worker
         w.status.connect(self.status.setText)
         w.loaded.connect(self._on_loaded)
@@ -147,6 +157,9 @@ class MainWindow(QMainWindow):
         w.finished.connect(self._on_finished)
         w.cancelled.connect(self._on_cancelled)
         w.failed.connect(self._on_failed)
+        w.train_progress.connect(self.train_panel.show_progress)
+        w.train_sample.connect(self.train_panel.add_sample)
+        w.train_ended.connect(self._on_train_ended)
 
     # Actions.
 
@@ -174,9 +187,29 @@ class MainWindow(QMainWindow):
         self._mask = kwargs.get("mask_image")
         self.worker.generate(choice, kwargs)
 
+    def train(self) -> None:
+        """Start the Train panel's run on the Generate tab's model, backend, device and precision."""
+        if self.busy:
+            return
+        choice = self.picker.choice()
+        try:
+            if choice is None:
+                raise ValueError("Model: choose the model to train in the Generate tab's Model box")
+            kwargs = self.train_panel.kwargs()
+        except ValueError as e:
+            self.train_panel.show_error(str(e))
+            return
+        self.train_panel.started(kwargs)
+        self._set_busy(True)
+        self.worker.train(dict(kwargs, model=choice.model, backend=choice.backend, device=choice.device,
+                               dtype=choice.dtype, vae=choice.vae))
+
     def cancel(self) -> None:
         self.worker.cancel()
         self.status.setText("Cancelling…")
+        if self.train_panel.running:
+            self.train_panel.status.setText("Cancelling: saving a resumable state after this step…"
+                                            if self.train_panel.stepped else "Cancelling…")
 
     def selected(self) -> int | None:
         row = self.gallery.currentRow()
@@ -337,6 +370,13 @@ class MainWindow(QMainWindow):
         self._set_busy(False)
         self.ended.emit(message)
 
+    @Slot(str, str)
+    def _on_train_ended(self, outcome: str, message: str) -> None:
+        self.train_panel.ended(outcome, message)
+        self.status.setText(f"Training {outcome}")
+        self._set_busy(False)
+        self.trained.emit(outcome, message)
+
     # State.
 
     def _start(self, choice: ModelChoice) -> None:
@@ -351,6 +391,7 @@ class MainWindow(QMainWindow):
         self.generate_button.setEnabled(not busy)
         self.picker.load_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
+        self.train_panel.set_busy(busy)
         if busy and self._downloading:
             self.download_timer.start()
         else:
@@ -362,6 +403,16 @@ class MainWindow(QMainWindow):
         if self.progress.maximum() == 0:  # still loading: no step reported yet
             self.status.setText(f"Downloading {self._downloading}: {human_bytes(cached_bytes(self._downloading))} "
                                 "so far (the model is cached for next time)")
+
+    def _show_train_model(self) -> None:
+        choice = self.picker.choice()
+        if choice is None:
+            self.train_panel.model_info.setText("Choose the model to train in the Generate tab's Model box")
+            return
+        where = " ".join(filter(None, (choice.backend, choice.device)))
+        vae = f" with the VAE {Path(choice.vae).name}" if choice.vae else ""
+        self.train_panel.model_info.setText(f"Trains {choice.model}{vae} on {where} in {choice.dtype or 'float32'} "
+                                            "(the Generate tab's model)")
 
     def _sync_session(self) -> None:
         """Read the form into the session. An empty negative box is no negative prompt, unless it shows an image's

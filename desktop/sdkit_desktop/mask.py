@@ -49,12 +49,12 @@ class Mask:
         """Extend canvas: `pixels` more on side 0..3 (left, top, right, bottom)."""
         self.extend[side] += pixels
 
-    def generate_kwargs(self, init_image, mask_blur: int, inpaint_area: str, inpaint_padding: int) -> dict:
+    def generate_kwargs(self, init_image, mask_blur: int, inpaint_area: str, inpaint_padding: int, seed: int) -> dict:
         """generate()'s inpainting arguments for `init_image` (of this mask's size): with margins, an outpainting
         canvas and its mask in place of the init image, at the canvas size (sdkit.inpaint.outpaint_canvas); else
-        the drawn mask; {} when nothing is drawn (image to image)."""
+        the drawn mask; {} when nothing is drawn (image to image). seed: the run's, which the pre-fill noise takes."""
         if any(self.extend):
-            canvas, mask = inpaint.outpaint_canvas(images.open_image(init_image), *self.extend, mask_blur)
+            canvas, mask = inpaint.outpaint_canvas(images.open_image(init_image), *self.extend, mask_blur, seed)
             height, width = images.default_size(canvas)
             return dict(init_image=canvas, mask_image=mask, mask_blur=mask_blur, width=width, height=height)
         if self.is_empty:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sdkit.families import FAMILIES
 from sdkit.samplers import ALIASES, SAMPLERS
+from sdkit.samplers.lcm import TCD_ETA
 
 from .mask import Mask
 
@@ -42,6 +43,7 @@ class Settings:
     guidance_scale: float = 7.5
     sampler: str = "dpmpp_2m"  # sdkit's name; the form shows SAMPLERS[sampler].a1111
     schedule: str | None = "karras"  # one of SAMPLERS[sampler].schedules; None: the model's own spacing
+    eta: float = TCD_ETA  # the tcd sampler's gamma; other samplers take none
     seed: int = 0
     seed_locked: bool = False  # unlocked: every generation draws a fresh random seed
     num_images: int = 1
@@ -63,6 +65,8 @@ class Settings:
         kw = dict(prompt=self.prompt, negative_prompt=self.negative_prompt, width=self.width, height=self.height,
                   steps=self.steps, guidance_scale=self.guidance_scale, sampler=self.sampler, schedule=self.schedule,
                   seed=self.seed, num_images=self.num_images, clip_skip=self.clip_skip)
+        if self.sampler == "tcd":
+            kw["eta"] = self.eta
         if self.init_image:
             kw.update(init_image=self.init_image, strength=self.strength)
         elif self.hires:  # generate() takes hires_scale for text to image only
@@ -79,6 +83,7 @@ class Settings:
         new |= {"negative_prompt": params.get("negative_prompt"), "clip_skip": params.get("clip_skip") or 1}
         if params.get("sampler") in samplers:  # metadata names it with a schedule it takes (None when unrecorded)
             new |= {"sampler": params["sampler"], "schedule": params.get("schedule")}
+            new["eta"] = params.get("eta", TCD_ETA) if params["sampler"] == "tcd" else self.eta
         new["hires"] = params.get("hires_scale") is not None
         if new["hires"]:
             new |= {"hires_scale": params["hires_scale"], "hires_steps": params.get("hires_steps") or 0,
@@ -156,7 +161,7 @@ class Session:
         kwargs = self.settings.generate_kwargs()
         if self.mask is not None and self.settings.init_image:
             s = self.settings
-            kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding)
+            kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding, s.seed)
         return self.model, kwargs
 
     def remember(self, model: str, name: str) -> None:

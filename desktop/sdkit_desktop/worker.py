@@ -1,8 +1,10 @@
-"""The worker: a QObject living in a QThread that loads models and generates, reporting through signals.
+"""The worker: a QObject living in a QThread that loads models, generates and trains, reporting through signals.
 
 The GUI thread never waits on it. It holds the loaded Pipeline between generations and reloads only when
 the requested ModelChoice changes. Cancel is a threading.Event the sampler callback polls after every UNet
-evaluation, so it takes effect within one step even though the worker's event loop is busy.
+evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
+should_stop polls it between the images it first encodes (nothing is written then) and after every training step
+(a cancelled run saves its resumable state, as Ctrl-C does).
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ class Worker(QObject):
     finished = Signal(list)  # list[PIL.Image.Image], each with info["parameters"]
     cancelled = Signal()
     failed = Signal(str)  # one line for the window
+    train_progress = Signal(int, int, float, float)  # step, total, loss, steps per second
+    train_sample = Signal(int, str)  # step, path of a sample image it wrote
+    train_ended = Signal(str, str)  # "done" / "cancelled" / "failed", and a line saying what was written or why
 
     _load_requested = Signal(object)
     _generate_requested = Signal(object, dict)
+    _train_requested = Signal(dict)
 
     def __init__(self, load: Callable[..., sdkit.Pipeline] = sdkit.load):
         super().__init__()
@@ -55,6 +61,7 @@ class Worker(QObject):
         self.info: Loaded | None = None  # about self.pipe
         self._load_requested.connect(self._on_load)
         self._generate_requested.connect(self._on_generate)
+        self._train_requested.connect(self._on_train)
 
     # Called from the GUI thread.
 
@@ -64,6 +71,11 @@ class Worker(QObject):
     def generate(self, choice: ModelChoice, kwargs: dict) -> None:
         self._cancel.clear()
         self._generate_requested.emit(choice, kwargs)
+
+    def train(self, kwargs: dict) -> None:
+        """sdkit.train(**kwargs) in the worker thread (the loaded Pipeline stays loaded)."""
+        self._cancel.clear()
+        self._train_requested.emit(kwargs)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -95,6 +107,29 @@ class Worker(QObject):
             self.failed.emit(describe(e))
         else:
             self.finished.emit(images)
+
+    @Slot(dict)
+    def _on_train(self, kwargs: dict) -> None:
+        start = None  # (time, step) of the first report: the steps' rate leaves out the caching before them
+
+        def callback(step: int, total: int, loss: float, images: list[str]) -> None:
+            nonlocal start
+            now = time.perf_counter()
+            start = start or (now, step)
+            rate = (step - start[1]) / (now - start[0]) if step > start[1] else 0.0
+            self.train_progress.emit(step, total, loss, rate)
+            for path in images:
+                self.train_sample.emit(step, path)
+
+        try:
+            record = sdkit.train(**kwargs, progress=False, callback=callback, should_stop=self._cancel.is_set)
+        except sdkit.Cancelled as e:
+            self.train_ended.emit("cancelled", str(e))
+        except Exception as e:
+            self.train_ended.emit("failed", describe(e))
+        else:
+            self.train_ended.emit("done", f"Wrote {record.outputs[0]} ({len(record.losses)} steps, final loss "
+                                          f"{record.losses[-1]:.4f})")
 
     def _ensure_loaded(self, choice: ModelChoice) -> bool:
         """Load `choice` unless it is the loaded model; True when it loaded."""

@@ -22,14 +22,15 @@ from ..pipeline import Pipeline
 
 # generate()'s arguments a row may set, plus the model it runs on; callback / latents / num_images / hook /
 # output are the runner's (one PIL image per unit of work, so each is named and resumed alone); init_latents
-# (an array) and _hires (hires fix's own) are not a row's.
-_RUNNER = ("self", "callback", "latents", "num_images", "hook", "output", "init_latents", "_hires")
+# (an array) is not a row's.
+_RUNNER = ("self", "callback", "latents", "num_images", "hook", "output", "init_latents")
 COLUMNS = tuple(k for k in inspect.signature(Pipeline.generate).parameters if k not in _RUNNER) + ("model",)
 # Types by name; a column not named here is text.
 _INT = {"seed", "steps", "width", "height", "clip_skip", "mask_blur", "inpaint_padding", "hires_steps"}
-_FLOAT = {"guidance_scale", "guidance_rescale", "strength", "aesthetic_score", "negative_aesthetic_score",
+_FLOAT = {"guidance_scale", "guidance_rescale", "eta", "strength", "aesthetic_score", "negative_aesthetic_score",
           "hires_scale", "hires_denoising"}
-_PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")}  # (height, width), (top, left)
+_PAIR = {n for n in micro_conditioning.ARGUMENTS if not n.endswith("aesthetic_score")} | {"hires_resize"}
+# (height, width), (top, left)
 _BOOL = {"composite"}
 _LORAS = {"loras"}  # {file or name: weight or [text-encoder weight, UNet weight]}; in a CSV cell as JSON
 _PATH = {"init_image", "mask_image"}  # relative to the input file's folder

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import SchedulerConfig
-from . import prediction
+from . import edm, prediction
 from .prediction import KINDS
 from .registry import ALIASES, ALL_SCHEDULES, FRACTIONAL, NAMES, SAMPLERS, resolve
 from .schedules import Plan
@@ -56,6 +56,10 @@ def plan(name: str, config: SchedulerConfig, steps: int, strength: float = 1.0, 
                          f"would run; use strength >= {1 / steps:.3g} or more steps")
     if schedule == "trailing":
         config = dataclasses.replace(config, timestep_spacing="trailing")
+    if config.edm:
+        if denoising_start is not None or denoising_end is not None:
+            raise ValueError("denoising_start / denoising_end: EDM models (Playground v2.5) do not take them")
+        return edm.plan(sampler.name, config, steps, start, schedule)
     if denoising_start is not None:
         start = 0
     p = sampler.plan(sampler.name, config, steps, start, schedule, **({} if eta is None else {"eta": eta}))
@@ -94,5 +98,9 @@ def add_noise(plan: Plan, x0, noise, sigma: float | None = None):
 def sample(plan: Plan, model, x, noise, hook=None):
     """Run the sampler: plan.num_evaluations calls model(x_in, t: float) -> raw model output (eps or v, as the
     config's prediction_type says, guidance applied); noise() -> standard-normal array like x (stochastic
-    samplers); hook(step, x, sigma, denoised) after each step, whose returned array replaces x (hook.report)."""
+    samplers); hook(step, x, sigma, denoised) after each step, whose returned array replaces x (hook.report), and
+    hook.inner(x, sigma), if the hook has it, after each evaluation inside a step (hook.report_inner).
+    An EDM plan's model is preconditioned first (sdkit.samplers.edm)."""
+    if plan.sigma_data is not None:
+        model, plan = edm.precondition(model, plan), dataclasses.replace(plan, prediction_type="sample")
     return SAMPLERS[plan.sampler].sample(plan, model, x, noise, hook)

@@ -23,7 +23,7 @@ def multistep_plan(name: str, config: SchedulerConfig, steps: int, start: int, s
         sigmas = SIGMA_SCHEDULES[schedule](table[0], table[-1], steps)
         t = sigma_to_t(sigmas, np.log(table))
         # diffusers rounds karras timesteps (DPM-Solver not for squaredcos_cap_v2), its int64 cast truncates others
-        rounded = schedule == "karras" and (name == "unipc" or config.beta_schedule != "squaredcos_cap_v2")
+        rounded = schedule == "karras" and (name in ("unipc", "deis") or config.beta_schedule != "squaredcos_cap_v2")
         t = t.round() if rounded else np.floor(t)
     else:
         spacing = config.timestep_spacing or "linspace"

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import SchedulerConfig
 from .prediction import denoise
-from .hook import report
+from .hook import report, report_inner
 from .schedules import SIGMA_SCHEDULES, Plan, alphas_cumprod, sigma_to_t, spaced_timesteps, to_sigma
 
 
@@ -73,7 +73,7 @@ def heun(plan: Plan, model, x, noise, hook=None):
         if sigma_next == 0:
             x = report(hook, j, x + d * (sigma_next - sigma), sigma_next, x0)
             continue
-        x_next = x + d * (sigma_next - sigma)
+        x_next = report_inner(hook, x + d * (sigma_next - sigma), sigma_next)
         d_next = (x_next - denoise(model, x_next, sigma_next, float(t[2 * j + 1]), kind)) / sigma_next
         x = report(hook, j, x + (d + d_next) / 2 * (sigma_next - sigma), sigma_next, x0)
     return x

@@ -11,3 +11,13 @@ def report(hook, step: int, x, sigma: float, denoised):
         return x
     out = hook(step, x, sigma, denoised)
     return x if out is None else out
+
+
+def report_inner(hook, x, sigma: float):
+    """hook.inner(x, sigma), where the hook has that method, after each model evaluation that does not end a
+    step (Heun's predictor, DPM2's midpoint, PNDM's Runge-Kutta stages and its opening step's first try).
+    sigma: the level diffusers' scheduler noises to after that scheduler.step call. Its array replaces x: the
+    4-channel inpainting blend runs after every evaluation, as diffusers' pipelines blend after every
+    scheduler.step; previews, which see whole steps only, have no `inner`."""
+    inner = getattr(hook, "inner", None)
+    return x if inner is None else inner(x, sigma)

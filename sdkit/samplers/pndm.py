@@ -12,14 +12,15 @@ import numpy as np
 from ..config import SchedulerConfig
 from . import prediction
 from .ddim import final_sigma
-from .hook import report
+from .hook import report, report_inner
 from .schedules import Plan, alphas_cumprod, spaced_timesteps, to_sigma
 
 PRK_STEPS = 3  # pseudo Runge-Kutta steps before the multistep ones when skip_prk_steps is false
 
 
 def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: str | None) -> Plan:
-    """diffusers' PNDMScheduler timesteps and, per evaluation, the [from, to] noise levels its step() uses.
+    """diffusers' PNDMScheduler timesteps and, per evaluation, the [from, to] noise levels its step() uses and
+    the level of the next evaluation's timestep, which x is then taken to be at (the last: `to`).
 
     Image-to-image slices the evaluations like diffusers, whose step counter restarts at 0 there: the warm-up
     then runs on the later timesteps (and PRK keeps reading its transfer start from the unsliced list)."""
@@ -50,6 +51,10 @@ def plan(name: str, config: SchedulerConfig, steps: int, start: int, schedule: s
     pairs = np.array(pairs, np.int64).reshape(-1, 2)
     ac = alphas_cumprod(config)
     sigmas = np.where(pairs >= 0, to_sigma(ac[pairs.clip(0)]), final_sigma(config, False, ac))  # (E, 2)
+    # `to`, except where image-to-image's slicing shifts the warm-up: there diffusers' inpainting re-noises to
+    # the next timestep (add_noise(timesteps[i + 1])) and the next evaluation takes x as at that timestep
+    after = np.append(to_sigma(ac[evaluations[1:]]), sigmas[-1, 1])
+    sigmas = np.concatenate([sigmas, after[:, None]], axis=1)  # (E, 3)
     return Plan("pndm", config.prediction_type, evaluations.astype(np.float64), sigmas,
                 start_sigma=float(to_sigma(ac[evaluations[0]])),
                 init_noise_sigma=1.0, variance_preserving=True, warmup=min(len(prk), len(evaluations)))
@@ -65,11 +70,12 @@ def transfer(x, out, sigma: float, sigma_prev: float, kind: str):
 
 def sample(plan: Plan, model, x, noise, hook=None):
     """PRK warm-up (plan.warmup evaluations), then PLMS: eps' = (55 e_0 - 59 e_-1 + 37 e_-2 - 9 e_-3) / 24.
-    The hook sees each completed step: every 4th PRK evaluation, and not the opening PLMS step's first try."""
+    The hook sees each completed step: every 4th PRK evaluation, and not the opening PLMS step's first try;
+    its `inner` (hook.report_inner) the other evaluations."""
     kind = plan.prediction_type
     ets = []  # model outputs at the start of each step, newest last
     step = 0
-    for c, (t, (sigma, sigma_prev)) in enumerate(zip(plan.timesteps, plan.sigmas.tolist())):
+    for c, (t, (sigma, sigma_prev, after)) in enumerate(zip(plan.timesteps, plan.sigmas.tolist())):
         out = model(x, float(t))
         x0 = prediction.x0(out, x, sigma, kind) if hook is not None else None
         if c < plan.warmup:  # Runge-Kutta: every evaluation transfers from the step's start x_start
@@ -83,7 +89,9 @@ def sample(plan: Plan, model, x, noise, hook=None):
                 out = rk + out / 6
             x = transfer(x_start, out, sigma, sigma_prev, kind)
             if k == 3:
-                x, step = report(hook, step, x, sigma_prev, x0), step + 1
+                x, step = report(hook, step, x, after, x0), step + 1
+            else:
+                x = report_inner(hook, x, after)
             continue
         if c == 1:  # second evaluation of the opening step: average the two outputs (Heun)
             out, x = (out + ets[-1]) / 2, x_start
@@ -98,6 +106,8 @@ def sample(plan: Plan, model, x, noise, hook=None):
             else:
                 out = (ets[-1] * 55 - ets[-2] * 59 + ets[-3] * 37 - ets[-4] * 9) / 24
         x = transfer(x, out, sigma, sigma_prev, kind)
-        if not (c == 0 and plan.warmup == 0 and plan.num_evaluations > 1):  # not the opening step's first try
-            x, step = report(hook, step, x, sigma_prev, x0), step + 1
+        if c == 0 and plan.warmup == 0 and plan.num_evaluations > 1:  # the opening step's first try
+            x = report_inner(hook, x, after)
+        else:
+            x, step = report(hook, step, x, after, x0), step + 1
     return x

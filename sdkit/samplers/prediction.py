@@ -1,5 +1,6 @@
-"""Reading the model output: eps (Ho et al. 2020) or v = alpha eps - s x0 (Salimans & Ho 2022, "Progressive
-Distillation") -> the clean image x0 or the noise eps.
+"""Reading the model output: eps (Ho et al. 2020), v = alpha eps - s x0 (Salimans & Ho 2022, "Progressive
+Distillation") or x0 itself ("sample": an EDM model after sdkit.samplers.edm.precondition) -> the clean image
+x0 or the noise eps.
 
 z is the variance-preserving sample z = alpha x0 + s eps at noise level sigma (alpha = 1 / sqrt(sigma^2 + 1),
 s = sigma alpha): the UNet's input. Arrays meet only Python floats, so this runs on any backend.
@@ -27,6 +28,8 @@ def x0(out, z, sigma: float, kind: str):
         return (z - out * s) / alpha
     if kind == "v_prediction":
         return z * alpha - out * s
+    if kind == "sample":
+        return out
     raise ValueError(f"scheduler config: prediction_type {kind!r} is not supported; use one of {KINDS}")
 
 
@@ -37,6 +40,9 @@ def eps(out, z, sigma: float, kind: str):
     if kind == "v_prediction":
         alpha, s = alpha_s(sigma)
         return z * s + out * alpha
+    if kind == "sample":
+        alpha, s = alpha_s(sigma)
+        return (z - out * alpha) / s
     raise ValueError(f"scheduler config: prediction_type {kind!r} is not supported; use one of {KINDS}")
 
 

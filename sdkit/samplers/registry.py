@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import ddim, ddpm, dpmpp, euler, kdpm2, lcm, lms, pndm, unipc
+from . import ddim, ddpm, deis, dpmpp, euler, kdpm2, lcm, lms, pndm, unipc
 
 # generate()'s schedule -> (A1111 "Schedule type", the diffusers scheduler option that gives it).
 # None: the checkpoint's own timestep spacing (leading, linspace or trailing, as its scheduler config says).
@@ -57,6 +57,8 @@ SAMPLERS = {s.name: s for s in [
             schedules=_SIGMA_SCHEDULES, a1111_automatic="karras", fractional=True),
     Sampler("unipc", "UniPC", dpmpp.multistep_plan, unipc.unipc, "UniPCMultistepScheduler",
             schedules=_SIGMA_SCHEDULES, fractional=True),
+    Sampler("deis", "DEIS", deis.plan, deis.deis, "DEISMultistepScheduler", schedules=_SIGMA_SCHEDULES,
+            fractional=True),
     Sampler("dpmpp_2m_sde", "DPM++ 2M SDE", dpmpp.multistep_plan, dpmpp.dpmpp_sde, "DPMSolverMultistepScheduler",
             {"algorithm_type": "sde-dpmsolver++"}, _SIGMA_SCHEDULES, stochastic=True, a1111_automatic="exponential",
             fractional=True),

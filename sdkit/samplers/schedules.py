@@ -22,16 +22,19 @@ class Plan:
     """Everything one sampling run needs, computed once: which sampler, and the tables it walks."""
 
     sampler: str  # canonical name
-    prediction_type: str  # "epsilon" | "v_prediction": what the model outputs
+    prediction_type: str  # "epsilon" | "v_prediction" | "sample" (x0, an EDM model preconditioned): what the
+    # model outputs
     timesteps: np.ndarray  # (E,) the t the UNet gets at each of its E evaluations, in order
-    # Noise levels. ddim, pndm: (E, 2) [from, to] per evaluation. The k-diffusion family (euler, euler_a, heun,
-    # lms, dpmpp_*, unipc): (N + 1,) levels of the whole N-step schedule, the last 0; the run starts at `start`.
+    # Noise levels. ddim: (E, 2) [from, to] per evaluation; pndm: (E, 3) [from, to, the next evaluation's]. The
+    # k-diffusion family (euler, euler_a, heun, lms, dpmpp_*, unipc): (N + 1,) levels of the whole N-step
+    # schedule, the last 0; the run starts at `start`.
     sigmas: np.ndarray
     start_sigma: float  # noise level of the first evaluation: where image-to-image noises the image to
     init_noise_sigma: float  # text-to-image starts from standard noise times this
     variance_preserving: bool  # the sampler's x is sqrt(ᾱ) x0 + sqrt(1 - ᾱ) eps, else x0 + sigma eps
     start: int = 0  # image-to-image: steps of `sigmas` skipped (k-diffusion family)
     warmup: int = 0  # pndm: pseudo Runge-Kutta evaluations before the linear multistep ones
+    sigma_data: float | None = None  # an EDM model's (sdkit.samplers.edm): timesteps are c_noise, not t
 
     @property
     def num_evaluations(self) -> int:

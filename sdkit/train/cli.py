@@ -22,12 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="diffusers folder, .safetensors checkpoint or Hub repo id")
     p.add_argument("data", help="folder of images with same-stem .txt captions (kohya N_name folders repeat)")
     p.add_argument("--method", choices=METHODS, default="lora")
-    p.add_argument("--out", required=True, help="output .safetensors (a folder for finetune); log.jsonl beside it")
+    p.add_argument("--out", required=True, help="output .safetensors (finetune: a single-file checkpoint, or a "
+                   "diffusers folder when it has no .safetensors suffix); log.jsonl beside it")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--backend", default="auto", help="auto, torch or mlx")
     p.add_argument("--device", help="cuda, cuda:1, mps, cpu (torch); gpu, cpu (mlx)")
     p.add_argument("--dtype", help="float32 (default), bfloat16 or float16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", help="a VAE replacing the model's (as sdkit-gen --vae): it encodes the images and "
+                   "decodes the samples")
     p.add_argument("--resolution", type=int, help="bucket area is resolution^2 (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
     p.add_argument("--conv", action="store_true", help="LoCon: also the UNet's convolutions")
-    p.add_argument("--text-encoder", action="store_true", help="LoRA on the text encoders too")
+    p.add_argument("--text-encoder", action="store_true", help="train the text encoders too (LoRA, finetune)")
     p.add_argument("--lora-format", choices=["kohya", "peft"], default="kohya",
                    help="kohya (A1111, ComfyUI, Civitai) or peft (diffusers' save_lora_weights)")
     p.add_argument("--target", help="regular expression narrowing the LoRA's layers, e.g. 'attn2'")
@@ -53,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-dropout", type=float, default=0.0)
     p.add_argument("--noise-offset", type=float, default=0.0)
     p.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting, e.g. 5")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="torch: less memory, ~30%% slower")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, ~30%% slower")
+    p.add_argument("--ema-decay", type=float, help="write an EMA of the trained weights, e.g. 0.9999")
     p.add_argument("--save-every", type=int, help="write a resumable state every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT.state.safetensors")
     p.add_argument("--sample-every", type=int, help="generate the sample prompts every N steps")
@@ -75,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             class_data=a.class_data, class_prompt=a.class_prompt, prior_loss_weight=a.prior_loss_weight,
             full=a.full, token=a.token, init_word=a.init_word, vectors=a.vectors, caption_dropout=a.caption_dropout,
             noise_offset=a.noise_offset, min_snr_gamma=a.min_snr_gamma, weight_decay=a.weight_decay,
-            gradient_checkpointing=a.gradient_checkpointing, save_every=a.save_every, resume=a.resume,
-            sample_every=a.sample_every, sample_prompts=a.sample_prompt, sample_seed=a.sample_seed)
+            gradient_checkpointing=a.gradient_checkpointing, ema_decay=a.ema_decay, save_every=a.save_every,
+            resume=a.resume,
+            sample_every=a.sample_every, sample_prompts=a.sample_prompt, sample_seed=a.sample_seed, vae=a.vae)
     except sdkit.Cancelled as e:
         print(f"sdkit-train: {e}", file=sys.stderr)
         return 130

@@ -6,7 +6,8 @@
   `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (scalar); the delta is up @ down * alpha / r. Metadata: the
   `ss_*` keys sd-scripts writes. On request PEFT's / diffusers' format (save_peft).
 - Textual inversion, A1111's .safetensors: `emb_params` (n, C); SDXL `clip_l` and `clip_g`.
-- Full fine-tune: the UNet's weights under their canonical (diffusers) names, written into a diffusers folder.
+- Full fine-tune: a single-file checkpoint (sdkit.ldm_writer) or a diffusers folder: the source's files with
+  the trained components' weights in place.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from .. import ldm_writer
 from ..checkpoint import Checkpoint
 
 # Linear / 1x1-conv layers inside the UNet's transformers (kohya's default LoRA targets)
@@ -147,14 +149,23 @@ def save_embedding(path: Path, vectors: dict[str, np.ndarray], family: str) -> N
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path))
 
 
-def save_finetune(path: Path, ckpt: Checkpoint, unet: dict[str, np.ndarray]) -> None:
-    """A diffusers folder: the source folder's files with the trained UNet (as a .safetensors file) in place."""
+def save_finetune(path: Path, ckpt: Checkpoint, trained: dict[str, dict[str, np.ndarray]]) -> None:
+    """trained: component ("unet", "text_encoder", ...) -> canonical name -> array. `path` ending in .safetensors:
+    one LDM-layout file; otherwise a diffusers folder: the source folder's files with the trained components'
+    weights (as .safetensors files, under the source's tensor names) in place."""
+    trained = {c: {k: v for k, v in w.items() if k in ckpt.weights[c]} for c, w in trained.items()}
+    if path.suffix == ".safetensors":
+        ldm_writer.write(path, ckpt, trained)
+        return
     if not ckpt.path.is_dir():
-        raise ValueError(f"finetune: out must be a folder, and the model a diffusers folder to copy ({ckpt.path} "
-                         f"is a single file); convert it to a folder first")
+        raise ValueError(f"finetune: the model {ckpt.path} is a single file, so out must be one too (a .safetensors "
+                         f"name), or the model a diffusers folder")
     if path.exists():
         shutil.rmtree(path)
-    shutil.copytree(ckpt.path, path, ignore=lambda folder, names: [n for n in names if Path(folder).name == "unet"
-                                                                   and n.startswith("diffusion_pytorch_model")])
-    save_file({k: np.ascontiguousarray(v) for k, v in unet.items()},
-              str(path / "unet" / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    weight_file = {"unet": "diffusion_pytorch_model"}
+    shutil.copytree(ckpt.path, path, ignore=lambda folder, names: [
+        n for n in names if Path(folder).name in trained and n.startswith(weight_file.get(Path(folder).name, "model"))])
+    for component, weights in trained.items():
+        refs, file = ckpt.weights[component], f"{weight_file.get(component, 'model')}.safetensors"
+        save_file({refs[k].key: np.ascontiguousarray(v) for k, v in weights.items()}, str(path / component / file),
+                  metadata={"format": "pt"})

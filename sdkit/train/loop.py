@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backends, conditioning, hub, micro_conditioning
-from ..checkpoint import Checkpoint, open_checkpoint
+from ..checkpoint import Checkpoint
 from ..families import FAMILIES
 from ..pipeline import _load_tokenizer, _text_layer
 from ..samplers.schedules import alphas_cumprod
@@ -26,6 +26,7 @@ from . import checkpoints, data as dataset, formats, loss, noise, samples, sched
 from .plan import Batch, Plan
 
 METHODS = ("lora", "dreambooth", "textual_inversion", "finetune")
+TEXT_BATCH = 16  # captions per text-encoder call while caching
 
 
 @dataclass
@@ -51,9 +52,11 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
           class_prompt: str | None = None, prior_loss_weight: float = 1.0, full: bool = False,
           token: str | None = None, init_word: str = "*", vectors: int = 1, caption_dropout: float = 0.0,
           noise_offset: float = 0.0, min_snr_gamma: float | None = None, weight_decay: float = 1e-2,
-          gradient_checkpointing: bool = False, save_every: int | None = None, resume: bool = False,
+          gradient_checkpointing: bool = False, ema_decay: float | None = None, save_every: int | None = None,
+          resume: bool = False,
           sample_every: int | None = None, sample_prompts: tuple[str, ...] | list[str] = (), sample_seed: int = 0,
-          sample_steps: int = 20, progress: bool = True) -> Record:
+          sample_steps: int = 20, progress: bool = True, callback=None, should_stop=None,
+          vae: str | Path | None = None) -> Record:
     """Train `model` on a folder of captioned images; write the result to `out` and return a Record.
 
     method: "lora" (kohya-format .safetensors, or lora_format="peft" for diffusers' / PEFT's; rank, alpha
@@ -61,12 +64,24 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     the layers), "dreambooth" (instance_prompt for
     uncaptioned images, class_data / class_prompt for prior preservation; a LoRA unless full=True),
     "textual_inversion" (A1111 .safetensors; `token`, default the output's stem, is the word captions use,
-    started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet; out: a diffusers folder).
-    backend, device, dtype as in sdkit.load (dtype default float32); seed fixes data order, noise and timesteps.
+    started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet, and with text_encoder
+    the text encoders too; out: a single-file checkpoint when it ends in .safetensors (LDM names: A1111,
+    ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
+    backend, device, dtype, vae as in sdkit.load (dtype default float32; vae: the VAE that encodes the images);
+    in bfloat16 or float16 the frozen weights and activations are half precision and the trained weights and AdamW
+    float32 (a fine-tune's forward runs under torch's autocast; on MLX in float32); float16 adds dynamic loss
+    scaling (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order,
+    noise and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
+    ema_decay (e.g. 0.9999): write an exponential moving average of the trained weights (diffusers' EMAModel
+    schedule) instead of the last ones.
     save_every: write a resumable state (trained weights, AdamW moments, step, numpy RNG and data order) to
     `<out>.state.safetensors` every N steps; resume: continue from that file when it exists. Ctrl-C writes the
     state and the output so far, then raises sdkit.Cancelled. sample_every: generate `sample_prompts` (seed
     sample_seed + i) every N steps into `samples/` beside the output.
+    callback(step, steps, loss, sample_paths) after each step (sample_paths: the images that step wrote);
+    returning False stops the run as Ctrl-C does, after that step (a GUI's Cancel).
+    should_stop(): polled before each image and caption is encoded (caching) and after each step; True while
+    caching raises sdkit.Cancelled with nothing written, in the loop stops as callback returning False does.
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not known; use one of {', '.join(METHODS)}")
@@ -78,11 +93,16 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if lora_format not in ("kohya", "peft"):
         raise ValueError(f"lora_format {lora_format!r} is not known; use kohya or peft")
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.9999, got {ema_decay!r}")
     if not 0 <= caption_dropout < 1:
         raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}")
     out = Path(out)
     engine = backends.get(backend)(device=device, dtype=dtype or "float32")
-    ckpt = open_checkpoint(hub.resolve(str(model)), name=str(model) if not Path(model).exists() else None)
+    ckpt = hub.open_model(model, vae=vae)
+    if ckpt.scheduler.edm:  # its noise levels are continuous: the DDPM timesteps drawn below would be wrong
+        raise ValueError(f"model: {ckpt.name} is an EDM model (Playground v2.5); sdkit trains on DDPM-schedule "
+                         "models (SD 1.x, 2.x, XL) only")
     family = FAMILIES[ckpt.family]
     text_layer = _text_layer(ckpt.family, 1)
     resolution = resolution or ckpt.default_size[0]
@@ -92,13 +112,16 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     # --- what trains
     lora_like = method == "lora" or (method == "dreambooth" and not full)
     plan = Plan(learning_rate=lr, text_layer=text_layer, weight_decay=weight_decay,
-                gradient_checkpointing=gradient_checkpointing, finetune=method == "finetune" or (
+                gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
+                loss_scaling=dtype == "float16", finetune=method == "finetune" or (
                     method == "dreambooth" and full))
     tokenizers = {name: _load_tokenizer(t) for name, t in zip(ckpt.text_encoder_names, ckpt.tokenizers)}
     if lora_like:
         targets = formats.lora_targets(ckpt, conv, text_encoder, target)
         plan.lora, plan.alpha = formats.lora_init(targets, rank, rng), float(rank if alpha is None else alpha)
         plan.text_trained = text_encoder
+    if plan.finetune and text_encoder:
+        plan.text_finetune = plan.text_trained = True
     if method == "textual_inversion":
         token = token or out.stem
         plan.embeddings = {name: _init_rows(tok, init_word, vectors) for name, tok in tokenizers.items()}
@@ -111,15 +134,17 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     sizes = list(family.buckets) if family.buckets and resolution == family.native_size("epsilon") \
         else dataset.buckets(resolution)
     bucket_of = [dataset.nearest_bucket(*dataset.image_size(e.path), sizes) for e in examples]
-    latents = _encode_images(engine, ckpt, examples, bucket_of)
+    stop = _stopper(should_stop)
+    latents = _encode_images(engine, ckpt, examples, bucket_of, stop)
     captions = [_with_token(e.caption, token) if token else e.caption for e in examples]
     texts = sorted(set(captions) | ({""} if caption_dropout else set()))
     if plan.text_trained:
         ids = {t: {name: _ids(t, tok, token, ckpt.text_encoders[i].vocab_size, vectors)
                    for i, (name, tok) in enumerate(tokenizers.items())} for t in texts}
     else:
-        cached = _encode_texts(engine, ckpt, tokenizers, texts, text_layer)
+        cached = _encode_texts(engine, ckpt, tokenizers, texts, text_layer, stop)
     trainer = engine.trainer(ckpt, plan)
+    stop()  # the last chance to stop with nothing written
 
     # --- loop
     ac = alphas_cumprod(ckpt.scheduler)
@@ -166,19 +191,24 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
                     batch.pooled = None if cached[chosen[0]][1] is None else np.stack([cached[c][1] for c in chosen])
                 total += trainer.accumulate(batch, 1.0 / grad_accum)
             rate = schedule.learning_rate(step, steps, lr, warmup_steps, lr_schedule)
-            trainer.step(rate)
+            taken = trainer.step(rate)
             record.losses.append(total / grad_accum)
             record.learning_rates.append(rate)
             record.seconds.append(time.perf_counter() - start)
             log_file.write(json.dumps({"step": step + 1, "loss": record.losses[-1], "lr": rate,
-                                       "seconds": round(record.seconds[-1], 4)}) + "\n")
+                                       "seconds": round(record.seconds[-1], 4)} | ({} if taken else {
+                                           "skipped": True})) + "\n")
             log_file.flush()
             bar.set_postfix(loss=f"{record.losses[-1]:.4f}")
             bar.update(1)
             if save_every and (step + 1) % save_every == 0:
                 checkpoints.save(state_file, trainer, step + 1, rng.bit_generator.state, queue)
-            if sampler is not None and (step + 1) % sample_every == 0:
-                record.outputs += sampler(step + 1, plan, token)
+            images = sampler(step + 1, plan, token) if sampler is not None and (step + 1) % sample_every == 0 else []
+            record.outputs += images
+            stopped = callback is not None and callback(step + 1, steps, record.losses[-1], images) is False
+            if (stopped or should_stop is not None and should_stop()) and step + 1 < steps:
+                step, snapshot = step + 1, (rng.bit_generator.state, queue)  # this step is done: resume after it
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         checkpoints.save(state_file, trainer, step, *snapshot)  # `step` itself did not finish: it reruns
         _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed,
@@ -195,6 +225,12 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
 
 def _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed,
           lora_format) -> None:
+    with trainer.averaged():
+        _write(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed, lora_format)
+
+
+def _write(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolution, examples, seed,
+           lora_format) -> None:
     if plan.lora is not None and lora_format == "peft":
         formats.save_peft(out, trainer.lora_weights(), plan.alpha)
     elif plan.lora is not None:
@@ -204,7 +240,7 @@ def _save(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolut
     elif plan.embeddings is not None:
         formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family)
     else:
-        formats.save_finetune(out, ckpt, trainer.unet_weights())
+        formats.save_finetune(out, ckpt, {"unet": trainer.unet_weights(), **trainer.text_weights()})
 
 
 def _init_rows(tokenizer, word: str, vectors: int) -> list[int]:
@@ -235,20 +271,38 @@ def _ids(text: str, tokenizer, token: str | None, vocab: int, vectors: int) -> n
     return row
 
 
-def _encode_images(engine, ckpt: Checkpoint, examples, bucket_of) -> list[np.ndarray]:
+def _stopper(should_stop):
+    """should_stop -> a function raising Cancelled when it says so: the caching's checkpoint, before anything
+    is written."""
+    def stop():
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled while encoding the training images and captions: nothing was written")
+    return stop
+
+
+def _encode_images(engine, ckpt: Checkpoint, examples, bucket_of, stop) -> list[np.ndarray]:
     """Each image once through the VAE encoder (posterior mean, scaled): (C, h, w) float32 each."""
     vae = engine.vae(ckpt.vae, ckpt.weights["vae"])
-    out = [engine.numpy(vae.encode(dataset.load_image(e.path, size)[None]))[0] for e, size in zip(examples, bucket_of)]
+    out = []
+    for e, size in zip(examples, bucket_of):
+        stop()
+        out.append(engine.numpy(vae.encode(dataset.load_image(e.path, size)[None]))[0])
     del vae
     return out
 
 
-def _encode_texts(engine, ckpt: Checkpoint, tokenizers, texts: list[str], text_layer: dict):
-    """text -> (context (77, C), pooled (P,) or None) through the frozen encoders (first 77 tokens)."""
+def _encode_texts(engine, ckpt: Checkpoint, tokenizers, texts: list[str], text_layer: dict, stop):
+    """text -> (context (77, C), pooled (P,) or None) through the frozen encoders (first 77 tokens), TEXT_BATCH
+    texts per call so that `stop` is consulted between calls."""
     towers = [conditioning.Tower(tok, engine.text_encoder(cfg, ckpt.weights[name]), cfg)
               for (name, tok), cfg in zip(tokenizers.items(), ckpt.text_encoders)]
-    enc = conditioning.encode(texts, towers, engine.numpy, prompt_syntax="plain", **text_layer)
-    return {t: (c[:77], p) for t, c, p in zip(texts, enc.contexts, enc.pooled)}
+    cached = {}
+    for i in range(0, len(texts), TEXT_BATCH):
+        stop()
+        batch = texts[i:i + TEXT_BATCH]
+        enc = conditioning.encode(batch, towers, engine.numpy, prompt_syntax="plain", **text_layer)
+        cached |= {t: (c[:77], p) for t, c, p in zip(batch, enc.contexts, enc.pooled)}
+    return cached
 
 
 def _time_ids(ckpt: Checkpoint, size: tuple[int, int], n: int) -> np.ndarray | None:

@@ -2,9 +2,12 @@
 
 A backend's `trainer(checkpoint, plan)` returns an object with
     accumulate(batch, scale) -> float   forward + backward of one micro-batch, gradients x scale added up
-    step(lr)                            one AdamW step at that rate, gradients cleared
+    step(lr) -> bool                    one AdamW step at that rate (and the EMA's update), gradients cleared;
+                                        False when loss scaling skipped it (non-finite gradients)
+    averaged()                          context manager: the EMA weights in place of the trained ones
     lora_weights() -> {Target: (down, up)}, embedding_vectors() -> {encoder: (n, C)},
     unet_weights() -> {name: array}     the trained tensors as numpy, canonical names and torch layouts
+    text_weights() -> {encoder: {name: array}}  likewise, the fine-tuned text encoders (text_finetune)
     state() / load_state(dict)          trained tensors and optimizer moments, for resuming
 """
 
@@ -23,6 +26,7 @@ class Plan:
     lora: dict[Target, tuple[np.ndarray, np.ndarray]] | None = None  # initial (down, up) per adapted module
     alpha: float = 1.0
     finetune: bool = False  # every UNet weight
+    text_finetune: bool = False  # every text-encoder weight too (text_trained is set with it)
     embeddings: dict[str, list[int]] | None = None  # encoder -> token ids whose rows start the new vectors
     text_trained: bool = False  # the text encoders run each step (text-encoder LoRA, textual inversion)
     text_layer: dict = field(default_factory=dict)  # TextEncoder's layer / final_norm for this family
@@ -30,6 +34,8 @@ class Plan:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     gradient_checkpointing: bool = False
+    ema_decay: float | None = None  # keep an EMA of the trained weights (ema.py) and write it as the output
+    loss_scaling: bool = False  # dynamic loss scaling (scaling.py): float16 runs
 
 
 @dataclass

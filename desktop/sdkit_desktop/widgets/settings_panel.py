@@ -42,6 +42,9 @@ class SettingsPanel(QWidget):
         self.schedule = QComboBox()  # the chosen sampler's schedules only
         self.schedule.setToolTip("How the steps are spaced; Uniform: the model's own (its scheduler config's)")
         self.sampler.currentIndexChanged.connect(lambda: self._show_schedules(self.schedule.currentData()))
+        self.eta = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
+        self.eta.setToolTip("TCD's gamma: the share of each step re-noised (0: deterministic; 0.3 its default)")
+        self.sampler.currentIndexChanged.connect(lambda: self.eta.setEnabled(self.sampler.currentData() == "tcd"))
         self.num_images = QSpinBox(minimum=1, maximum=16)
         self.clip_skip = QSpinBox(minimum=1, maximum=12)
         self.clip_skip.setToolTip("A1111's clip skip: 1 the text encoder's last layer, 2 the penultimate (anime "
@@ -81,8 +84,8 @@ class SettingsPanel(QWidget):
         self.hires_steps = QSpinBox(minimum=0, maximum=500, specialValueText="as Steps")
         self.hires_denoising = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.hires_upscaler = QComboBox()
-        for upscaler in UPSCALERS:
-            self.hires_upscaler.addItem(upscaler.capitalize(), upscaler)  # A1111's "Latent", "Lanczos"
+        for upscaler, (a1111, *_) in UPSCALERS.items():
+            self.hires_upscaler.addItem(a1111, upscaler)  # A1111's "Latent", "Latent (bicubic)", ..., "Lanczos"
         self.hires_fields = (self.hires_scale, self.hires_steps, self.hires_denoising, self.hires_upscaler)
         self.hires.toggled.connect(self._enable_hires)
         hires = QHBoxLayout()
@@ -100,6 +103,7 @@ class SettingsPanel(QWidget):
         form.addRow("Guidance", self.guidance)
         form.addRow("Sampler", self.sampler)
         form.addRow("Schedule", self.schedule)
+        form.addRow("Eta", self.eta)
         form.addRow("Clip skip", self.clip_skip)
         form.addRow("Seed", seed)
         form.addRow("Images", self.num_images)
@@ -115,7 +119,8 @@ class SettingsPanel(QWidget):
         return dataclasses.replace(
             base, width=self.width_box.value(), height=self.height_box.value(), steps=self.steps.value(),
             guidance_scale=self.guidance.value(), sampler=self.sampler.currentData(),
-            schedule=self.schedule.currentData(), seed=seed, seed_locked=self.seed_lock.isChecked(),
+            schedule=self.schedule.currentData(), eta=self.eta.value(), seed=seed,
+            seed_locked=self.seed_lock.isChecked(),
             num_images=self.num_images.value(), init_image=self.init_image, strength=self.strength.value() / 100,
             clip_skip=self.clip_skip.value(), hires=self.hires.isChecked(), hires_scale=self.hires_scale.value(),
             hires_steps=self.hires_steps.value(), hires_denoising=self.hires_denoising.value(),
@@ -129,6 +134,8 @@ class SettingsPanel(QWidget):
         self.guidance.setValue(s.guidance_scale)
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(s.sampler)))
         self._show_schedules(s.schedule)
+        self.eta.setValue(s.eta)
+        self.eta.setEnabled(s.sampler == "tcd")
         self.clip_skip.setValue(s.clip_skip)
         self.seed.setText(str(s.seed))
         self.seed_lock.setChecked(s.seed_locked)

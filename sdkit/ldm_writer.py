@@ -1,0 +1,105 @@
+"""Canonical (diffusers) weights -> an original single-file checkpoint, the inverse of sdkit.ldm: what A1111,
+ComfyUI, Forge and diffusers' from_single_file load.
+
+    UNet           model.diffusion_model.*  through ldm.unet_blocks (the reader's own block map) read backwards
+    VAE            first_stage_model.*      encoder.down.i.block.j, decoder.up counted from the bottom,
+                                            mid.attn_1 as 1x1 convolutions
+    text encoders  where families.LAYOUTS puts the family's towers: CLIP under `transformer.text_model.`,
+                   OpenCLIP with q/k/v fused into in_proj and text_projection stored as OpenCLIP's (width, P)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from . import ldm
+from .checkpoint import Checkpoint
+from .families import LAYOUTS, UNET_PREFIX, VAE_PREFIX
+from .weights import read_tensors
+
+
+def write(path: Path, ckpt: Checkpoint, replaced: dict[str, dict[str, np.ndarray]],
+          metadata: dict[str, str] | None = None) -> None:
+    """Write `ckpt`'s weights, with `replaced` (component -> canonical name -> array, torch layout) instead of
+    the stored ones, as one .safetensors file in the LDM layout."""
+    weights = {c: {**dict(read_tensors(w, "numpy")), **replaced.get(c, {})} for c, w in ckpt.weights.items()}
+    tensors = unet(weights["unet"], ckpt.unet) | vae(weights["vae"], ckpt.vae)
+    layout = next((lay for lay in LAYOUTS if lay.family == ckpt.family
+                   and [t.component for t in lay.towers] == list(ckpt.text_encoder_names)), None)
+    if layout is None:
+        raise ValueError(f"{ckpt.name}: no single-file layout holds a {ckpt.family} model with text encoders "
+                         f"{', '.join(ckpt.text_encoder_names)}; write a diffusers folder instead")
+    for tower in layout.towers:
+        convert = clip if tower.kind == "clip" else openclip
+        tensors |= {tower.prefix + k: v for k, v in convert(weights[tower.component]).items()}
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
+              metadata={"format": "pt", **(metadata or {})})
+
+
+def unet(weights: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    attn = ["CrossAttn" in t for t in config.down_block_types]
+    inverse = {canonical: stored for stored, canonical in ldm.unet_blocks(attn, config.layers_per_block).items()}
+    resnet = {v: k for k, v in ldm.RESNET.items()}
+    out = {}
+    for name, w in weights.items():
+        parts = name.split(".")
+        prefix = next(p for p in (".".join(parts[:k]) + "." for k in range(len(parts) - 1, 0, -1)) if p in inverse)
+        rest = name[len(prefix):]
+        if ".resnets." in prefix:
+            layer = rest.rsplit(".", 1)[0]
+            rest = resnet[layer] + rest[len(layer):]
+        out[UNET_PREFIX + inverse[prefix] + rest] = w
+    return out
+
+
+def vae(weights: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    n = len(config.block_out_channels)
+    rules = [
+        (r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.group_norm\.", r"\1.mid.attn_1.norm."),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.to_(q|k|v)\.", r"\1.mid.attn_1.\2."),
+        (r"(encoder|decoder)\.mid_block\.attentions\.0\.to_out\.0\.", r"\1.mid.attn_1.proj_out."),
+        (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2."),
+        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
+        (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.block.{m[2]}."),
+        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.upsample."),
+        (r"(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out."),
+    ]
+    out = {}
+    for name, w in weights.items():
+        key = name
+        for pattern, repl in rules:
+            if m := re.match(pattern, name):
+                key = (m.expand(repl) if isinstance(repl, str) else repl(m)) + name[m.end():]
+                break
+        if ".mid.attn_1." in key and w.ndim == 2:
+            w = w[:, :, None, None]  # LDM's AttnBlock uses 1x1 convolutions
+        out[VAE_PREFIX + key.replace(".conv_shortcut.", ".nin_shortcut.")] = w
+    return out
+
+
+def clip(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"text_model." + k: v for k, v in weights.items()}
+
+
+def openclip(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    layer = {v: k for k, v in ldm.OPENCLIP_LAYER.items()}
+    out = {"token_embedding.weight": weights["embeddings.token_embedding.weight"],
+           "positional_embedding": weights["embeddings.position_embedding.weight"]}
+    for name, w in weights.items():
+        if name == "text_projection.weight":
+            out["text_projection"] = w.T  # OpenCLIP computes x @ P
+        elif name.startswith("final_layer_norm."):
+            out["ln_final." + name.removeprefix("final_layer_norm.")] = w
+        elif m := re.match(r"encoder\.layers\.(\d+)\.(.+)", name):
+            block, rest = f"transformer.resblocks.{m[1]}.", m[2]
+            if m2 := re.fullmatch(r"self_attn\.q_proj\.(weight|bias)", rest):
+                out[f"{block}attn.in_proj_{m2[1]}"] = np.concatenate(
+                    [weights[f"encoder.layers.{m[1]}.self_attn.{p}.{m2[1]}"] for p in ("q_proj", "k_proj", "v_proj")])
+            elif part := next((p for p in layer if rest.startswith(p)), None):
+                out[block + layer[part] + rest[len(part):]] = w
+    return out
