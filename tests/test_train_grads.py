@@ -231,3 +231,11 @@ def test_lora_linear_fast_path_matches_autograd():
         if not x_grad:
             assert ours.pop("x") is None and theirs.pop("x") is None
         assert_grads_close(ours, theirs)
+
+
+def test_geglu_gate_matches_autograd():
+    """The training GEGLU's gate (sdkit_torch.unet._GEGLUGate, which recomputes the GELU in backward): float64
+    finite differences."""
+    from sdkit_torch.unet import _GEGLUGate
+    h = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_GEGLUGate.apply, (h,))

@@ -152,12 +152,29 @@ class GEGLU(nn.Module):
         # Two half-width products rather than one and chunk(): contiguous outputs, the GELU fused into the gate's
         # product, and the result in the value's buffer (the feed-forward runs 1.3x faster on the CPU)
         if not isinstance(self.proj, nn.Linear) or needs_grad(x, self.proj.weight):  # training (proj may be a LoRA)
-            value, gate = self.proj(x).chunk(2, dim=-1)
-            return value * F.gelu(gate)
+            return _GEGLUGate.apply(self.proj(x))
         inner = self.proj.out_features // 2
         w, b = self.proj.weight, self.proj.bias
         gate = linear(x, w[inner:], b[inner:], gelu=True)
         return linear(x, w[:inner], b[:inner]).mul_(gate)
+
+
+class _GEGLUGate(torch.autograd.Function):
+    """[value, gate] -> value * gelu(gate), keeping only the (N, 2 inner) input for backward and recomputing the
+    GELU there: autograd's value * F.gelu(gate) also keeps gelu(gate), a third more (44 MB of a training step's
+    activations on SD1.5 at 256x256)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        value, gate = h.chunk(2, dim=-1)
+        ctx.save_for_backward(h)
+        return value * F.gelu(gate)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (h,) = ctx.saved_tensors
+        value, gate = h.chunk(2, dim=-1)
+        return torch.cat([gy * F.gelu(gate), torch.ops.aten.gelu_backward(gy * value, gate)], dim=-1)
 
 
 class FeedForward(nn.Module):
