@@ -9,7 +9,6 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 pytest.importorskip("PySide6")
@@ -19,14 +18,7 @@ from sdkit_desktop.main_window import MainWindow  # noqa: E402
 
 TIMEOUT = 120_000  # ms
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one torch thread (as tests/test_train.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
