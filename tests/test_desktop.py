@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported: no display needed
 
+import json  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 import sys  # noqa: E402
@@ -20,6 +21,8 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 import sdkit  # noqa: E402
 from sdkit_desktop import main_window  # noqa: E402
 from sdkit_desktop.main_window import MainWindow  # noqa: E402
+from sdkit_desktop.session import model_samplers  # noqa: E402
+from sdkit.config import SchedulerConfig  # noqa: E402
 
 TIMEOUT = 120_000  # ms; a tiny model takes well under a second per generation
 
@@ -511,3 +514,21 @@ def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):
     assert (p["sampler"], p["schedule"], p["hires_scale"], p["hires_steps"]) == ("euler", "karras", 1.5, 1)
     assert "Schedule type: Karras" in result.image.info["parameters"]
     assert window.gallery.item(0).toolTip() == "seed 7 · 2 steps · Euler Karras"
+
+
+def test_an_edm_model_offers_only_the_samplers_and_schedules_it_takes(window):
+    """Playground v2.5's scheduler config: euler, dpmpp_2m, dpmpp_2m_sde with karras or exponential levels (what
+    sdkit.samplers.edm runs); another model brings every sampler back, the chosen one kept."""
+    path = Path(sdkit.samplers.__file__).parents[1] / "data" / "schedulers" / "playground-v2.5-scheduler_config.json"
+    edm = model_samplers(SchedulerConfig.from_diffusers(json.loads(path.read_text())))
+    form = window.form
+    form.sampler.setCurrentIndex(form.sampler.findData("ddim"))
+    form.set_samplers(edm)
+    assert [form.sampler.itemData(i) for i in range(form.sampler.count())] == ["euler", "dpmpp_2m", "dpmpp_2m_sde"]
+    assert form.sampler.currentData() == "euler"  # ddim does not run EDM models
+    assert [form.schedule.itemData(i) for i in range(form.schedule.count())] == ["karras", "exponential"]
+    form.sampler.setCurrentIndex(form.sampler.findData("dpmpp_2m_sde"))
+    form.schedule.setCurrentIndex(form.schedule.findData("exponential"))
+    form.set_samplers(model_samplers(None))
+    assert form.sampler.count() == len(sdkit.SAMPLERS)
+    assert (form.sampler.currentData(), form.schedule.currentData()) == ("dpmpp_2m_sde", "exponential")

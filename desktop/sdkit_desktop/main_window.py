@@ -22,7 +22,7 @@ from sdkit.samplers.registry import SAMPLERS as SAMPLER_RECORDS
 from sdkit.tokenizer import Tokenizer
 
 from .download import cached_bytes, human_bytes
-from .session import ModelChoice, Session, Settings, size_presets
+from .session import ModelChoice, Session, Settings, model_samplers, size_presets
 from .widgets.gallery import Gallery, ImageView, to_qimage
 from .widgets.mask_editor import MaskEditor
 from .widgets.model_picker import ModelPicker
@@ -34,7 +34,6 @@ from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-SAMPLERS = tuple(sdkit.SAMPLERS)  # sdkit's names; the form shows A1111's, and each one's schedules apart
 
 
 class MainWindow(QMainWindow):
@@ -64,7 +63,7 @@ class MainWindow(QMainWindow):
         self.prompt = PromptEdit("Prompt: what the picture shows", usage)
         self.negative = PromptEdit("Negative prompt: what to avoid", usage)
         self.networks = NetworkBrowser()
-        self.form = SettingsPanel(SAMPLERS)
+        self.form = SettingsPanel(model_samplers(None))  # all of them until a model is loaded
         self.mask_editor = MaskEditor()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
@@ -239,7 +238,7 @@ class MainWindow(QMainWindow):
     def restore_parameters(self, params: dict, source: str) -> None:
         """Put an image's recorded settings into every field (the model too, when it is one used before)."""
         self._sync_session()
-        self.session.settings = self.session.settings.with_parameters(params, SAMPLERS)
+        self.session.settings = self.session.settings.with_parameters(params, tuple(self.form.samplers))
         self._show_settings(self.session.settings)
         name = params.get("model")
         model = self.session.model_named(name)
@@ -322,6 +321,7 @@ class MainWindow(QMainWindow):
         self.picker.info.setText(f"{info.name} · {info.family.upper()} · {info.default_size[1]}×"
                                  f"{info.default_size[0]} · {info.backend}{vae}")
         self.form.set_presets(size_presets(info.family, info.default_size))
+        self.form.set_samplers(info.samplers)
         self.prompt.set_counter(info.usage)
         self.negative.set_counter(info.usage)
         if self._apply_native_size:

@@ -15,7 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from sdkit.families import FAMILIES
-from sdkit.samplers import ALIASES, SAMPLERS
+from sdkit.config import SchedulerConfig
+from sdkit.samplers import ALIASES, SAMPLERS, edm
 from sdkit.samplers.lcm import TCD_ETA
 
 from .mask import Mask
@@ -177,6 +178,14 @@ class Session:
 
     def add_results(self, images: list[Image.Image], params: list[dict], mask: Image.Image | None = None) -> None:
         self.results.extend(Result(im, p, mask) for im, p in zip(images, params))
+
+
+def model_samplers(scheduler: SchedulerConfig | None) -> dict[str, tuple[str | None, ...]]:
+    """sampler -> the schedules it takes on a model with this scheduler config (None: no model loaded yet): an EDM
+    model (Playground v2.5) runs the samplers and noise levels of diffusers' EDM schedulers only, every other all."""
+    if scheduler is not None and scheduler.edm:
+        return {name: tuple(s for s in SAMPLERS[name].schedules if s in edm.SCHEDULES) for name in edm.REFERENCES}
+    return {name: sampler.schedules for name, sampler in SAMPLERS.items()}
 
 
 def vae_files() -> list[str]:

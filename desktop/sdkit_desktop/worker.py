@@ -20,7 +20,7 @@ import sdkit
 from PySide6.QtCore import QObject, Signal, Slot
 
 from .preview import latents_to_rgb
-from .session import ModelChoice
+from .session import ModelChoice, model_samplers
 
 PREVIEW_INTERVAL = 0.1  # seconds between live previews: ~10 a second at most
 
@@ -35,6 +35,7 @@ class Loaded:
     default_size: tuple[int, int]  # (height, width)
     backend: str  # resolved name, device, dtype, e.g. "torch cpu float32"
     usage: Callable[[str], tuple[int, int]]  # the token counter: Pipeline.token_usage
+    samplers: dict[str, tuple[str | None, ...]]  # sampler -> the schedules it takes (EDM models: a few)
 
 
 class Worker(QObject):
@@ -143,7 +144,8 @@ class Worker(QObject):
         self.pipe = self._load(choice.model, backend=choice.backend, device=choice.device, dtype=choice.dtype, **vae)
         b = self.pipe.backend
         self.info = Loaded(choice, self.pipe.checkpoint.name, self.pipe.checkpoint.family, self.pipe.default_size,
-                           f"{b.name} {b.device} {b.dtype}", self.pipe.token_usage)
+                           f"{b.name} {b.device} {b.dtype}", self.pipe.token_usage,
+                           model_samplers(self.pipe.checkpoint.scheduler))
         return True
 
     def _callback(self, start: float):

@@ -23,8 +23,9 @@ SCHEDULE_LABELS[None] = "Uniform (the model's own)"
 class SettingsPanel(QWidget):
     init_changed = Signal(object)  # the init image's path, or None
 
-    def __init__(self, samplers: tuple[str, ...], parent: QWidget | None = None):
+    def __init__(self, samplers: dict[str, tuple[str | None, ...]], parent: QWidget | None = None):
         super().__init__(parent)
+        self.samplers = samplers  # sampler -> the schedules it takes on the loaded model (session.model_samplers)
         self.preset = QComboBox()
         self.preset.addItem(CUSTOM)
         self.preset.activated.connect(self._apply_preset)
@@ -37,8 +38,7 @@ class SettingsPanel(QWidget):
         self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, singleStep=0.5, decimals=1)
         self.guidance.setToolTip("Classifier-free guidance: how closely to follow the prompt (1 or less: off)")
         self.sampler = QComboBox()  # A1111's names shown, sdkit's as item data
-        for name in samplers:
-            self.sampler.addItem(SAMPLERS[name].a1111, name)
+        self._fill_samplers()
         self.schedule = QComboBox()  # the chosen sampler's schedules only
         self.schedule.setToolTip("How the steps are spaced; Uniform: the model's own (its scheduler config's)")
         self.sampler.currentIndexChanged.connect(lambda: self._show_schedules(self.schedule.currentData()))
@@ -149,6 +149,22 @@ class SettingsPanel(QWidget):
         self.hires_upscaler.setCurrentIndex(max(0, self.hires_upscaler.findData(s.hires_upscaler)))
         self._enable_hires()
 
+    def set_samplers(self, samplers: dict[str, tuple[str | None, ...]]) -> None:
+        """Offer only what the loaded model takes; the chosen sampler and schedule stay when it takes them."""
+        sampler, schedule = self.sampler.currentData(), self.schedule.currentData()
+        self.samplers = samplers
+        self.sampler.blockSignals(True)
+        self._fill_samplers()
+        self.sampler.setCurrentIndex(max(0, self.sampler.findData(sampler)))
+        self.sampler.blockSignals(False)
+        self._show_schedules(schedule)
+        self.eta.setEnabled(self.sampler.currentData() == "tcd")
+
+    def _fill_samplers(self) -> None:
+        self.sampler.clear()
+        for name in self.samplers:
+            self.sampler.addItem(SAMPLERS[name].a1111, name)
+
     def set_presets(self, presets: list[tuple[int, int]]) -> None:
         """Size presets (width, height) for the loaded model's family."""
         self.preset.clear()
@@ -174,7 +190,7 @@ class SettingsPanel(QWidget):
 
     def _show_schedules(self, keep: str | None) -> None:
         """The chosen sampler's schedules, `keep` selected when it takes it, else the model's own."""
-        schedules = SAMPLERS[self.sampler.currentData()].schedules
+        schedules = self.samplers[self.sampler.currentData()]
         self.schedule.blockSignals(True)
         self.schedule.clear()
         for schedule in schedules:
