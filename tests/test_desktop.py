@@ -498,6 +498,16 @@ def test_dropping_a_png_restores_sampler_schedule_and_hires_fix(window, tmp_path
     assert form.sampler.currentText() == "TCD" and form.eta.isEnabled() and form.eta.value() == 0.8
     assert form.settings(window.session.settings).generate_kwargs()["eta"] == 0.8
 
+    info = PngImagePlugin.PngInfo()  # A1111's "Resize to": its own mode, the scale hidden
+    info.add_text("parameters", "a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, "
+                  "Denoising strength: 0.5, Hires resize: 96x80, Hires steps: 2, Hires upscaler: Latent")
+    Image.new("RGB", (64, 64)).save(tmp_path / "resize.png", pnginfo=info)
+    drop(window, tmp_path / "resize.png")
+    assert form.hires.isChecked() and form.hires_mode.currentText() == "Resize to"
+    assert (form.hires_width.value(), form.hires_height.value()) == (96, 80) and form.hires_scale.isHidden()
+    kw = form.settings(window.session.settings).generate_kwargs()
+    assert (kw["hires_resize"], "hires_scale" in kw) == ((80, 96), False)
+
 
 def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):
     fill(window, sd1_folder, steps=2, size=64)

@@ -33,6 +33,8 @@ def test_hires_fix_reaches_generate_for_text_to_image_only():
     assert Settings(**hires | {"hires_steps": 12}).generate_kwargs()["hires_steps"] == 12
     assert not any(k.startswith("hires") for k in Settings(**hires, init_image="in.png").generate_kwargs())
     assert not any(k.startswith("hires") for k in Settings(hires_scale=3.0).generate_kwargs())
+    kw = Settings(**hires, hires_resize=True, hires_width=96, hires_height=0).generate_kwargs()  # "Resize to"
+    assert (kw["hires_resize"], "hires_scale" in kw) == ((0, 96), False)
 
 
 def test_parameters_restore_every_field_and_lock_the_seed():
@@ -187,6 +189,10 @@ def test_hires_fix_is_restored_and_an_image_without_it_turns_it_off():
     assert (s.hires, s.hires_scale, s.hires_steps, s.hires_denoising, s.hires_upscaler) == (
         True, 2.0, 10, 0.45, "lanczos")
     assert not s.with_parameters({"prompt": "y"}, SAMPLERS).hires
+    resized = s.with_parameters(params | {"hires_scale": None, "hires_resize": (768, 1024)}, SAMPLERS)
+    assert (resized.hires, resized.hires_resize, resized.hires_width, resized.hires_height) == (True, True, 1024, 768)
+    assert resized.generate_kwargs()["hires_resize"] == (768, 1024)
+    assert not resized.with_parameters(params, SAMPLERS).hires_resize  # a scale again: "Upscale by"
 
 
 def test_tcd_eta_reaches_generate_and_is_restored_with_tcd_only():

@@ -56,6 +56,9 @@ class Settings:
     inpaint_padding: int = 32
     hires: bool = False  # A1111's hires fix (text to image only): the hires_* fields below apply
     hires_scale: float = 2.0
+    hires_resize: bool = False  # A1111's "Resize to" in place of "Upscale by": hires_width x hires_height
+    hires_width: int = 0  # 0: from the other side, keeping the first pass's aspect
+    hires_height: int = 0
     hires_steps: int = 0  # 0: as many as `steps`
     hires_denoising: float = 0.7
     hires_upscaler: str = "latent"
@@ -71,8 +74,10 @@ class Settings:
         if self.init_image:
             kw.update(init_image=self.init_image, strength=self.strength)
         elif self.hires:  # generate() takes hires_scale for text to image only
-            kw.update(hires_scale=self.hires_scale, hires_steps=self.hires_steps or None,
-                      hires_denoising=self.hires_denoising, hires_upscaler=self.hires_upscaler)
+            size = dict(hires_resize=(self.hires_height, self.hires_width)) if self.hires_resize else dict(
+                hires_scale=self.hires_scale)
+            kw.update(size, hires_steps=self.hires_steps or None, hires_denoising=self.hires_denoising,
+                      hires_upscaler=self.hires_upscaler)
         return kw
 
     def with_parameters(self, params: dict, samplers: tuple[str, ...]) -> Settings:
@@ -85,9 +90,12 @@ class Settings:
         if params.get("sampler") in samplers:  # metadata names it with a schedule it takes (None when unrecorded)
             new |= {"sampler": params["sampler"], "schedule": params.get("schedule")}
             new["eta"] = params.get("eta", TCD_ETA) if params["sampler"] == "tcd" else self.eta
-        new["hires"] = params.get("hires_scale") is not None
+        resize = params.get("hires_resize")  # (height, width)
+        new["hires"] = params.get("hires_scale") is not None or resize is not None
         if new["hires"]:
-            new |= {"hires_scale": params["hires_scale"], "hires_steps": params.get("hires_steps") or 0,
+            new |= {"hires_scale": params["hires_scale"]} if resize is None else {
+                "hires_height": resize[0], "hires_width": resize[1]}
+            new |= {"hires_resize": resize is not None, "hires_steps": params.get("hires_steps") or 0,
                     "hires_denoising": params.get("hires_denoising", 0.7),
                     "hires_upscaler": params.get("hires_upscaler", "latent")}
         return dataclasses.replace(self, **new, seed_locked="seed" in new or self.seed_locked)
