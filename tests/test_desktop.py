@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported: no display needed
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -542,3 +543,40 @@ def test_an_edm_model_offers_only_the_samplers_and_schedules_it_takes(window):
     form.set_samplers(model_samplers(None))
     assert form.sampler.count() == len(sdkit.SAMPLERS)
     assert (form.sampler.currentData(), form.schedule.currentData()) == ("dpmpp_2m_sde", "exponential")
+
+
+def test_refiner_generates_as_sdkit_and_comes_back_from_a_png(qtbot, window, sdxl_folder, refiner_folder, load,
+                                                              tmp_path):
+    """The Refiner box and Refiner switch at make the picture generate(refiner=, refiner_start=) makes on that
+    seed, the refiner loaded once and kept; dropping that PNG restores both (the refiner found by its name), an
+    image naming a refiner that cannot be found says so, and an SD1 model takes none."""
+    fill(window, sdxl_folder, steps=4, size=64)
+    window.form.sampler.setCurrentIndex(window.form.sampler.findData("euler"))
+    window.picker.refiner.setCurrentText(str(refiner_folder))
+    window.form.refiner_start.setValue(0.5)
+    generate(qtbot, window)
+    generate(qtbot, window)  # the same model and refiner: nothing reloads
+    assert load.calls == [str(sdxl_folder), str(refiner_folder)]
+    result = window.session.results[1]
+    base, refiner = (sdkit.load(m, backend="torch", device="cpu") for m in (sdxl_folder, refiner_folder))
+    kw = dict(width=64, height=64, steps=4, sampler="euler", schedule="karras", seed=7, refiner=refiner)
+    expected = base.generate("a red fox", refiner_start=0.5, **kw)[0]
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
+    assert window.picker.info.text().endswith(" · refiner tiny-sdxl-refiner")
+    sdkit.save(result.image, tmp_path / "refined.png")
+
+    window.picker.set_refiner(None)
+    window.form.refiner_start.setValue(0.8)
+    drop(window, tmp_path / "refined.png")
+    assert window.picker.choice().refiner == str(refiner_folder) and window.form.refiner_start.value() == 0.5
+    text = result.image.info["parameters"].replace("tiny-sdxl-refiner", "lost-refiner")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "lost.png", pnginfo=info)
+    drop(window, tmp_path / "lost.png")
+    assert window.picker.choice().refiner is None and "Refiner 'lost-refiner' is not" in window.status.text()
+
+    window._on_loaded(dataclasses.replace(window.worker.info, family="sd1"))  # SD1 and SD2 take no refiner
+    window.picker.set_refiner(str(refiner_folder))
+    assert not window.picker.refiner.isEnabled() and window.picker.choice().refiner is None

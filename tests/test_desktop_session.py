@@ -68,6 +68,21 @@ def test_job_draws_a_fresh_seed_unless_locked():
     assert choice == ModelChoice("model.safetensors") and kwargs["seed"] == 42
 
 
+def test_refiner_start_goes_with_a_refiner_and_a_refiner_is_found_by_name(tmp_path):
+    session = Session(model=ModelChoice("m.safetensors"), settings=Settings(refiner_start=0.7))
+    assert "refiner_start" not in session.job()[1]
+    session.model = ModelChoice("m.safetensors", refiner="r.safetensors")
+    assert session.job()[1]["refiner_start"] == 0.7 and session.model.base == ModelChoice("m.safetensors")
+    (tmp_path / "base.safetensors").touch()
+    (tmp_path / "xl-refiner.safetensors").touch()
+    session.remember("/elsewhere/r1", "used-refiner")
+    base = str(tmp_path / "base.safetensors")
+    assert session.refiner_named("used-refiner", base) == "/elsewhere/r1"
+    assert session.refiner_named("xl-refiner", base) == str(tmp_path / "xl-refiner.safetensors")  # next to it
+    assert session.refiner_named("xl-refiner", "org/model") is None
+    assert session.refiner_named("../xl-refiner", base) is None
+
+
 def test_job_without_a_model_says_what_to_do():
     with pytest.raises(ValueError, match="no model chosen: open a .safetensors file"):
         Session().job()

@@ -252,6 +252,13 @@ class MainWindow(QMainWindow):
             except ValueError as e:  # $SDKIT_VAE_DIRS names a folder that is not there
                 notes = [str(e)]
         self.picker.set_vae(vae)
+        refiner = None
+        if params.get("Refiner"):
+            refiner = self.session.refiner_named(params["Refiner"], self.picker.model.currentText())
+            if refiner is None:
+                notes.append(f"Refiner {params['Refiner']!r} is not among your recent models nor next to the model: "
+                             "choose it in the Refiner box")
+        self.picker.set_refiner(refiner)
         self.status.setText(f"Settings restored from {source}{note}" + "".join(f"; {n}" for n in notes))
 
     def open_path(self, path: Path) -> None:
@@ -315,9 +322,13 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_loaded(self, info: Loaded) -> None:
         self._loaded = info.choice
+        if info.refiner:  # by the name image metadata writes, for dropped PNGs
+            self.session.remember(info.choice.refiner, info.refiner)
         self.session.remember(info.choice.model, info.name)
         self.picker.set_recent(self.session.recent)
+        self.picker.set_family(info.family)
         vae = f" · VAE {Path(info.choice.vae).name}" if info.choice.vae else ""
+        vae += f" · refiner {info.refiner}" if info.refiner else ""
         self.picker.info.setText(f"{info.name} · {info.family.upper()} · {info.default_size[1]}×"
                                  f"{info.default_size[0]} · {info.backend}{vae}")
         self.form.set_presets(size_presets(info.family, info.default_size))
@@ -383,7 +394,8 @@ class MainWindow(QMainWindow):
         self.error.hide()
         self.progress.setRange(0, 0)  # busy until the first step reports
         self.progress.setFormat("")
-        self._downloading = choice.model if choice.is_hub_id and choice != self._loaded else None
+        self._downloading = choice.model if choice.is_hub_id and choice.base != (
+            self._loaded and self._loaded.base) else None
         self._set_busy(True)
 
     def _set_busy(self, busy: bool) -> None:

@@ -62,7 +62,7 @@ class Settings:
     hires_steps: int = 0  # 0: as many as `steps`
     hires_denoising: float = 0.7
     hires_upscaler: str = "latent"
-    # (the SDXL refiner, generate(refiner=), is another optional second pass: its fields would follow these)
+    refiner_start: float = 0.8  # A1111's "Refiner switch at": used when the ModelChoice has a refiner
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.generate()."""
@@ -90,6 +90,8 @@ class Settings:
         if params.get("sampler") in samplers:  # metadata names it with a schedule it takes (None when unrecorded)
             new |= {"sampler": params["sampler"], "schedule": params.get("schedule")}
             new["eta"] = params.get("eta", TCD_ETA) if params["sampler"] == "tcd" else self.eta
+        if params.get("refiner_start") is not None:
+            new["refiner_start"] = params["refiner_start"]
         resize = params.get("hires_resize")  # (height, width)
         new["hires"] = params.get("hires_scale") is not None or resize is not None
         if new["hires"]:
@@ -137,6 +139,12 @@ class ModelChoice:
     device: str | None = None
     dtype: str | None = None
     vae: str | None = None  # a VAE file, folder or Hub id replacing the model's (sdkit.load's vae=)
+    refiner: str | None = None  # an SDXL refiner's file, folder or Hub id, loaded on the same backend
+
+    @property
+    def base(self) -> ModelChoice:
+        """This choice without its refiner: what the base Pipeline is loaded from."""
+        return dataclasses.replace(self, refiner=None)
 
     @property
     def is_hub_id(self) -> bool:
@@ -168,6 +176,8 @@ class Session:
         if not self.settings.seed_locked:
             self.settings.seed = secrets.randbelow(MAX_SEED + 1 - self.settings.num_images)
         kwargs = self.settings.generate_kwargs()
+        if self.model.refiner:  # the worker adds refiner= (its Pipeline)
+            kwargs["refiner_start"] = self.settings.refiner_start
         if self.mask is not None and self.settings.init_image:
             s = self.settings
             kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding, s.seed)
@@ -183,6 +193,15 @@ class Session:
         if name in self.names:
             return self.names[name]
         return name if name and Path(name).expanduser().exists() else None
+
+    def refiner_named(self, name: str, model: str) -> str | None:
+        """The refiner an image's metadata names (its checkpoint name): one used before, a path that exists, or a
+        file or folder of that name next to the model."""
+        if found := self.model_named(name):
+            return found
+        near = Path(model).expanduser().parent if model and Path(model).expanduser().exists() else None
+        places = [near / n for n in (name, f"{name}.safetensors")] if near and Path(name).name == name else []
+        return next((str(p) for p in places if p.exists()), None)
 
     def add_results(self, images: list[Image.Image], params: list[dict], mask: Image.Image | None = None) -> None:
         self.results.extend(Result(im, p, mask) for im, p in zip(images, params))

@@ -9,6 +9,7 @@ should_stop polls it between the images it first encodes (nothing is written the
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -36,6 +37,7 @@ class Loaded:
     backend: str  # resolved name, device, dtype, e.g. "torch cpu float32"
     usage: Callable[[str], tuple[int, int]]  # the token counter: Pipeline.token_usage
     samplers: dict[str, tuple[str | None, ...]]  # sampler -> the schedules it takes (EDM models: a few)
+    refiner: str | None = None  # the loaded refiner's name (as image metadata writes it)
 
 
 class Worker(QObject):
@@ -60,6 +62,8 @@ class Worker(QObject):
         self._cancel = threading.Event()
         self.pipe: sdkit.Pipeline | None = None
         self.info: Loaded | None = None  # about self.pipe
+        self.refiner: sdkit.Pipeline | None = None  # the choice's SDXL refiner, kept loaded as the model is
+        self._refiner_key: tuple | None = None  # (refiner, backend, device, dtype) it was loaded for
         self._load_requested.connect(self._on_load)
         self._generate_requested.connect(self._on_generate)
         self._train_requested.connect(self._on_train)
@@ -101,7 +105,8 @@ class Worker(QObject):
                 self.cancelled.emit()
                 return
             self.status.emit("Generating…")
-            images = self.pipe.generate(**kwargs, callback=self._callback(time.perf_counter()))
+            refiner = {"refiner": self.refiner} if self.refiner else {}
+            images = self.pipe.generate(**kwargs, **refiner, callback=self._callback(time.perf_counter()))
         except sdkit.Cancelled:
             self.cancelled.emit()
         except Exception as e:
@@ -133,8 +138,30 @@ class Worker(QObject):
                                           f"{record.losses[-1]:.4f})")
 
     def _ensure_loaded(self, choice: ModelChoice) -> bool:
-        """Load `choice` unless it is the loaded model; True when it loaded."""
-        if self.pipe is not None and choice == self.info.choice:
+        """Load `choice`'s model, then its refiner, unless loaded; True when either loaded."""
+        loaded = self._ensure_model(choice.base)
+        if choice.refiner and self.pipe.checkpoint.family != "sdxl":
+            raise ValueError(f"Refiner: {self.pipe.checkpoint.name} is {self.pipe.checkpoint.family.upper()}; only "
+                             "SDXL models take a refiner (choose none)")
+        key = (choice.refiner, choice.backend, choice.device, choice.dtype)
+        if key != self._refiner_key:
+            self.refiner = self._refiner_key = None
+            gc.collect()
+            if choice.refiner:
+                what = "Downloading refiner {} from the Hub and loading it…" if ModelChoice(
+                    choice.refiner).is_hub_id else "Loading refiner {}…"
+                self.status.emit(what.format(choice.refiner))
+                b = self.pipe.backend  # the base's backend, device and dtype: the latents pass from one to the other
+                self.refiner = self._load(choice.refiner, backend=b.name, device=b.device, dtype=b.dtype)
+            self._refiner_key = key
+            loaded = True
+        self.info = dataclasses.replace(self.info, choice=choice,
+                                        refiner=self.refiner.checkpoint.name if self.refiner else None)
+        return loaded
+
+    def _ensure_model(self, choice: ModelChoice) -> bool:
+        """Load `choice` (no refiner) unless it is the loaded model; True when it loaded."""
+        if self.pipe is not None and choice == self.info.choice.base:
             return False
         self.pipe = self.info = None
         gc.collect()  # free the old model's memory before the new one arrives

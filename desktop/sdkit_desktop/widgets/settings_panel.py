@@ -1,5 +1,5 @@
 """The generation settings form: size, steps, guidance, sampler and schedule, clip skip, seed, batch, the
-image-to-image input and hires fix."""
+image-to-image input, hires fix and where the refiner takes over."""
 
 from __future__ import annotations
 
@@ -109,6 +109,10 @@ class SettingsPanel(QWidget):
         for w in (QLabel("Steps"), self.hires_steps, QLabel("Denoising"), self.hires_denoising):
             hires_pass.addWidget(w)
 
+        self.refiner_start = QDoubleSpinBox(minimum=0.01, maximum=0.99, singleStep=0.05, decimals=2)
+        self.refiner_start.setToolTip("A1111's Refiner switch at: the share of the schedule the model denoises "
+                                      "before the refiner (chosen in the Model box) takes over")
+
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Size", self.preset)
@@ -126,6 +130,7 @@ class SettingsPanel(QWidget):
         form.addRow("Hires", hires)
         form.addRow("", hires_size)
         form.addRow("", hires_pass)
+        form.addRow("Refiner switch at", self.refiner_start)
         self.set_settings(Settings())
 
     def settings(self, base: Settings) -> Settings:
@@ -139,7 +144,7 @@ class SettingsPanel(QWidget):
             num_images=self.num_images.value(), init_image=self.init_image, strength=self.strength.value() / 100,
             clip_skip=self.clip_skip.value(), hires=self.hires.isChecked(), hires_scale=self.hires_scale.value(),
             hires_resize=self.hires_mode.currentData(), hires_width=self.hires_width.value(),
-            hires_height=self.hires_height.value(),
+            hires_height=self.hires_height.value(), refiner_start=self.refiner_start.value(),
             hires_steps=self.hires_steps.value(), hires_denoising=self.hires_denoising.value(),
             hires_upscaler=self.hires_upscaler.currentData())
 
@@ -168,6 +173,7 @@ class SettingsPanel(QWidget):
         self.hires_denoising.setValue(s.hires_denoising)
         self.hires_upscaler.setCurrentIndex(max(0, self.hires_upscaler.findData(s.hires_upscaler)))
         self._enable_hires()
+        self.refiner_start.setValue(s.refiner_start)
 
     def set_samplers(self, samplers: dict[str, tuple[str | None, ...]]) -> None:
         """Offer only what the loaded model takes; the chosen sampler and schedule stay when it takes them."""
