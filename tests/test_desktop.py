@@ -552,7 +552,9 @@ def test_refiner_generates_as_sdkit_and_comes_back_from_a_png(qtbot, window, sdx
     image naming a refiner that cannot be found says so, and an SD1 model takes none."""
     fill(window, sdxl_folder, steps=4, size=64)
     window.form.sampler.setCurrentIndex(window.form.sampler.findData("euler"))
+    assert not window.form.refiner_start.isEnabled()  # no refiner chosen
     window.picker.refiner.setCurrentText(str(refiner_folder))
+    assert window.form.refiner_start.isEnabled()
     window.form.refiner_start.setValue(0.5)
     generate(qtbot, window)
     generate(qtbot, window)  # the same model and refiner: nothing reloads
@@ -580,3 +582,4 @@ def test_refiner_generates_as_sdkit_and_comes_back_from_a_png(qtbot, window, sdx
     window._on_loaded(dataclasses.replace(window.worker.info, family="sd1"))  # SD1 and SD2 take no refiner
     window.picker.set_refiner(str(refiner_folder))
     assert not window.picker.refiner.isEnabled() and window.picker.choice().refiner is None
+    assert not window.form.refiner_start.isEnabled()

@@ -135,6 +135,8 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
+        self.picker.refiner_toggled.connect(self.form.refiner_start.setEnabled)
+        self.form.refiner_start.setEnabled(self.picker.refiner_path() is not None)
         self.networks.insert.connect(lambda text, negative: (self.negative if negative else self.prompt).insert(text))
         self.form.init_changed.connect(self.mask_editor.set_image)
         self.generate_button.clicked.connect(self.generate)

@@ -17,6 +17,7 @@ NO_REFINER = "none"
 
 class ModelPicker(QWidget):
     load_clicked = Signal()
+    refiner_toggled = Signal(bool)  # whether a refiner is chosen (and the shown model can take one)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -53,6 +54,7 @@ class ModelPicker(QWidget):
         self.refiner.setToolTip("SDXL only: a refiner (stable-diffusion-xl-refiner-1.0: a file, folder or Hub id) "
                                 "that denoises the last part of the schedule, from Refiner switch at on")
         self.refiner.addItem(NO_REFINER)
+        self.refiner.currentTextChanged.connect(lambda: self.refiner_toggled.emit(self.refiner_path() is not None))
         self.open_refiner = QPushButton("File…")
         self.open_refiner.clicked.connect(self._open_refiner)
         self.model.currentTextChanged.connect(lambda: self._enable_refiner(True))  # its family: known once loaded
@@ -90,10 +92,14 @@ class ModelPicker(QWidget):
         if not model:
             return None
         pick = lambda box: None if box.currentText() == DEFAULT else box.currentText()
-        vae, refiner = self.vae.currentText().strip(), self.refiner.currentText().strip()
+        vae = self.vae.currentText().strip()
         return ModelChoice(model, self.backend.currentText(), pick(self.device), pick(self.dtype),
-                           None if vae in ("", OWN_VAE) else vae,
-                           None if refiner in ("", NO_REFINER) or not self.refiner.isEnabled() else refiner)
+                           None if vae in ("", OWN_VAE) else vae, self.refiner_path())
+
+    def refiner_path(self) -> str | None:
+        """The chosen refiner; None when none is, or when the loaded model is no SDXL model."""
+        refiner = self.refiner.currentText().strip()
+        return None if refiner in ("", NO_REFINER) or not self.refiner.isEnabled() else refiner
 
     def set_choice(self, choice: ModelChoice) -> None:
         self.model.setCurrentText(choice.model)
@@ -113,6 +119,7 @@ class ModelPicker(QWidget):
     def _enable_refiner(self, on: bool) -> None:
         for w in (self.refiner, self.open_refiner):
             w.setEnabled(on)
+        self.refiner_toggled.emit(self.refiner_path() is not None)
 
     def set_vae(self, vae: str | None) -> None:
         """None: the model's own."""
