@@ -277,6 +277,9 @@ def test_settings_and_model_persist_between_runs(qtbot, tmp_path):
     first.picker.model.setCurrentText("org/some-model")
     first.prompt.set_text("kept prompt")
     first.form.steps.setValue(17)
+    first.picker.refiner.setCurrentText("org/some-refiner")
+    first.form.refiner_start.setValue(0.65)
+    first.form.hires_mode.setCurrentIndex(first.form.hires_mode.findData(True))
     first.resize(780, 720)  # within the offscreen screen (800x800): restoreGeometry keeps windows on it
     first.close()
 
@@ -285,6 +288,8 @@ def test_settings_and_model_persist_between_runs(qtbot, tmp_path):
     second.show()
     assert second.picker.model.currentText() == "org/some-model"
     assert second.prompt.text() == "kept prompt" and second.form.steps.value() == 17
+    assert second.picker.choice().refiner == "org/some-refiner" and second.form.refiner_start.value() == 0.65
+    assert second.form.hires_mode.currentText() == "Resize to"
     assert (second.width(), second.height()) == (780, 720)
 
 
