@@ -1,8 +1,8 @@
 """The worker: a QObject living in a QThread that loads models, generates and trains, reporting through signals.
 
 The GUI thread never waits on it. It holds the loaded Pipeline and SDXL refiner between generations and reloads
-each only when the requested ModelChoice changes it. Cancel is a threading.Event the sampler callback polls after every UNet
-evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
+each only when the requested ModelChoice changes it. Cancel is a threading.Event the sampler callback polls after
+every UNet evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
 should_stop polls it between the images it first encodes (nothing is written then) and after every training step
 (a cancelled run saves its resumable state, as Ctrl-C does).
 """
