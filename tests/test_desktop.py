@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported: no display needed
 
+import dataclasses  # noqa: E402
+import json  # noqa: E402
 import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 import sys  # noqa: E402
@@ -20,6 +22,8 @@ from PySide6.QtGui import QDropEvent  # noqa: E402
 import sdkit  # noqa: E402
 from sdkit_desktop import main_window  # noqa: E402
 from sdkit_desktop.main_window import MainWindow  # noqa: E402
+from sdkit_desktop.session import model_samplers  # noqa: E402
+from sdkit.config import SchedulerConfig  # noqa: E402
 
 TIMEOUT = 120_000  # ms; a tiny model takes well under a second per generation
 
@@ -273,6 +277,9 @@ def test_settings_and_model_persist_between_runs(qtbot, tmp_path):
     first.picker.model.setCurrentText("org/some-model")
     first.prompt.set_text("kept prompt")
     first.form.steps.setValue(17)
+    first.picker.refiner.setCurrentText("org/some-refiner")
+    first.form.refiner_start.setValue(0.65)
+    first.form.hires_mode.setCurrentIndex(first.form.hires_mode.findData(True))
     first.resize(780, 720)  # within the offscreen screen (800x800): restoreGeometry keeps windows on it
     first.close()
 
@@ -281,6 +288,8 @@ def test_settings_and_model_persist_between_runs(qtbot, tmp_path):
     second.show()
     assert second.picker.model.currentText() == "org/some-model"
     assert second.prompt.text() == "kept prompt" and second.form.steps.value() == 17
+    assert second.picker.choice().refiner == "org/some-refiner" and second.form.refiner_start.value() == 0.65
+    assert second.form.hires_mode.currentText() == "Resize to"
     assert (second.width(), second.height()) == (780, 720)
 
 
@@ -495,6 +504,16 @@ def test_dropping_a_png_restores_sampler_schedule_and_hires_fix(window, tmp_path
     assert form.sampler.currentText() == "TCD" and form.eta.isEnabled() and form.eta.value() == 0.8
     assert form.settings(window.session.settings).generate_kwargs()["eta"] == 0.8
 
+    info = PngImagePlugin.PngInfo()  # A1111's "Resize to": its own mode, the scale hidden
+    info.add_text("parameters", "a fox\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, "
+                  "Denoising strength: 0.5, Hires resize: 96x80, Hires steps: 2, Hires upscaler: Latent")
+    Image.new("RGB", (64, 64)).save(tmp_path / "resize.png", pnginfo=info)
+    drop(window, tmp_path / "resize.png")
+    assert form.hires.isChecked() and form.hires_mode.currentText() == "Resize to"
+    assert (form.hires_width.value(), form.hires_height.value()) == (96, 80) and form.hires_scale.isHidden()
+    kw = form.settings(window.session.settings).generate_kwargs()
+    assert (kw["hires_resize"], "hires_scale" in kw) == ((80, 96), False)
+
 
 def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):
     fill(window, sd1_folder, steps=2, size=64)
@@ -511,3 +530,61 @@ def test_generate_with_a_schedule_and_hires_fix(qtbot, window, sd1_folder):
     assert (p["sampler"], p["schedule"], p["hires_scale"], p["hires_steps"]) == ("euler", "karras", 1.5, 1)
     assert "Schedule type: Karras" in result.image.info["parameters"]
     assert window.gallery.item(0).toolTip() == "seed 7 · 2 steps · Euler Karras"
+
+
+def test_an_edm_model_offers_only_the_samplers_and_schedules_it_takes(window):
+    """Playground v2.5's scheduler config: euler, dpmpp_2m, dpmpp_2m_sde with karras or exponential levels (what
+    sdkit.samplers.edm runs); another model brings every sampler back, the chosen one kept."""
+    path = Path(sdkit.samplers.__file__).parents[1] / "data" / "schedulers" / "playground-v2.5-scheduler_config.json"
+    edm = model_samplers(SchedulerConfig.from_diffusers(json.loads(path.read_text())))
+    form = window.form
+    form.sampler.setCurrentIndex(form.sampler.findData("ddim"))
+    form.set_samplers(edm)
+    assert [form.sampler.itemData(i) for i in range(form.sampler.count())] == ["euler", "dpmpp_2m", "dpmpp_2m_sde"]
+    assert form.sampler.currentData() == "euler"  # ddim does not run EDM models
+    assert [form.schedule.itemData(i) for i in range(form.schedule.count())] == ["karras", "exponential"]
+    form.sampler.setCurrentIndex(form.sampler.findData("dpmpp_2m_sde"))
+    form.schedule.setCurrentIndex(form.schedule.findData("exponential"))
+    form.set_samplers(model_samplers(None))
+    assert form.sampler.count() == len(sdkit.SAMPLERS)
+    assert (form.sampler.currentData(), form.schedule.currentData()) == ("dpmpp_2m_sde", "exponential")
+
+
+def test_refiner_generates_as_sdkit_and_comes_back_from_a_png(qtbot, window, sdxl_folder, refiner_folder, load,
+                                                              tmp_path):
+    """The Refiner box and Refiner switch at make the picture generate(refiner=, refiner_start=) makes on that
+    seed, the refiner loaded once and kept; dropping that PNG restores both (the refiner found by its name), an
+    image naming a refiner that cannot be found says so, and an SD1 model takes none."""
+    fill(window, sdxl_folder, steps=4, size=64)
+    window.form.sampler.setCurrentIndex(window.form.sampler.findData("euler"))
+    assert not window.form.refiner_start.isEnabled()  # no refiner chosen
+    window.picker.refiner.setCurrentText(str(refiner_folder))
+    assert window.form.refiner_start.isEnabled()
+    window.form.refiner_start.setValue(0.5)
+    generate(qtbot, window)
+    generate(qtbot, window)  # the same model and refiner: nothing reloads
+    assert load.calls == [str(sdxl_folder), str(refiner_folder)]
+    result = window.session.results[1]
+    base, refiner = (sdkit.load(m, backend="torch", device="cpu") for m in (sdxl_folder, refiner_folder))
+    kw = dict(width=64, height=64, steps=4, sampler="euler", schedule="karras", seed=7, refiner=refiner)
+    expected = base.generate("a red fox", refiner_start=0.5, **kw)[0]
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+    assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
+    assert window.picker.info.text().endswith(" · refiner tiny-sdxl-refiner")
+    sdkit.save(result.image, tmp_path / "refined.png")
+
+    window.picker.set_refiner(None)
+    window.form.refiner_start.setValue(0.8)
+    drop(window, tmp_path / "refined.png")
+    assert window.picker.choice().refiner == str(refiner_folder) and window.form.refiner_start.value() == 0.5
+    text = result.image.info["parameters"].replace("tiny-sdxl-refiner", "lost-refiner")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 64)).save(tmp_path / "lost.png", pnginfo=info)
+    drop(window, tmp_path / "lost.png")
+    assert window.picker.choice().refiner is None and "Refiner 'lost-refiner' is not" in window.status.text()
+
+    window._on_loaded(dataclasses.replace(window.worker.info, family="sd1"))  # SD1 and SD2 take no refiner
+    window.picker.set_refiner(str(refiner_folder))
+    assert not window.picker.refiner.isEnabled() and window.picker.choice().refiner is None
+    assert not window.form.refiner_start.isEnabled()

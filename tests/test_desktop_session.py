@@ -33,6 +33,8 @@ def test_hires_fix_reaches_generate_for_text_to_image_only():
     assert Settings(**hires | {"hires_steps": 12}).generate_kwargs()["hires_steps"] == 12
     assert not any(k.startswith("hires") for k in Settings(**hires, init_image="in.png").generate_kwargs())
     assert not any(k.startswith("hires") for k in Settings(hires_scale=3.0).generate_kwargs())
+    kw = Settings(**hires, hires_resize=True, hires_width=96, hires_height=0).generate_kwargs()  # "Resize to"
+    assert (kw["hires_resize"], "hires_scale" in kw) == ((0, 96), False)
 
 
 def test_parameters_restore_every_field_and_lock_the_seed():
@@ -64,6 +66,21 @@ def test_job_draws_a_fresh_seed_unless_locked():
     session.settings.seed_locked, session.settings.seed = True, 42
     choice, kwargs = session.job()
     assert choice == ModelChoice("model.safetensors") and kwargs["seed"] == 42
+
+
+def test_refiner_start_goes_with_a_refiner_and_a_refiner_is_found_by_name(tmp_path):
+    session = Session(model=ModelChoice("m.safetensors"), settings=Settings(refiner_start=0.7))
+    assert "refiner_start" not in session.job()[1]
+    session.model = ModelChoice("m.safetensors", refiner="r.safetensors")
+    assert session.job()[1]["refiner_start"] == 0.7 and session.model.base == ModelChoice("m.safetensors")
+    (tmp_path / "base.safetensors").touch()
+    (tmp_path / "xl-refiner.safetensors").touch()
+    session.remember("/elsewhere/r1", "used-refiner")
+    base = str(tmp_path / "base.safetensors")
+    assert session.refiner_named("used-refiner", base) == "/elsewhere/r1"
+    assert session.refiner_named("xl-refiner", base) == str(tmp_path / "xl-refiner.safetensors")  # next to it
+    assert session.refiner_named("xl-refiner", "org/model") is None
+    assert session.refiner_named("../xl-refiner", base) is None
 
 
 def test_job_without_a_model_says_what_to_do():
@@ -187,6 +204,10 @@ def test_hires_fix_is_restored_and_an_image_without_it_turns_it_off():
     assert (s.hires, s.hires_scale, s.hires_steps, s.hires_denoising, s.hires_upscaler) == (
         True, 2.0, 10, 0.45, "lanczos")
     assert not s.with_parameters({"prompt": "y"}, SAMPLERS).hires
+    resized = s.with_parameters(params | {"hires_scale": None, "hires_resize": (768, 1024)}, SAMPLERS)
+    assert (resized.hires, resized.hires_resize, resized.hires_width, resized.hires_height) == (True, True, 1024, 768)
+    assert resized.generate_kwargs()["hires_resize"] == (768, 1024)
+    assert not resized.with_parameters(params, SAMPLERS).hires_resize  # a scale again: "Upscale by"
 
 
 def test_tcd_eta_reaches_generate_and_is_restored_with_tcd_only():

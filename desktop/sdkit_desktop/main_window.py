@@ -22,7 +22,7 @@ from sdkit.samplers.registry import SAMPLERS as SAMPLER_RECORDS
 from sdkit.tokenizer import Tokenizer
 
 from .download import cached_bytes, human_bytes
-from .session import ModelChoice, Session, Settings, size_presets
+from .session import ModelChoice, Session, Settings, model_samplers, size_presets
 from .widgets.gallery import Gallery, ImageView, to_qimage
 from .widgets.mask_editor import MaskEditor
 from .widgets.model_picker import ModelPicker
@@ -34,7 +34,6 @@ from .worker import Loaded, Worker
 
 DEFAULT_SIZE = (1200, 800)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-SAMPLERS = tuple(sdkit.SAMPLERS)  # sdkit's names; the form shows A1111's, and each one's schedules apart
 
 
 class MainWindow(QMainWindow):
@@ -64,7 +63,7 @@ class MainWindow(QMainWindow):
         self.prompt = PromptEdit("Prompt: what the picture shows", usage)
         self.negative = PromptEdit("Negative prompt: what to avoid", usage)
         self.networks = NetworkBrowser()
-        self.form = SettingsPanel(SAMPLERS)
+        self.form = SettingsPanel(model_samplers(None))  # all of them until a model is loaded
         self.mask_editor = MaskEditor()
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip("Ctrl+Enter")
@@ -136,6 +135,8 @@ class MainWindow(QMainWindow):
 
     def _connect(self) -> None:
         self.picker.load_clicked.connect(self.load_model)
+        self.picker.refiner_toggled.connect(self.form.refiner_start.setEnabled)
+        self.form.refiner_start.setEnabled(self.picker.refiner_path() is not None)
         self.networks.insert.connect(lambda text, negative: (self.negative if negative else self.prompt).insert(text))
         self.form.init_changed.connect(self.mask_editor.set_image)
         self.generate_button.clicked.connect(self.generate)
@@ -239,7 +240,7 @@ class MainWindow(QMainWindow):
     def restore_parameters(self, params: dict, source: str) -> None:
         """Put an image's recorded settings into every field (the model too, when it is one used before)."""
         self._sync_session()
-        self.session.settings = self.session.settings.with_parameters(params, SAMPLERS)
+        self.session.settings = self.session.settings.with_parameters(params, tuple(self.form.samplers))
         self._show_settings(self.session.settings)
         name = params.get("model")
         model = self.session.model_named(name)
@@ -253,6 +254,13 @@ class MainWindow(QMainWindow):
             except ValueError as e:  # $SDKIT_VAE_DIRS names a folder that is not there
                 notes = [str(e)]
         self.picker.set_vae(vae)
+        refiner = None
+        if params.get("Refiner"):
+            refiner = self.session.refiner_named(params["Refiner"], self.picker.model.currentText())
+            if refiner is None:
+                notes.append(f"Refiner {params['Refiner']!r} is not among your recent models nor next to the model: "
+                             "choose it in the Refiner box")
+        self.picker.set_refiner(refiner)
         self.status.setText(f"Settings restored from {source}{note}" + "".join(f"; {n}" for n in notes))
 
     def open_path(self, path: Path) -> None:
@@ -316,12 +324,17 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_loaded(self, info: Loaded) -> None:
         self._loaded = info.choice
+        if info.refiner:  # by the name image metadata writes, for dropped PNGs
+            self.session.remember(info.choice.refiner, info.refiner)
         self.session.remember(info.choice.model, info.name)
         self.picker.set_recent(self.session.recent)
+        self.picker.set_family(info.family)
         vae = f" · VAE {Path(info.choice.vae).name}" if info.choice.vae else ""
+        vae += f" · refiner {info.refiner}" if info.refiner else ""
         self.picker.info.setText(f"{info.name} · {info.family.upper()} · {info.default_size[1]}×"
                                  f"{info.default_size[0]} · {info.backend}{vae}")
         self.form.set_presets(size_presets(info.family, info.default_size))
+        self.form.set_samplers(info.samplers)
         self.prompt.set_counter(info.usage)
         self.negative.set_counter(info.usage)
         if self._apply_native_size:
@@ -383,7 +396,8 @@ class MainWindow(QMainWindow):
         self.error.hide()
         self.progress.setRange(0, 0)  # busy until the first step reports
         self.progress.setFormat("")
-        self._downloading = choice.model if choice.is_hub_id and choice != self._loaded else None
+        self._downloading = choice.model if choice.is_hub_id and choice.base != (
+            self._loaded and self._loaded.base) else None
         self._set_busy(True)
 
     def _set_busy(self, busy: bool) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from sdkit.families import FAMILIES
-from sdkit.samplers import ALIASES, SAMPLERS
+from sdkit.config import SchedulerConfig
+from sdkit.samplers import ALIASES, SAMPLERS, edm
 from sdkit.samplers.lcm import TCD_ETA
 
 from .mask import Mask
@@ -55,10 +56,13 @@ class Settings:
     inpaint_padding: int = 32
     hires: bool = False  # A1111's hires fix (text to image only): the hires_* fields below apply
     hires_scale: float = 2.0
+    hires_resize: bool = False  # A1111's "Resize to" in place of "Upscale by": hires_width x hires_height
+    hires_width: int = 0  # 0: from the other side, keeping the first pass's aspect
+    hires_height: int = 0
     hires_steps: int = 0  # 0: as many as `steps`
     hires_denoising: float = 0.7
     hires_upscaler: str = "latent"
-    # (the SDXL refiner, generate(refiner=), is another optional second pass: its fields would follow these)
+    refiner_start: float = 0.8  # A1111's "Refiner switch at": used when the ModelChoice has a refiner
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for Pipeline.generate()."""
@@ -70,8 +74,10 @@ class Settings:
         if self.init_image:
             kw.update(init_image=self.init_image, strength=self.strength)
         elif self.hires:  # generate() takes hires_scale for text to image only
-            kw.update(hires_scale=self.hires_scale, hires_steps=self.hires_steps or None,
-                      hires_denoising=self.hires_denoising, hires_upscaler=self.hires_upscaler)
+            size = dict(hires_resize=(self.hires_height, self.hires_width)) if self.hires_resize else dict(
+                hires_scale=self.hires_scale)
+            kw.update(size, hires_steps=self.hires_steps or None, hires_denoising=self.hires_denoising,
+                      hires_upscaler=self.hires_upscaler)
         return kw
 
     def with_parameters(self, params: dict, samplers: tuple[str, ...]) -> Settings:
@@ -84,9 +90,14 @@ class Settings:
         if params.get("sampler") in samplers:  # metadata names it with a schedule it takes (None when unrecorded)
             new |= {"sampler": params["sampler"], "schedule": params.get("schedule")}
             new["eta"] = params.get("eta", TCD_ETA) if params["sampler"] == "tcd" else self.eta
-        new["hires"] = params.get("hires_scale") is not None
+        if params.get("refiner_start") is not None:
+            new["refiner_start"] = params["refiner_start"]
+        resize = params.get("hires_resize")  # (height, width)
+        new["hires"] = params.get("hires_scale") is not None or resize is not None
         if new["hires"]:
-            new |= {"hires_scale": params["hires_scale"], "hires_steps": params.get("hires_steps") or 0,
+            new |= {"hires_scale": params["hires_scale"]} if resize is None else {
+                "hires_height": resize[0], "hires_width": resize[1]}
+            new |= {"hires_resize": resize is not None, "hires_steps": params.get("hires_steps") or 0,
                     "hires_denoising": params.get("hires_denoising", 0.7),
                     "hires_upscaler": params.get("hires_upscaler", "latent")}
         return dataclasses.replace(self, **new, seed_locked="seed" in new or self.seed_locked)
@@ -128,6 +139,12 @@ class ModelChoice:
     device: str | None = None
     dtype: str | None = None
     vae: str | None = None  # a VAE file, folder or Hub id replacing the model's (sdkit.load's vae=)
+    refiner: str | None = None  # an SDXL refiner's file, folder or Hub id, loaded on the same backend
+
+    @property
+    def base(self) -> ModelChoice:
+        """This choice without its refiner: what the base Pipeline is loaded from."""
+        return dataclasses.replace(self, refiner=None)
 
     @property
     def is_hub_id(self) -> bool:
@@ -159,6 +176,8 @@ class Session:
         if not self.settings.seed_locked:
             self.settings.seed = secrets.randbelow(MAX_SEED + 1 - self.settings.num_images)
         kwargs = self.settings.generate_kwargs()
+        if self.model.refiner:  # the worker adds refiner= (its Pipeline)
+            kwargs["refiner_start"] = self.settings.refiner_start
         if self.mask is not None and self.settings.init_image:
             s = self.settings
             kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding, s.seed)
@@ -175,8 +194,25 @@ class Session:
             return self.names[name]
         return name if name and Path(name).expanduser().exists() else None
 
+    def refiner_named(self, name: str, model: str) -> str | None:
+        """The refiner an image's metadata names (its checkpoint name): one used before, a path that exists, or a
+        file or folder of that name next to the model."""
+        if found := self.model_named(name):
+            return found
+        near = Path(model).expanduser().parent if model and Path(model).expanduser().exists() else None
+        places = [near / n for n in (name, f"{name}.safetensors")] if near and Path(name).name == name else []
+        return next((str(p) for p in places if p.exists()), None)
+
     def add_results(self, images: list[Image.Image], params: list[dict], mask: Image.Image | None = None) -> None:
         self.results.extend(Result(im, p, mask) for im, p in zip(images, params))
+
+
+def model_samplers(scheduler: SchedulerConfig | None) -> dict[str, tuple[str | None, ...]]:
+    """sampler -> the schedules it takes on a model with this scheduler config (None: no model loaded yet): an EDM
+    model (Playground v2.5) runs the samplers and noise levels of diffusers' EDM schedulers only, every other all."""
+    if scheduler is not None and scheduler.edm:
+        return {name: tuple(s for s in SAMPLERS[name].schedules if s in edm.SCHEDULES) for name in edm.REFERENCES}
+    return {name: sampler.schedules for name, sampler in SAMPLERS.items()}
 
 
 def vae_files() -> list[str]:

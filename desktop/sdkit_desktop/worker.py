@@ -1,14 +1,15 @@
 """The worker: a QObject living in a QThread that loads models, generates and trains, reporting through signals.
 
-The GUI thread never waits on it. It holds the loaded Pipeline between generations and reloads only when
-the requested ModelChoice changes. Cancel is a threading.Event the sampler callback polls after every UNet
-evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
+The GUI thread never waits on it. It holds the loaded Pipeline and SDXL refiner between generations and reloads
+each only when the requested ModelChoice changes it. Cancel is a threading.Event the sampler callback polls after
+every UNet evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
 should_stop polls it between the images it first encodes (nothing is written then) and after every training step
 (a cancelled run saves its resumable state, as Ctrl-C does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import threading
 import time
@@ -20,7 +21,7 @@ import sdkit
 from PySide6.QtCore import QObject, Signal, Slot
 
 from .preview import latents_to_rgb
-from .session import ModelChoice
+from .session import ModelChoice, model_samplers
 
 PREVIEW_INTERVAL = 0.1  # seconds between live previews: ~10 a second at most
 
@@ -35,6 +36,8 @@ class Loaded:
     default_size: tuple[int, int]  # (height, width)
     backend: str  # resolved name, device, dtype, e.g. "torch cpu float32"
     usage: Callable[[str], tuple[int, int]]  # the token counter: Pipeline.token_usage
+    samplers: dict[str, tuple[str | None, ...]]  # sampler -> the schedules it takes (EDM models: a few)
+    refiner: str | None = None  # the loaded refiner's name (as image metadata writes it)
 
 
 class Worker(QObject):
@@ -59,6 +62,8 @@ class Worker(QObject):
         self._cancel = threading.Event()
         self.pipe: sdkit.Pipeline | None = None
         self.info: Loaded | None = None  # about self.pipe
+        self.refiner: sdkit.Pipeline | None = None  # the choice's SDXL refiner, kept loaded as the model is
+        self._refiner_key: tuple | None = None  # (refiner, backend, device, dtype) it was loaded for
         self._load_requested.connect(self._on_load)
         self._generate_requested.connect(self._on_generate)
         self._train_requested.connect(self._on_train)
@@ -100,7 +105,8 @@ class Worker(QObject):
                 self.cancelled.emit()
                 return
             self.status.emit("Generating…")
-            images = self.pipe.generate(**kwargs, callback=self._callback(time.perf_counter()))
+            refiner = {"refiner": self.refiner} if self.refiner else {}
+            images = self.pipe.generate(**kwargs, **refiner, callback=self._callback(time.perf_counter()))
         except sdkit.Cancelled:
             self.cancelled.emit()
         except Exception as e:
@@ -132,8 +138,30 @@ class Worker(QObject):
                                           f"{record.losses[-1]:.4f})")
 
     def _ensure_loaded(self, choice: ModelChoice) -> bool:
-        """Load `choice` unless it is the loaded model; True when it loaded."""
-        if self.pipe is not None and choice == self.info.choice:
+        """Load `choice`'s model, then its refiner, unless loaded; True when either loaded."""
+        loaded = self._ensure_model(choice.base)
+        if choice.refiner and self.pipe.checkpoint.family != "sdxl":
+            raise ValueError(f"Refiner: {self.pipe.checkpoint.name} is {self.pipe.checkpoint.family.upper()}; only "
+                             "SDXL models take a refiner (choose none)")
+        key = (choice.refiner, choice.backend, choice.device, choice.dtype)
+        if key != self._refiner_key:
+            self.refiner = self._refiner_key = None
+            gc.collect()
+            if choice.refiner:
+                what = "Downloading refiner {} from the Hub and loading it…" if ModelChoice(
+                    choice.refiner).is_hub_id else "Loading refiner {}…"
+                self.status.emit(what.format(choice.refiner))
+                b = self.pipe.backend  # the base's backend, device and dtype: the latents pass from one to the other
+                self.refiner = self._load(choice.refiner, backend=b.name, device=b.device, dtype=b.dtype)
+            self._refiner_key = key
+            loaded = True
+        self.info = dataclasses.replace(self.info, choice=choice,
+                                        refiner=self.refiner.checkpoint.name if self.refiner else None)
+        return loaded
+
+    def _ensure_model(self, choice: ModelChoice) -> bool:
+        """Load `choice` (no refiner) unless it is the loaded model; True when it loaded."""
+        if self.pipe is not None and choice == self.info.choice.base:
             return False
         self.pipe = self.info = None
         gc.collect()  # free the old model's memory before the new one arrives
@@ -143,7 +171,8 @@ class Worker(QObject):
         self.pipe = self._load(choice.model, backend=choice.backend, device=choice.device, dtype=choice.dtype, **vae)
         b = self.pipe.backend
         self.info = Loaded(choice, self.pipe.checkpoint.name, self.pipe.checkpoint.family, self.pipe.default_size,
-                           f"{b.name} {b.device} {b.dtype}", self.pipe.token_usage)
+                           f"{b.name} {b.device} {b.dtype}", self.pipe.token_usage,
+                           model_samplers(self.pipe.checkpoint.scheduler))
         return True
 
     def _callback(self, start: float):

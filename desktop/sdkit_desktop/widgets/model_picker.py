@@ -1,5 +1,6 @@
 """Which model, on which backend and device: a path or Hub repo id (with recent ones), the VAE (the model's own,
-or a file from $SDKIT_VAE_DIRS, any file, folder or Hub id), and a Load button."""
+or a file from $SDKIT_VAE_DIRS, any file, folder or Hub id), an SDXL refiner (none, or a file, folder or Hub id),
+and a Load button."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from ..session import BACKENDS, DEVICES, DTYPES, ModelChoice, vae_files
 
 DEFAULT = "default"
 OWN_VAE = "the model's own"
+NO_REFINER = "none"
 
 
 class ModelPicker(QWidget):
     load_clicked = Signal()
+    refiner_toggled = Signal(bool)  # whether a refiner is chosen (and the shown model can take one)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -45,6 +48,16 @@ class ModelPicker(QWidget):
         self.set_vaes(vae_files())
         open_vae = QPushButton("File…")
         open_vae.clicked.connect(self._open_vae)
+        self.refiner = QComboBox()
+        self.refiner.setEditable(True)
+        self.refiner.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.refiner.setToolTip("SDXL only: a refiner (stable-diffusion-xl-refiner-1.0: a file, folder or Hub id) "
+                                "that denoises the last part of the schedule, from Refiner switch at on")
+        self.refiner.addItem(NO_REFINER)
+        self.refiner.currentTextChanged.connect(lambda: self.refiner_toggled.emit(self.refiner_path() is not None))
+        self.open_refiner = QPushButton("File…")
+        self.open_refiner.clicked.connect(self._open_refiner)
+        self.model.currentTextChanged.connect(lambda: self._enable_refiner(True))  # its family: known once loaded
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self.load_clicked)
         self.info = QLabel("No model loaded")
@@ -67,7 +80,12 @@ class ModelPicker(QWidget):
         vae.addWidget(self.vae, 1)
         vae.addWidget(open_vae)
         grid.addLayout(vae, 3, 0, 1, 4)
-        grid.addWidget(self.info, 4, 0, 1, 4)
+        refiner = QHBoxLayout()
+        refiner.addWidget(QLabel("Refiner"))
+        refiner.addWidget(self.refiner, 1)
+        refiner.addWidget(self.open_refiner)
+        grid.addLayout(refiner, 4, 0, 1, 4)
+        grid.addWidget(self.info, 5, 0, 1, 4)
 
     def choice(self) -> ModelChoice | None:
         model = self.model.currentText().strip()
@@ -76,7 +94,12 @@ class ModelPicker(QWidget):
         pick = lambda box: None if box.currentText() == DEFAULT else box.currentText()
         vae = self.vae.currentText().strip()
         return ModelChoice(model, self.backend.currentText(), pick(self.device), pick(self.dtype),
-                           None if vae in ("", OWN_VAE) else vae)
+                           None if vae in ("", OWN_VAE) else vae, self.refiner_path())
+
+    def refiner_path(self) -> str | None:
+        """The chosen refiner; None when none is, or when the loaded model is no SDXL model."""
+        refiner = self.refiner.currentText().strip()
+        return None if refiner in ("", NO_REFINER) or not self.refiner.isEnabled() else refiner
 
     def set_choice(self, choice: ModelChoice) -> None:
         self.model.setCurrentText(choice.model)
@@ -84,6 +107,19 @@ class ModelPicker(QWidget):
         self.device.setCurrentText(choice.device or DEFAULT)
         self.dtype.setCurrentText(choice.dtype or DEFAULT)
         self.set_vae(choice.vae)
+        self.set_refiner(choice.refiner)
+
+    def set_refiner(self, refiner: str | None) -> None:
+        self.refiner.setCurrentText(refiner or NO_REFINER)
+
+    def set_family(self, family: str) -> None:
+        """The loaded model's family: only SDXL takes a refiner."""
+        self._enable_refiner(family == "sdxl")
+
+    def _enable_refiner(self, on: bool) -> None:
+        for w in (self.refiner, self.open_refiner):
+            w.setEnabled(on)
+        self.refiner_toggled.emit(self.refiner_path() is not None)
 
     def set_vae(self, vae: str | None) -> None:
         """None: the model's own."""
@@ -100,6 +136,10 @@ class ModelPicker(QWidget):
         self.model.clear()
         self.model.addItems(models)
         self.model.setCurrentText(current)
+        current = self.refiner.currentText()
+        self.refiner.clear()
+        self.refiner.addItems([NO_REFINER, *models])
+        self.refiner.setCurrentText(current)
 
     def _fill_devices(self, backend: str) -> None:
         self.device.clear()
@@ -115,6 +155,11 @@ class ModelPicker(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Open a VAE", "", "VAE files (*.safetensors)")
         if path:
             self.vae.setCurrentText(path)
+
+    def _open_refiner(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open an SDXL refiner", "", "Checkpoints (*.safetensors)")
+        if path:
+            self.refiner.setCurrentText(path)
 
     def _open_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open a diffusers model folder")

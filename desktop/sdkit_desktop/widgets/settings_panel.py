@@ -1,5 +1,5 @@
 """The generation settings form: size, steps, guidance, sampler and schedule, clip skip, seed, batch, the
-image-to-image input and hires fix."""
+image-to-image input, hires fix and where the refiner takes over."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ SCHEDULE_LABELS[None] = "Uniform (the model's own)"
 class SettingsPanel(QWidget):
     init_changed = Signal(object)  # the init image's path, or None
 
-    def __init__(self, samplers: tuple[str, ...], parent: QWidget | None = None):
+    def __init__(self, samplers: dict[str, tuple[str | None, ...]], parent: QWidget | None = None):
         super().__init__(parent)
+        self.samplers = samplers  # sampler -> the schedules it takes on the loaded model (session.model_samplers)
         self.preset = QComboBox()
         self.preset.addItem(CUSTOM)
         self.preset.activated.connect(self._apply_preset)
@@ -37,8 +38,7 @@ class SettingsPanel(QWidget):
         self.guidance = QDoubleSpinBox(minimum=0.0, maximum=30.0, singleStep=0.5, decimals=1)
         self.guidance.setToolTip("Classifier-free guidance: how closely to follow the prompt (1 or less: off)")
         self.sampler = QComboBox()  # A1111's names shown, sdkit's as item data
-        for name in samplers:
-            self.sampler.addItem(SAMPLERS[name].a1111, name)
+        self._fill_samplers()
         self.schedule = QComboBox()  # the chosen sampler's schedules only
         self.schedule.setToolTip("How the steps are spaced; Uniform: the model's own (its scheduler config's)")
         self.sampler.currentIndexChanged.connect(lambda: self._show_schedules(self.schedule.currentData()))
@@ -80,20 +80,38 @@ class SettingsPanel(QWidget):
         self.hires = QCheckBox("Hires fix")
         self.hires.setToolTip("A1111's hires fix (text to image only): generate at the size above, upscale, then "
                               "image-to-image at the larger size")
+        self.hires_mode = QComboBox()  # A1111's "Upscale by" / "Resize to"
+        self.hires_mode.addItem("Upscale by", False)
+        self.hires_mode.addItem("Resize to", True)
+        self.hires_mode.setToolTip("Resize to: that size, the first pass's aspect kept and the overflow cropped; a "
+                                   "side left at auto follows the other")
         self.hires_scale = QDoubleSpinBox(minimum=1.0, maximum=16.0, singleStep=0.25, decimals=2, prefix="× ")
+        self.hires_width, self.hires_height = (QSpinBox(minimum=0, maximum=4096, singleStep=8, suffix=" px",
+                                                        specialValueText="auto") for _ in range(2))
+        for box in (self.hires_width, self.hires_height):
+            box.editingFinished.connect(lambda box=box: box.setValue(box.value() and snap8(box.value())))
+        self.hires_x = QLabel("×")
+        self.hires_mode.currentIndexChanged.connect(self._enable_hires)
         self.hires_steps = QSpinBox(minimum=0, maximum=500, specialValueText="as Steps")
         self.hires_denoising = QDoubleSpinBox(minimum=0.0, maximum=1.0, singleStep=0.05, decimals=2)
         self.hires_upscaler = QComboBox()
         for upscaler, (a1111, *_) in UPSCALERS.items():
             self.hires_upscaler.addItem(a1111, upscaler)  # A1111's "Latent", "Latent (bicubic)", ..., "Lanczos"
-        self.hires_fields = (self.hires_scale, self.hires_steps, self.hires_denoising, self.hires_upscaler)
+        self.hires_fields = (self.hires_mode, self.hires_steps, self.hires_denoising, self.hires_upscaler)
         self.hires.toggled.connect(self._enable_hires)
         hires = QHBoxLayout()
-        for w in (self.hires, self.hires_scale, self.hires_upscaler):
+        for w in (self.hires, self.hires_upscaler):
             hires.addWidget(w)
+        hires_size = QHBoxLayout()
+        for w in (self.hires_mode, self.hires_scale, self.hires_width, self.hires_x, self.hires_height):
+            hires_size.addWidget(w)
         hires_pass = QHBoxLayout()
         for w in (QLabel("Steps"), self.hires_steps, QLabel("Denoising"), self.hires_denoising):
             hires_pass.addWidget(w)
+
+        self.refiner_start = QDoubleSpinBox(minimum=0.01, maximum=0.99, singleStep=0.05, decimals=2)
+        self.refiner_start.setToolTip("A1111's Refiner switch at: the share of the schedule the model denoises "
+                                      "before the refiner (chosen in the Model box) takes over")
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -110,7 +128,9 @@ class SettingsPanel(QWidget):
         form.addRow("Init image", init)
         form.addRow("Strength", strength)
         form.addRow("Hires", hires)
+        form.addRow("", hires_size)
         form.addRow("", hires_pass)
+        form.addRow("Refiner switch at", self.refiner_start)
         self.set_settings(Settings())
 
     def settings(self, base: Settings) -> Settings:
@@ -123,6 +143,8 @@ class SettingsPanel(QWidget):
             seed_locked=self.seed_lock.isChecked(),
             num_images=self.num_images.value(), init_image=self.init_image, strength=self.strength.value() / 100,
             clip_skip=self.clip_skip.value(), hires=self.hires.isChecked(), hires_scale=self.hires_scale.value(),
+            hires_resize=self.hires_mode.currentData(), hires_width=self.hires_width.value(),
+            hires_height=self.hires_height.value(), refiner_start=self.refiner_start.value(),
             hires_steps=self.hires_steps.value(), hires_denoising=self.hires_denoising.value(),
             hires_upscaler=self.hires_upscaler.currentData())
 
@@ -144,10 +166,30 @@ class SettingsPanel(QWidget):
         self.strength.setValue(round(s.strength * 100))
         self.hires.setChecked(s.hires)
         self.hires_scale.setValue(s.hires_scale)
+        self.hires_mode.setCurrentIndex(int(s.hires_resize))
+        self.hires_width.setValue(s.hires_width)
+        self.hires_height.setValue(s.hires_height)
         self.hires_steps.setValue(s.hires_steps)
         self.hires_denoising.setValue(s.hires_denoising)
         self.hires_upscaler.setCurrentIndex(max(0, self.hires_upscaler.findData(s.hires_upscaler)))
         self._enable_hires()
+        self.refiner_start.setValue(s.refiner_start)
+
+    def set_samplers(self, samplers: dict[str, tuple[str | None, ...]]) -> None:
+        """Offer only what the loaded model takes; the chosen sampler and schedule stay when it takes them."""
+        sampler, schedule = self.sampler.currentData(), self.schedule.currentData()
+        self.samplers = samplers
+        self.sampler.blockSignals(True)
+        self._fill_samplers()
+        self.sampler.setCurrentIndex(max(0, self.sampler.findData(sampler)))
+        self.sampler.blockSignals(False)
+        self._show_schedules(schedule)
+        self.eta.setEnabled(self.sampler.currentData() == "tcd")
+
+    def _fill_samplers(self) -> None:
+        self.sampler.clear()
+        for name in self.samplers:
+            self.sampler.addItem(SAMPLERS[name].a1111, name)
 
     def set_presets(self, presets: list[tuple[int, int]]) -> None:
         """Size presets (width, height) for the loaded model's family."""
@@ -171,10 +213,16 @@ class SettingsPanel(QWidget):
         on = self.hires.isEnabled() and self.hires.isChecked()
         for w in self.hires_fields:
             w.setEnabled(on)
+        resize = self.hires_mode.currentData()
+        self.hires_scale.setEnabled(on and not resize)
+        self.hires_scale.setHidden(resize)
+        for w in (self.hires_width, self.hires_x, self.hires_height):
+            w.setEnabled(on and resize)
+            w.setHidden(not resize)
 
     def _show_schedules(self, keep: str | None) -> None:
         """The chosen sampler's schedules, `keep` selected when it takes it, else the model's own."""
-        schedules = SAMPLERS[self.sampler.currentData()].schedules
+        schedules = self.samplers[self.sampler.currentData()]
         self.schedule.blockSignals(True)
         self.schedule.clear()
         for schedule in schedules:
