@@ -4,6 +4,8 @@ noise and timesteps and says what to train (sdkit.train.plan.Plan); this file ow
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from contextlib import contextmanager
 
 import numpy as np
@@ -78,6 +80,8 @@ class _LoRALinear(torch.autograd.Function):
 class Trainer:
     def __init__(self, ckpt: Checkpoint, plan: Plan, device: torch.device, dtype: torch.dtype):
         self.plan, self.device, self.dtype = plan, device, dtype
+        if device.type == "cpu":
+            _unmap_large_frees()
         # what trains whole is loaded (and kept) in float32: half-precision Adam updates vanish
         self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device,
                          torch.float32 if plan.finetune else dtype)
@@ -239,6 +243,25 @@ def _np(w: torch.Tensor, shape: tuple[int, ...], up: bool = False) -> np.ndarray
     if len(shape) == 4 and a.ndim == 2:
         a = a[:, :, None, None] if up else a.reshape(a.shape[0], *shape[1:])
     return a
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 256 * 1024  # bytes: allocations from this size get their own mapping, returned on free
+
+
+def _unmap_large_frees() -> None:
+    """Make glibc serve large allocations (a step's activations and gradients, torch's CPU tensors) from their own
+    mappings, returned to the system when freed. By default glibc raises this threshold to the largest block
+    freed so far (up to 32 MB), after which such buffers come from the heap and freed ones stay resident:
+    ~150 MB of an SD1.5 LoRA step's peak RSS at 256x256 (BENCHMARKS.md). Costs page faults per fresh buffer.
+    Process-wide and kept after training (glibc cannot go back to its moving threshold). No-op off glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # absent on musl
+    except AttributeError:
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _checkpoint_blocks(unet: nn.Module) -> None:
