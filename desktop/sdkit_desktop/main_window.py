@@ -10,7 +10,7 @@ import sdkit
 from PySide6.QtCore import QSettings, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
-                               QPushButton, QScrollArea, QTabWidget, QVBoxLayout, QWidget)
+                               QPushButton, QTabWidget, QVBoxLayout, QWidget)
 from sdkit import identify
 from sdkit.checkpoint import PICKLES, read_header
 from sdkit.cli import stored_vae
@@ -23,6 +23,7 @@ from sdkit.tokenizer import Tokenizer
 
 from .download import cached_bytes, human_bytes
 from .session import ModelChoice, Session, Settings, model_samplers, size_presets
+from .widgets.column import controls_column
 from .widgets.gallery import Gallery, ImageView, to_qimage
 from .widgets.mask_editor import MaskEditor
 from .widgets.model_picker import ModelPicker
@@ -101,16 +102,7 @@ class MainWindow(QMainWindow):
             box = QGroupBox(title)
             QVBoxLayout(box).addWidget(widget)
             left.addWidget(box)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.generate_button, 2)
-        buttons.addWidget(self.cancel_button, 1)
-        left.addLayout(buttons)
-        left.addStretch()
-        panel = QWidget()
-        panel.setLayout(left)
-        scroll = QScrollArea(widgetResizable=True)
-        scroll.setWidget(panel)
-        scroll.setFixedWidth(430)
+        scroll = controls_column(left, self.generate_button, self.cancel_button)
 
         actions = QHBoxLayout()
         for b in (self.save_button, self.copy_button, self.use_button):

@@ -14,10 +14,11 @@ from PySide6.QtCore import QLocale, QSize, Signal, Slot
 from PySide6.QtGui import QDoubleValidator, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox,
                                QHBoxLayout, QLabel, QLineEdit, QListView, QListWidget, QListWidgetItem, QProgressBar,
-                               QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
 from sdkit.train import METHODS
 from sdkit.train import data as dataset
 
+from .column import controls_column
 from .gallery import Gallery, ImageView, to_qimage
 from .loss_plot import LossPlot
 from .thumbnails import Thumbnails
@@ -155,19 +156,10 @@ class TrainPanel(QWidget):
         self.form.addRow("Sample prompt", self.sample_prompt)
         self.form.addRow("Sample every", self.sample_every)
 
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.start_button, 2)
-        buttons.addWidget(self.cancel_button, 1)
         left = QVBoxLayout()
         for w in (self.model_info, data, options):
             left.addWidget(w)
-        left.addLayout(buttons)
-        left.addStretch()
-        panel = QWidget()
-        panel.setLayout(left)
-        scroll = QScrollArea(widgetResizable=True)
-        scroll.setWidget(panel)
-        scroll.setFixedWidth(430)
+        scroll = controls_column(left, self.start_button, self.cancel_button)
 
         right = QVBoxLayout()
         for w, stretch in ((self.error, 0), (self.progress, 0), (self.status, 0), (self.plot, 1),
