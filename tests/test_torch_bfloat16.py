@@ -62,6 +62,19 @@ def test_linear_takes_bfloat16_to_onednn_only_where_the_cpu_supports_it(bf16_sup
     torch.testing.assert_close(y.float(), want, atol=tolerance, rtol=0 if supported else BF16_ULP)
 
 
+def test_emulated_linear_passes_gradients(bf16_support):
+    """Textual inversion trains through the frozen text encoder: the float32 detour must keep the graph."""
+    bf16_support(False)
+    torch.manual_seed(0)
+    x, w, b, c = (t.bfloat16().float() for t in (torch.randn(3, 40), torch.randn(24, 40), torch.randn(24),
+                                                 torch.randn(3, 24)))
+    x32, xh = x.clone().requires_grad_(), x.bfloat16().requires_grad_()
+    (F.gelu(F.linear(x32, w, b)) * c).sum().backward()  # the output's gradient: c, exact in bfloat16
+    (onednn.linear(xh, w.bfloat16(), b.bfloat16(), gelu=True).float() * c).sum().backward()
+    assert xh.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(xh.grad.float(), x32.grad, atol=1e-6, rtol=BF16_ULP)  # float32's, rounded once
+
+
 @pytest.mark.parametrize("supported", [False, True])
 def test_vae_upsampling_in_bfloat16_computes_in_float32_only_without_cpu_support(bf16_support, monkeypatch,
                                                                                  supported):
