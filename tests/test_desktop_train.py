@@ -281,3 +281,41 @@ def test_dreambooth_class_images_and_lora_options_reach_sdkit_train(window, phot
     panel.resolution.setValue(0)
     panel.method.setCurrentText("textual_inversion")
     assert "class_data" not in panel.kwargs() and "alpha" not in panel.kwargs()
+
+
+def test_cancel_during_a_sample_image_stops_at_its_next_step_and_resumes(qtbot, window, sd1_folder, photos,
+                                                                          tmp_path, monkeypatch):
+    """Cancel while a sample image is being made (sdkit.train's default 20 sampler steps): the image stops at its
+    next sampler step and is never written, the run stops after that training step with a state Start resumes."""
+    from sdkit.pipeline import Pipeline
+
+    out = tmp_path / "run" / "cube.safetensors"
+    fill(window, sd1_folder, photos, out, steps=4, sample_every=2)
+    panel = window.train_panel
+    cancelled, seen, real_generate = window.worker._cancel, [], Pipeline.generate
+
+    def generate(self, *a, callback=None, **kw):  # the first sample waits for Cancel after its first step
+        def counted(step, total, x):
+            seen.append(step)
+            if len(seen) == 1:
+                assert cancelled.wait(TIMEOUT / 1000)
+            return True if callback is None else callback(step, total, x)
+        return real_generate(self, *a, callback=counted, **kw)
+
+    monkeypatch.setattr(Pipeline, "generate", generate)
+
+    def cancel_during_sample():
+        qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT)
+        panel.cancel_button.click()
+
+    message = run(qtbot, window, "cancelled", during=cancel_during_sample)
+    assert seen == [1]  # stopped at the sampler's next step, not after its 20
+    assert message.startswith("interrupted at step 3 of 4: state saved")
+    assert [d["step"] for d in logged(out)] == [1, 2]
+    assert list((out.parent / "samples").glob("*")) == [] and panel.sample_paths == []
+    assert panel.resume.isChecked()
+
+    monkeypatch.setattr(Pipeline, "generate", real_generate)
+    run(qtbot, window)
+    assert [d["step"] for d in logged(out)] == [1, 2, 3, 4]
+    assert panel.sample_paths == [str(out.parent / "samples" / "step000004-0.png")]
