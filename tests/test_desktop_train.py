@@ -319,3 +319,42 @@ def test_cancel_during_a_sample_image_stops_at_its_next_step_and_resumes(qtbot, 
     run(qtbot, window)
     assert [d["step"] for d in logged(out)] == [1, 2, 3, 4]
     assert panel.sample_paths == [str(out.parent / "samples" / "step000004-0.png")]
+
+
+def test_training_releases_the_generating_model_and_generate_reloads_it(qtbot, window, sd1_folder, photos,
+                                                                        tmp_path, monkeypatch):
+    """The worker's Pipeline (and everything holding it: the token counters) is freed while training runs; the
+    next Generate loads the model again and makes the same picture as before."""
+    import gc
+    import weakref
+
+    import sdkit
+
+    def generate():
+        with qtbot.waitSignal(window.ended, timeout=TIMEOUT) as blocker:
+            window.generate_button.click()
+        assert blocker.args == [""]
+        return np.asarray(window.session.results[-1].image)
+
+    out = tmp_path / "run" / "cube.safetensors"
+    fill(window, sd1_folder, photos, out, steps=1)
+    window.prompt.set_text("a red fox")
+    window.form.steps.setValue(2)
+    window.form.width_box.setValue(64)
+    window.form.height_box.setValue(64)
+    window.form.seed.setText("7")
+    window.form.seed_lock.setChecked(True)
+    before = generate()
+    pipe = weakref.ref(window.worker.pipe)
+    real_train, alive = sdkit.train, []
+
+    def train(*a, **kw):  # in the worker thread, as training starts
+        gc.collect()
+        alive.append((window.worker.pipe, pipe()))
+        return real_train(*a, **kw)
+
+    monkeypatch.setattr(sdkit, "train", train)
+    run(qtbot, window)
+    assert alive == [(None, None)]
+    assert window.prompt.counter.text() == "3/75 tokens"  # counted with the bundled tokenizer meanwhile
+    assert np.array_equal(generate(), before) and window.worker.pipe is not None

@@ -59,10 +59,10 @@ class MainWindow(QMainWindow):
         self._mask = None  # the running generation's inpainting mask
 
         clip_l = Tokenizer.bundled("clip-l")  # counts for SD1 and SDXL until a model is loaded
-        usage = lambda text: token_usage(text, clip_l)
+        self._plain_usage = lambda text: token_usage(text, clip_l)
         self.picker = ModelPicker()
-        self.prompt = PromptEdit("Prompt: what the picture shows", usage)
-        self.negative = PromptEdit("Negative prompt: what to avoid", usage)
+        self.prompt = PromptEdit("Prompt: what the picture shows", self._plain_usage)
+        self.negative = PromptEdit("Negative prompt: what to avoid", self._plain_usage)
         self.networks = NetworkBrowser()
         self.form = SettingsPanel(model_samplers(None))  # all of them until a model is loaded
         self.mask_editor = MaskEditor()
@@ -194,6 +194,9 @@ class MainWindow(QMainWindow):
             return
         self.train_panel.started(kwargs)
         self._set_busy(True)
+        # The worker drops its Pipeline to train; the counters' Pipeline.token_usage would keep it in memory
+        self.prompt.set_counter(self._plain_usage)
+        self.negative.set_counter(self._plain_usage)
         self.worker.train(dict(kwargs, model=choice.model, backend=choice.backend, device=choice.device,
                                dtype=choice.dtype, vae=choice.vae))
 
