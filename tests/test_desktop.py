@@ -197,6 +197,10 @@ def test_load_button_loads_and_applies_model_size(qtbot, window, sd1_folder, loa
     assert "torch cpu float32" in window.picker.info.text() and window.generate_button.isEnabled()
 
 
+def items(box):
+    return [box.itemText(i) for i in range(box.count())]
+
+
 def drop(window, path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])
@@ -572,6 +576,12 @@ def test_refiner_generates_as_sdkit_and_comes_back_from_a_png(qtbot, window, sdx
     assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
     assert window.picker.info.text().endswith(" · refiner tiny-sdxl-refiner")
     sdkit.save(result.image, tmp_path / "refined.png")
+    # the refiner is a recent refiner, not a recent model, and stays so in the next session
+    window._save()
+    again = MainWindow(store=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(again)
+    for w in (window, again):
+        assert items(w.picker.model) == [str(sdxl_folder)] and items(w.picker.refiner) == ["none", str(refiner_folder)]
 
     window.picker.set_refiner(None)
     window.form.refiner_start.setValue(0.8)
