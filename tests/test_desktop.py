@@ -328,6 +328,36 @@ def test_scripted_mode_fails_with_a_message(tmp_path):
     assert run.returncode == 1 and "missing.safetensors" in run.stderr
 
 
+def test_scripted_mode_takes_a_refiner_and_its_switch_point(qtbot, sdxl_folder, refiner_folder, monkeypatch, capsys):
+    """--refiner and --refiner-start fill the Generate tab's Refiner box and Refiner switch at: the scripted run
+    makes the picture generate(refiner=, refiner_start=) makes; usage mistakes exit 2 naming the option."""
+    from sdkit_desktop import app
+
+    windows = []
+    monkeypatch.setattr(app, "MainWindow", lambda **kw: windows.append(MainWindow(**kw)) or windows[-1])
+    code = app.main(["--model", str(sdxl_folder), "--refiner", str(refiner_folder), "--refiner-start", "0.5",
+                     "--prompt", "a red fox", "--steps", "4", "--width", "64", "--height", "64", "--seed", "7",
+                     "--backend", "torch", "--device", "cpu", "--generate", "--quit"])
+    assert code == 0
+    window, = windows
+    qtbot.addWidget(window)
+    result, = window.session.results
+    assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
+    base, refiner = (sdkit.load(m, backend="torch", device="cpu") for m in (sdxl_folder, refiner_folder))
+    expected = base.generate("a red fox", width=64, height=64, steps=4, seed=7, refiner=refiner, refiner_start=0.5,
+                             sampler=result.params["sampler"], schedule=result.params.get("schedule"))[0]
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+
+    for argv, message in ((["--refiner", "r"], "--refiner needs --model"),
+                          (["--model", "m", "--refiner-start", "0.5"], "--refiner-start is where the refiner takes "
+                                                                       "over: add --refiner"),
+                          (["--model", "m", "--refiner", "r", "--refiner-start", "1"], "--refiner-start must be in "
+                                                                                       "[0.01, 0.99]")):
+        with pytest.raises(SystemExit) as exit_:
+            app.parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_dropped_files_that_are_refused_never_become_the_init_image(window, tmp_path, sd1_folder):
     """A pickle, an image whose record sdkit refuses and a file that is no image show an error; a LoRA becomes a
     tag, a VAE the VAE; none of them the init image or the model."""
