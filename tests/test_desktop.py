@@ -328,19 +328,17 @@ def test_scripted_mode_fails_with_a_message(tmp_path):
     assert run.returncode == 1 and "missing.safetensors" in run.stderr
 
 
-def test_scripted_mode_takes_a_refiner_and_its_switch_point(qtbot, sdxl_folder, refiner_folder, monkeypatch, capsys):
-    """--refiner and --refiner-start fill the Generate tab's Refiner box and Refiner switch at: the scripted run
-    makes the picture generate(refiner=, refiner_start=) makes; usage mistakes exit 2 naming the option."""
+def test_scripted_mode_takes_a_refiner_and_its_switch_point(qtbot, window, sdxl_folder, refiner_folder, capsys):
+    """--refiner and --refiner-start fill the Generate tab's Refiner box and Refiner switch at (as the scripted
+    mode does before it generates): the picture is the one generate(refiner=, refiner_start=) makes; usage
+    mistakes exit 2 naming the option."""
     from sdkit_desktop import app
 
-    windows = []
-    monkeypatch.setattr(app, "MainWindow", lambda **kw: windows.append(MainWindow(**kw)) or windows[-1])
-    code = app.main(["--model", str(sdxl_folder), "--refiner", str(refiner_folder), "--refiner-start", "0.5",
-                     "--prompt", "a red fox", "--steps", "4", "--width", "64", "--height", "64", "--seed", "7",
-                     "--backend", "torch", "--device", "cpu", "--generate", "--quit"])
-    assert code == 0
-    window, = windows
-    qtbot.addWidget(window)
+    app.apply_args(window, app.parse_args([
+        "--model", str(sdxl_folder), "--refiner", str(refiner_folder), "--refiner-start", "0.5", "--prompt",
+        "a red fox", "--steps", "4", "--width", "64", "--height", "64", "--seed", "7", "--backend", "torch",
+        "--device", "cpu", "--generate", "--quit"]))
+    generate(qtbot, window)
     result, = window.session.results
     assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
     base, refiner = (sdkit.load(m, backend="torch", device="cpu") for m in (sdxl_folder, refiner_folder))
