@@ -21,8 +21,10 @@ class Sampler:
         self.folder = out.parent / "samples"
         self.vectors = Path(tempfile.mkdtemp(prefix="sdkit-train-"))
 
-    def __call__(self, step: int, plan, token: str | None) -> list[str]:
-        """Images for this step -> their paths."""
+    def __call__(self, step: int, plan, token: str | None, should_stop=None) -> list[str]:
+        """Images for this step -> their paths. should_stop() True during an image raises sdkit.Cancelled at its
+        next sampler step, before that image is saved."""
+        callback = None if should_stop is None else lambda *_: not should_stop()
         if plan.embeddings is not None:
             formats.save_embedding(self.vectors / f"{token}.safetensors", self.trainer.embedding_vectors(),
                                    self.ckpt.family)
@@ -30,7 +32,7 @@ class Sampler:
         self.folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, prompt in enumerate(self.prompts):
-            image, = self.pipe.generate(prompt, seed=self.seed + i, steps=self.steps)
+            image, = self.pipe.generate(prompt, seed=self.seed + i, steps=self.steps, callback=callback)
             path = self.folder / f"step{step:06d}-{i}.png"
             save_image(image, path)
             paths.append(str(path))
