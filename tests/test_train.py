@@ -1,6 +1,7 @@
 """sdkit.train: data layout, schedules and loss weighting (numpy), outputs read by diffusers (kohya LoRA with
 load_lora_weights, A1111 embeddings with load_textual_inversion), torch vs MLX loss curves, and overfitting."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -635,3 +636,22 @@ def test_should_stop_while_caching_writes_nothing_and_a_later_run_works(sd1_fold
     assert len(loaded) == 1 and not out.parent.exists()
     record = sdkit.train(sd1_folder, photos, out=out, should_stop=lambda: False, **options)
     assert len(record.losses) == 2 and out.exists()
+
+
+def test_single_file_writer_reads_back_for_the_sdxl_refiner(refiner_folder, tmp_path):
+    """ldm_writer for the refiner-only layout (OpenCLIP bigG alone, at conditioner.embedders.0): sdkit's reader
+    gives back the family, the one text encoder and every tensor exactly, and finds the same layout."""
+    from sdkit import ldm_writer
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.weights import read_tensors
+    source = open_checkpoint(refiner_folder)
+    path = tmp_path / "refiner.safetensors"
+    ldm_writer.write(path, source, {})
+    assert any(k.startswith("conditioner.embedders.0.model.") for k in load_file(str(path)))
+    back = open_checkpoint(path)
+    unet = dataclasses.replace(back.unet, sample_size=source.unet.sample_size)  # a single file has no sample size
+    assert (back.family, back.text_encoder_names, unet, back.text_encoders) == (
+        source.family, source.text_encoder_names, source.unet, source.text_encoders)
+    for component, refs in source.weights.items():
+        x, y = dict(read_tensors(refs, "numpy")), dict(read_tensors(back.weights[component], "numpy"))
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), component
