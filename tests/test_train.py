@@ -680,3 +680,59 @@ def test_samples_use_the_text_encoders_being_trained(sd1_folder, photos, tmp_pat
     # the sample's LoRA layers add up(down(x)) where generate() merges W + delta: at most a rounding apart
     assert np.abs(sample - np.asarray(trained, np.float32)).max() <= 1
     assert np.abs(sample - np.asarray(untrained, np.float32)).mean() > 2  # the base model's: 5 to 10 levels off
+
+
+def test_finetune_of_a_single_file_writes_a_diffusers_folder(sd1_single_file, photos, tmp_path):
+    """finetune (UNet and text encoder) of a single-file model with a folder as out: a diffusers folder that
+    from_pretrained loads as exactly the weights written, trained ones among them, and with which diffusers makes
+    sdkit's picture (the latents of every step) from that folder."""
+    from test_lora import assert_same_run, run_ours, run_theirs
+    folder = tmp_path / "tuned"
+    sdkit.train(sd1_single_file, photos, out=folder, method="finetune", text_encoder=True, steps=2, resolution=64,
+                learning_rate=1e-3, backend="torch", progress=False)
+    theirs = diffusers_pipeline(folder)
+    original = diffusers_pipeline(sd1_single_file.parent / "tiny-sd1")  # the folder the single file was made from
+    for name, file in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model")):
+        written = {k.removeprefix("text_model."): torch.from_numpy(v)  # transformers 5 names it without
+                   for k, v in load_file(str(folder / name / f"{file}.safetensors")).items()}
+        loaded = getattr(theirs, name).state_dict()
+        assert written.keys() == loaded.keys() and all(torch.equal(written[k], loaded[k]) for k in written), name
+        base = getattr(original, name).state_dict()
+        changed = max(float((loaded[k] - base[k]).abs().max()) for k in loaded)
+        assert (changed > 1e-5) == (name != "vae"), (name, changed)
+    pipe = sdkit.load(folder, backend="torch", device="cpu", dtype="float32")
+    assert_same_run(run_ours(pipe, "pndm"), run_theirs(theirs, [], []))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2v", "sdxl", "refiner"])
+def test_diffusers_writer_from_single_files(family, request, tmp_path):
+    """A single file written as a diffusers folder: from_pretrained loads the weights of the folder the single
+    file was made from, and sdkit reads the folder with the single file's configs (the UNet's sample size aside:
+    a single file has none, the folder writes the family's)."""
+    from sdkit import diffusers_writer
+    from sdkit.checkpoint import open_checkpoint
+    source_folder = request.getfixturevalue(f"{family}_folder")
+    single = open_checkpoint(request.getfixturevalue(f"{family}_single_file"))
+    diffusers_writer.write(tmp_path / family, single, {})
+    theirs, original = diffusers_pipeline(tmp_path / family), diffusers_pipeline(source_folder)
+    assert type(theirs) is type(original)
+    for name in ("unet", "vae", *single.text_encoder_names):
+        a, b = getattr(theirs, name).state_dict(), getattr(original, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (family, name)
+    assert theirs.scheduler.config.prediction_type == original.scheduler.config.prediction_type
+    back = open_checkpoint(tmp_path / family)
+    for field in ("family", "text_encoders", "unet", "vae", "scheduler", "time_ids", "force_zeros_for_empty_prompt"):
+        assert getattr(back, field) == getattr(single, field), (family, field)
+
+
+def test_diffusers_writer_from_a_folder_writes_the_vae_given(sd1_folder, tmp_path):
+    """A folder model opened with vae= another VAE: the folder written holds that VAE, not the model's own."""
+    from sdkit import diffusers_writer
+    from sdkit.checkpoint import open_checkpoint
+    from fixtures import build_folder
+    other = build_folder(tmp_path / "other", "sd1", seed=1)
+    diffusers_writer.write(tmp_path / "out", open_checkpoint(sd1_folder, vae=other / "vae"), {})
+    theirs, given, own = (diffusers_pipeline(f).vae.state_dict() for f in (tmp_path / "out", other, sd1_folder))
+    assert theirs.keys() == given.keys() and all(torch.equal(theirs[k], given[k]) for k in theirs)
+    assert not all(torch.equal(theirs[k], own[k]) for k in theirs)
