@@ -69,7 +69,7 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     ComfyUI, from_single_file), else a diffusers folder (from a folder or a single-file model alike)).
     backend, device, dtype, vae as in sdkit.load (dtype default float32; vae: the VAE that encodes the images);
     in bfloat16 or float16 the frozen weights and activations are half precision and the trained weights and AdamW
-    float32 (a fine-tune's forward runs under torch's autocast; on MLX in float32); float16 adds dynamic loss
+    float32 (a fine-tune keeps float32 master weights, its forward and backward in dtype); float16 adds dynamic loss
     scaling (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order,
     noise and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
     ema_decay (e.g. 0.9999): write an exponential moving average of the trained weights (diffusers' EMAModel
