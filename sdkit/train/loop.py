@@ -66,7 +66,7 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     "textual_inversion" (A1111 .safetensors; `token`, default the output's stem, is the word captions use,
     started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet, and with text_encoder
     the text encoders too; out: a single-file checkpoint when it ends in .safetensors (LDM names: A1111,
-    ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
+    ComfyUI, from_single_file), else a diffusers folder (from a folder or a single-file model alike)).
     backend, device, dtype, vae as in sdkit.load (dtype default float32; vae: the VAE that encodes the images);
     in bfloat16 or float16 the frozen weights and activations are half precision and the trained weights and AdamW
     float32 (a fine-tune keeps float32 master weights, its forward and backward in dtype); float16 adds dynamic loss

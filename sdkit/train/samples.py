@@ -1,5 +1,6 @@
-"""Sample images during training: fixed prompts and seeds through a Pipeline whose UNet is the one training
-(the trainer's `attach`), and, for textual inversion, the current vectors as an embedding file."""
+"""Sample images during training: fixed prompts and seeds through a Pipeline whose UNet and text encoders are the
+ones training (the trainer's `attach`: LoRA layers and fine-tuned weights as they are at this step), and, for
+textual inversion, the current vectors as an embedding file."""
 
 from __future__ import annotations
 
