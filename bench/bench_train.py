@@ -22,10 +22,11 @@ scales the loss in float16. sdkit caches latents and text once, as it does.
 when --device gpu and MPS is available, else on the CPU (--diffusers-device overrides). MLX's CPU path is a
 reference BLAS: its times say nothing about speed, only that the loop runs.
 
-Reported (a markdown table): median seconds per step after the first, peak RSS (/proc VmHWM), on CUDA peak GPU
-memory allocated and reserved (torch.cuda.max_memory_*), on MLX its peak memory (mx.get_peak_memory: Metal's
-buffers on a Mac, which RSS does not show), steps skipped for a float16 overflow or with a non-finite loss, and the
-sdkit/diffusers ratios. Random weights (--family's topology) are built once under $SDKIT_BENCH_CACHE in --dtype
+Reported (a markdown table): median seconds per step after the first, peak RSS (/proc VmHWM; the diffusers side
+loads its models in float32 before casting them, as the scripts do, so its RSS in half precision is float32's),
+on CUDA peak GPU memory allocated and reserved (torch.cuda.max_memory_*), on MLX its peak memory
+(mx.get_peak_memory: Metal's buffers on a Mac, which RSS does not show), steps skipped for a float16 overflow or
+with a non-finite loss, and the sdkit/diffusers ratios. Random weights (--family's topology) are built once under $SDKIT_BENCH_CACHE in --dtype
 (on the GPU when there is one). Needs the test extra (diffusers, transformers, peft).
 """
 
