@@ -27,7 +27,8 @@ loads its models in float32 before casting them, as the scripts do, so its RSS i
 on CUDA peak GPU memory allocated and reserved (torch.cuda.max_memory_*), on MLX its peak memory
 (mx.get_peak_memory: Metal's buffers on a Mac, which RSS does not show), steps skipped for a float16 overflow or
 with a non-finite loss, and the sdkit/diffusers ratios. Random weights (--family's topology) are built once
-under $SDKIT_BENCH_CACHE in --dtype (on the GPU when there is one). Needs the test extra (diffusers, transformers, peft).
+under $SDKIT_BENCH_CACHE in --dtype (on the GPU when there is one).
+Needs the test extra (diffusers, transformers, peft).
 """
 
 from __future__ import annotations
