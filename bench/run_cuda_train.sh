@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The issue's CUDA training figures in one command (about 5 minutes on one large GPU, random weights built on it
-# first), each case's table also written to OUT_DIR:
+# The issue's CUDA training figures in one command (estimated 5 minutes on one H200, not yet run; random weights built
+# on the GPU first), each case's table also written to OUT_DIR:
 #   bash bench/run_cuda_train.sh [OUT_DIR]
 # sdkit's LoRA step (torch backend) against diffusers' train_text_to_image_lora[_sdxl].py loop with PEFT, rank 16,
 # batch 1, one image, alternating processes (bench/bench_train.py):
