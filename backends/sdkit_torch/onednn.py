@@ -20,11 +20,13 @@ from .autograd import needs_grad
 # The op is inductor's own (not a public API): look it up rather than assume this torch has it
 ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+# bfloat16 only where oneDNN has a kernel for it (AVX-512 and later): on an AVX2-only CPU the op raises
+DTYPES = (torch.float32,) + ((torch.bfloat16,) if ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported() else ())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False):
     """F.linear(x, weight, bias), then the exact (erf) GELU when `gelu`."""
-    if (ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+    if (ONEDNN and x.device.type == "cpu" and x.dtype in DTYPES
             and not torch.compiler.is_compiling() and not needs_grad(x, weight, bias)):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
                                                   "none" if gelu else "")
