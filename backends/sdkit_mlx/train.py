@@ -188,11 +188,15 @@ class Trainer:
             self.model.update(trained)
 
     def attach(self, pipe) -> None:
-        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained: uncompiled, as
-        mx.compile would capture today's weights as constants."""
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained (uncompiled, as
+        mx.compile would capture today's weights as constants), and with the text encoders being trained
+        (fine-tuned, or with their LoRA layers) when the text side trains."""
         pipe.unet.model = self.model.unet
         pipe.unet.dtype = self.model.unet.conv_in.weight.dtype
         pipe.unet.forward = pipe.unet._forward
+        for name, encoder in zip(pipe.checkpoint.text_encoder_names, pipe.text_encoders):
+            if name in self.model.text:
+                encoder.model = self.model.text[name]
 
     def lora_weights(self) -> dict:
         out = {}
