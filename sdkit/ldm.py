@@ -234,9 +234,35 @@ def unet(file: SingleFile, family: Family, sample_size: int,
 
 # ---- VAE ----
 
-def _up(m: re.Match, n: int, what: str) -> str:
-    """decoder.up is numbered from the bottom (up.{n-1} runs first); diffusers' up_blocks from the top."""
-    return f"decoder.up_blocks.{n - 1 - int(m[1])}.{what}"
+SHORTCUT = ("nin_shortcut.", "conv_shortcut.")  # a resnet's 1x1 shortcut convolution: LDM's name, diffusers'
+
+
+def vae_blocks(n: int, per: int) -> dict[str, str]:
+    """LDM prefix -> canonical prefix of every block of a VAE with `n` levels of `per` encoder resnets (the
+    checkpoint reader's map; the single-file writer reads it backwards). decoder.up is numbered from the bottom
+    (up.{n-1} runs first), diffusers' up_blocks from the top; each decoder level has one resnet more."""
+    blocks = {"quant_conv.": "quant_conv.", "post_quant_conv.": "post_quant_conv."}
+    for side in ("encoder", "decoder"):
+        blocks |= {f"{side}.conv_in.": f"{side}.conv_in.", f"{side}.conv_out.": f"{side}.conv_out.",
+                   f"{side}.norm_out.": f"{side}.conv_norm_out.",
+                   f"{side}.mid.block_1.": f"{side}.mid_block.resnets.0.",
+                   f"{side}.mid.block_2.": f"{side}.mid_block.resnets.1.",
+                   f"{side}.mid.attn_1.norm.": f"{side}.mid_block.attentions.0.group_norm.",
+                   f"{side}.mid.attn_1.proj_out.": f"{side}.mid_block.attentions.0.to_out.0."}
+        blocks |= {f"{side}.mid.attn_1.{p}.": f"{side}.mid_block.attentions.0.to_{p}." for p in "qkv"}
+    for i in range(n):
+        blocks |= {f"encoder.down.{i}.block.{j}.": f"encoder.down_blocks.{i}.resnets.{j}." for j in range(per)}
+        blocks |= {f"decoder.up.{n - 1 - i}.block.{j}.": f"decoder.up_blocks.{i}.resnets.{j}." for j in range(per + 1)}
+        if i < n - 1:
+            blocks[f"encoder.down.{i}.downsample."] = f"encoder.down_blocks.{i}.downsamplers.0."
+            blocks[f"decoder.up.{n - 1 - i}.upsample."] = f"decoder.up_blocks.{i}.upsamplers.0."
+    return blocks
+
+
+def block_prefix(name: str, blocks) -> str | None:
+    """The longest dotted prefix of `name` that `blocks` holds, None if none."""
+    parts = name.split(".")
+    return next((p for p in (".".join(parts[:k]) + "." for k in range(len(parts) - 1, 0, -1)) if p in blocks), None)
 
 
 def vae(file: SingleFile, scaling_factor: float, sample_size: int,
@@ -249,34 +275,21 @@ def vae(file: SingleFile, scaling_factor: float, sample_size: int,
     n = 1 + max((int(k.split(".")[2]) for k in keys if k.startswith("encoder.down.")), default=-1)
     if n == 0:
         raise CheckpointError(f"{file.path}: its VAE ({prefix}*) has no encoder.down.* blocks")
-    rules = [  # (pattern on the file key's prefix, canonical prefix), every key must match one
-        (r"(encoder|decoder)\.mid\.block_(\d)\.", lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}."),
-        (r"(encoder|decoder)\.mid\.attn_1\.norm\.", r"\1.mid_block.attentions.0.group_norm."),
-        (r"(encoder|decoder)\.mid\.attn_1\.(q|k|v)\.", r"\1.mid_block.attentions.0.to_\2."),
-        (r"(encoder|decoder)\.mid\.attn_1\.proj_out\.", r"\1.mid_block.attentions.0.to_out.0."),
-        (r"encoder\.down\.(\d+)\.block\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
-        (r"encoder\.down\.(\d+)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0."),
-        (r"decoder\.up\.(\d+)\.block\.(\d+)\.", lambda m: _up(m, n, f"resnets.{m[2]}.")),
-        (r"decoder\.up\.(\d+)\.upsample\.", lambda m: _up(m, n, "upsamplers.0.")),
-        (r"(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out."),
-        (r"(encoder|decoder)\.(conv_in|conv_out)\.", r"\1.\2."),
-        (r"(post_)?quant_conv\.", r"\1quant_conv."),
-    ]
+    per = len({k.split(".")[4] for k in keys if k.startswith("encoder.down.0.block.")})
+    blocks = vae_blocks(n, per)
     for key in keys:
-        for pattern, repl in rules:
-            if m := re.match(pattern, key):
-                name = m.expand(repl) if isinstance(repl, str) else repl(m)
-                _add_vae(c, (name + key[m.end():]).replace(".nin_shortcut.", ".conv_shortcut."), key)
-                break
-        else:
+        block = block_prefix(key, blocks)
+        if block is None:
             c.skip(key)
+        else:
+            _add_vae(c, blocks[block] + key[len(block):].replace(*SHORTCUT), key)
 
     config = VAEConfig(
         in_channels=c.shape("encoder.conv_in.weight")[1],
         out_channels=c.shape("decoder.conv_out.weight")[0],
         latent_channels=c.shape("post_quant_conv.weight")[0],
         block_out_channels=tuple(c.shape(f"encoder.down.{i}.block.0.conv1.weight")[0] for i in range(n)),
-        layers_per_block=len({k.split(".")[4] for k in keys if k.startswith("encoder.down.0.block.")}),
+        layers_per_block=per,
         scaling_factor=scaling_factor,
         sample_size=sample_size,
     )

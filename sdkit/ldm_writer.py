@@ -2,7 +2,7 @@
 ComfyUI, Forge and diffusers' from_single_file load.
 
     UNet           model.diffusion_model.*  through ldm.unet_blocks (the reader's own block map) read backwards
-    VAE            first_stage_model.*      encoder.down.i.block.j, decoder.up counted from the bottom,
+    VAE            first_stage_model.*      through ldm.vae_blocks (the reader's map) read backwards,
                                             mid.attn_1 as 1x1 convolutions
     text encoders  where families.LAYOUTS puts the family's towers: CLIP under `transformer.text_model.`,
                    OpenCLIP with q/k/v fused into in_proj and text_projection stored as OpenCLIP's (width, P)
@@ -46,8 +46,7 @@ def unet(weights: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
     resnet = {v: k for k, v in ldm.RESNET.items()}
     out = {}
     for name, w in weights.items():
-        parts = name.split(".")
-        prefix = next(p for p in (".".join(parts[:k]) + "." for k in range(len(parts) - 1, 0, -1)) if p in inverse)
+        prefix = ldm.block_prefix(name, inverse)
         rest = name[len(prefix):]
         if ".resnets." in prefix:
             layer = rest.rsplit(".", 1)[0]
@@ -57,28 +56,15 @@ def unet(weights: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
 
 
 def vae(weights: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-    n = len(config.block_out_channels)
-    rules = [
-        (r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}."),
-        (r"(encoder|decoder)\.mid_block\.attentions\.0\.group_norm\.", r"\1.mid.attn_1.norm."),
-        (r"(encoder|decoder)\.mid_block\.attentions\.0\.to_(q|k|v)\.", r"\1.mid.attn_1.\2."),
-        (r"(encoder|decoder)\.mid_block\.attentions\.0\.to_out\.0\.", r"\1.mid.attn_1.proj_out."),
-        (r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2."),
-        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
-        (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.block.{m[2]}."),
-        (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.upsample."),
-        (r"(encoder|decoder)\.conv_norm_out\.", r"\1.norm_out."),
-    ]
+    inverse = {canonical: stored for stored, canonical in
+               ldm.vae_blocks(len(config.block_out_channels), config.layers_per_block).items()}
     out = {}
     for name, w in weights.items():
-        key = name
-        for pattern, repl in rules:
-            if m := re.match(pattern, name):
-                key = (m.expand(repl) if isinstance(repl, str) else repl(m)) + name[m.end():]
-                break
+        prefix = ldm.block_prefix(name, inverse)
+        key = inverse[prefix] + name[len(prefix):].replace(*reversed(ldm.SHORTCUT))
         if ".mid.attn_1." in key and w.ndim == 2:
             w = w[:, :, None, None]  # LDM's AttnBlock uses 1x1 convolutions
-        out[VAE_PREFIX + key.replace(".conv_shortcut.", ".nin_shortcut.")] = w
+        out[VAE_PREFIX + key] = w
     return out
 
 

@@ -197,6 +197,10 @@ def test_load_button_loads_and_applies_model_size(qtbot, window, sd1_folder, loa
     assert "torch cpu float32" in window.picker.info.text() and window.generate_button.isEnabled()
 
 
+def items(box):
+    return [box.itemText(i) for i in range(box.count())]
+
+
 def drop(window, path):
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])
@@ -322,6 +326,34 @@ def test_scripted_mode_fails_with_a_message(tmp_path):
     run = run_app("--model", tmp_path / "missing.safetensors", "--prompt", "x", "--generate", "--quit",
                   tmp_path=tmp_path)
     assert run.returncode == 1 and "missing.safetensors" in run.stderr
+
+
+def test_scripted_mode_takes_a_refiner_and_its_switch_point(qtbot, window, sdxl_folder, refiner_folder, capsys):
+    """--refiner and --refiner-start fill the Generate tab's Refiner box and Refiner switch at (as the scripted
+    mode does before it generates): the picture is the one generate(refiner=, refiner_start=) makes; usage
+    mistakes exit 2 naming the option."""
+    from sdkit_desktop import app
+
+    app.apply_args(window, app.parse_args([
+        "--model", str(sdxl_folder), "--refiner", str(refiner_folder), "--refiner-start", "0.5", "--prompt",
+        "a red fox", "--steps", "4", "--width", "64", "--height", "64", "--seed", "7", "--backend", "torch",
+        "--device", "cpu", "--generate", "--quit"]))
+    generate(qtbot, window)
+    result, = window.session.results
+    assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
+    base, refiner = (sdkit.load(m, backend="torch", device="cpu") for m in (sdxl_folder, refiner_folder))
+    expected = base.generate("a red fox", width=64, height=64, steps=4, seed=7, refiner=refiner, refiner_start=0.5,
+                             sampler=result.params["sampler"], schedule=result.params.get("schedule"))[0]
+    assert np.array_equal(np.asarray(result.image), np.asarray(expected))
+
+    for argv, message in ((["--refiner", "r"], "--refiner needs --model"),
+                          (["--model", "m", "--refiner-start", "0.5"], "--refiner-start is where the refiner takes "
+                                                                       "over: add --refiner"),
+                          (["--model", "m", "--refiner", "r", "--refiner-start", "1"], "--refiner-start must be in "
+                                                                                       "[0.01, 0.99]")):
+        with pytest.raises(SystemExit) as exit_:
+            app.parse_args(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_dropped_files_that_are_refused_never_become_the_init_image(window, tmp_path, sd1_folder):
@@ -572,6 +604,12 @@ def test_refiner_generates_as_sdkit_and_comes_back_from_a_png(qtbot, window, sdx
     assert (result.params["Refiner"], result.params["refiner_start"]) == ("tiny-sdxl-refiner", 0.5)
     assert window.picker.info.text().endswith(" · refiner tiny-sdxl-refiner")
     sdkit.save(result.image, tmp_path / "refined.png")
+    # the refiner is a recent refiner, not a recent model, and stays so in the next session
+    window._save()
+    again = MainWindow(store=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(again)
+    for w in (window, again):
+        assert items(w.picker.model) == [str(sdxl_folder)] and items(w.picker.refiner) == ["none", str(refiner_folder)]
 
     window.picker.set_refiner(None)
     window.form.refiner_start.setValue(0.8)

@@ -97,6 +97,8 @@ def test_recent_models_most_recent_first_without_duplicates():
     assert session.recent[0] == "a" and session.recent.count("a") == 1
     assert session.model_named("A") == "a" and session.model_named("name of 11") == "11"
     assert session.model_named("name of 2") is None and len(session.names) == 10  # dropped from the list
+    session.remember("r", "R", refiner=True)  # a refiner has its own list, and is found by name as models are
+    assert session.refiners == ["r"] and "r" not in session.recent and session.model_named("R") == "r"
 
 
 def test_model_named_finds_existing_paths(tmp_path):

@@ -281,3 +281,80 @@ def test_dreambooth_class_images_and_lora_options_reach_sdkit_train(window, phot
     panel.resolution.setValue(0)
     panel.method.setCurrentText("textual_inversion")
     assert "class_data" not in panel.kwargs() and "alpha" not in panel.kwargs()
+
+
+def test_cancel_during_a_sample_image_stops_at_its_next_step_and_resumes(qtbot, window, sd1_folder, photos,
+                                                                          tmp_path, monkeypatch):
+    """Cancel while a sample image is being made (sdkit.train's default 20 sampler steps): the image stops at its
+    next sampler step and is never written, the run stops after that training step with a state Start resumes."""
+    from sdkit.pipeline import Pipeline
+
+    out = tmp_path / "run" / "cube.safetensors"
+    fill(window, sd1_folder, photos, out, steps=4, sample_every=2)
+    panel = window.train_panel
+    cancelled, seen, real_generate = window.worker._cancel, [], Pipeline.generate
+
+    def generate(self, *a, callback=None, **kw):  # the first sample waits for Cancel after its first step
+        def counted(step, total, x):
+            seen.append(step)
+            if len(seen) == 1:
+                assert cancelled.wait(TIMEOUT / 1000)
+            return True if callback is None else callback(step, total, x)
+        return real_generate(self, *a, callback=counted, **kw)
+
+    monkeypatch.setattr(Pipeline, "generate", generate)
+
+    def cancel_during_sample():
+        qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT)
+        panel.cancel_button.click()
+
+    message = run(qtbot, window, "cancelled", during=cancel_during_sample)
+    assert seen == [1]  # stopped at the sampler's next step, not after its 20
+    assert message.startswith("interrupted at step 3 of 4: state saved")
+    assert [d["step"] for d in logged(out)] == [1, 2]
+    assert list((out.parent / "samples").glob("*")) == [] and panel.sample_paths == []
+    assert panel.resume.isChecked()
+
+    monkeypatch.setattr(Pipeline, "generate", real_generate)
+    run(qtbot, window)
+    assert [d["step"] for d in logged(out)] == [1, 2, 3, 4]
+    assert panel.sample_paths == [str(out.parent / "samples" / "step000004-0.png")]
+
+
+def test_training_releases_the_generating_model_and_generate_reloads_it(qtbot, window, sd1_folder, photos,
+                                                                        tmp_path, monkeypatch):
+    """The worker's Pipeline (and everything holding it: the token counters) is freed while training runs; the
+    next Generate loads the model again and makes the same picture as before."""
+    import gc
+    import weakref
+
+    import sdkit
+
+    def generate():
+        with qtbot.waitSignal(window.ended, timeout=TIMEOUT) as blocker:
+            window.generate_button.click()
+        assert blocker.args == [""]
+        return np.asarray(window.session.results[-1].image)
+
+    out = tmp_path / "run" / "cube.safetensors"
+    fill(window, sd1_folder, photos, out, steps=1)
+    window.prompt.set_text("a red fox")
+    window.form.steps.setValue(2)
+    window.form.width_box.setValue(64)
+    window.form.height_box.setValue(64)
+    window.form.seed.setText("7")
+    window.form.seed_lock.setChecked(True)
+    before = generate()
+    pipe = weakref.ref(window.worker.pipe)
+    real_train, alive = sdkit.train, []
+
+    def train(*a, **kw):  # in the worker thread, as training starts
+        gc.collect()
+        alive.append((window.worker.pipe, pipe()))
+        return real_train(*a, **kw)
+
+    monkeypatch.setattr(sdkit, "train", train)
+    run(qtbot, window)
+    assert alive == [(None, None)]
+    assert window.prompt.counter.text() == "3/75 tokens"  # counted with the bundled tokenizer meanwhile
+    assert np.array_equal(generate(), before) and window.worker.pipe is not None

@@ -1,6 +1,7 @@
 """sdkit.train: data layout, schedules and loss weighting (numpy), outputs read by diffusers (kohya LoRA with
 load_lora_weights, A1111 embeddings with load_textual_inversion), torch vs MLX loss curves, and overfitting."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -635,3 +636,107 @@ def test_should_stop_while_caching_writes_nothing_and_a_later_run_works(sd1_fold
     assert len(loaded) == 1 and not out.parent.exists()
     record = sdkit.train(sd1_folder, photos, out=out, should_stop=lambda: False, **options)
     assert len(record.losses) == 2 and out.exists()
+
+
+def test_single_file_writer_reads_back_for_the_sdxl_refiner(refiner_folder, tmp_path):
+    """ldm_writer for the refiner-only layout (OpenCLIP bigG alone, at conditioner.embedders.0): sdkit's reader
+    gives back the family, the one text encoder and every tensor exactly, and finds the same layout."""
+    from sdkit import ldm_writer
+    from sdkit.checkpoint import open_checkpoint
+    from sdkit.weights import read_tensors
+    source = open_checkpoint(refiner_folder)
+    path = tmp_path / "refiner.safetensors"
+    ldm_writer.write(path, source, {})
+    assert any(k.startswith("conditioner.embedders.0.model.") for k in load_file(str(path)))
+    back = open_checkpoint(path)
+    unet = dataclasses.replace(back.unet, sample_size=source.unet.sample_size)  # a single file has no sample size
+    assert (back.family, back.text_encoder_names, unet, back.text_encoders) == (
+        source.family, source.text_encoder_names, source.unet, source.text_encoders)
+    for component, refs in source.weights.items():
+        x, y = dict(read_tensors(refs, "numpy")), dict(read_tensors(back.weights[component], "numpy"))
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x), component
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+@pytest.mark.parametrize("method,options", [
+    ("lora", dict(text_encoder=True, target="^text_encoder", rank=4, learning_rate=3e-2)),
+    ("finetune", dict(text_encoder=True, learning_rate=1e-3)),
+    ("textual_inversion", dict(learning_rate=5e-2))])
+def test_samples_use_the_text_encoders_being_trained(sd1_folder, photos, tmp_path, backend, method, options):
+    """A sample at step N is generate()'s picture (same seed) from the output written at step N: with the text
+    encoder LoRA's deltas of that step (a LoRA on the text encoder only), with the fine-tuned text encoder, with
+    the embedding's vectors; not the base model's text encoder."""
+    prompt, run = "a photo of sks", dict(seed=7, steps=3, width=64, height=64)
+    out = tmp_path / "sks.safetensors"  # textual inversion: the token, and the embedding's trigger
+    record = sdkit.train(sd1_folder, photos, method=method, out=out, steps=3, backend=backend, seed=1,
+                         progress=False, sample_every=3, sample_prompts=[prompt], sample_steps=3, sample_seed=7,
+                         **options)
+    sample = np.asarray(Image.open(record.outputs[2]), np.float32)
+    base = sdkit.load(sd1_folder, backend=backend, device="cpu", dtype="float32")
+    if method == "lora":
+        trained = base.generate(prompt, loras={str(out): 1.0}, **run)[0]
+    elif method == "finetune":
+        trained = sdkit.load(out, backend=backend, device="cpu", dtype="float32").generate(prompt, **run)[0]
+    else:
+        trained = sdkit.load(sd1_folder, backend=backend, device="cpu", dtype="float32",
+                             embedding_dirs=tmp_path).generate(prompt, **run)[0]
+    untrained = base.generate(prompt, **run)[0]
+    # the sample's LoRA layers add up(down(x)) where generate() merges W + delta: at most a rounding apart
+    assert np.abs(sample - np.asarray(trained, np.float32)).max() <= 1
+    assert np.abs(sample - np.asarray(untrained, np.float32)).mean() > 2  # the base model's: 2.7 to 10 levels off
+
+
+def test_finetune_of_a_single_file_writes_a_diffusers_folder(sd1_single_file, photos, tmp_path):
+    """finetune (UNet and text encoder) of a single-file model with a folder as out: a diffusers folder that
+    from_pretrained loads as exactly the weights written, trained ones among them, and with which diffusers makes
+    sdkit's picture (the latents of every step) from that folder."""
+    from test_lora import assert_same_run, run_ours, run_theirs
+    folder = tmp_path / "tuned"
+    sdkit.train(sd1_single_file, photos, out=folder, method="finetune", text_encoder=True, steps=2, resolution=64,
+                learning_rate=1e-3, backend="torch", progress=False)
+    theirs = diffusers_pipeline(folder)
+    original = diffusers_pipeline(sd1_single_file.parent / "tiny-sd1")  # the folder the single file was made from
+    for name, file in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model")):
+        written = {k.removeprefix("text_model."): torch.from_numpy(v)  # transformers 5 names it without
+                   for k, v in load_file(str(folder / name / f"{file}.safetensors")).items()}
+        loaded = getattr(theirs, name).state_dict()
+        assert written.keys() == loaded.keys() and all(torch.equal(written[k], loaded[k]) for k in written), name
+        base = getattr(original, name).state_dict()
+        changed = max(float((loaded[k] - base[k]).abs().max()) for k in loaded)
+        assert (changed > 1e-5) == (name != "vae"), (name, changed)
+    pipe = sdkit.load(folder, backend="torch", device="cpu", dtype="float32")
+    assert_same_run(run_ours(pipe, "pndm"), run_theirs(theirs, [], []))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2v", "sdxl", "refiner"])
+def test_diffusers_writer_from_single_files(family, request, tmp_path):
+    """A single file written as a diffusers folder: from_pretrained loads the weights of the folder the single
+    file was made from, and sdkit reads the folder with the single file's configs (the UNet's sample size aside:
+    a single file has none, the folder writes the family's)."""
+    from sdkit import diffusers_writer
+    from sdkit.checkpoint import open_checkpoint
+    source_folder = request.getfixturevalue(f"{family}_folder")
+    single = open_checkpoint(request.getfixturevalue(f"{family}_single_file"))
+    diffusers_writer.write(tmp_path / family, single, {})
+    theirs, original = diffusers_pipeline(tmp_path / family), diffusers_pipeline(source_folder)
+    assert type(theirs) is type(original)
+    for name in ("unet", "vae", *single.text_encoder_names):
+        a, b = getattr(theirs, name).state_dict(), getattr(original, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (family, name)
+    assert theirs.scheduler.config.prediction_type == original.scheduler.config.prediction_type
+    back = open_checkpoint(tmp_path / family)
+    for field in ("family", "text_encoders", "unet", "vae", "scheduler", "time_ids", "force_zeros_for_empty_prompt"):
+        assert getattr(back, field) == getattr(single, field), (family, field)
+
+
+def test_diffusers_writer_from_a_folder_writes_the_vae_given(sd1_folder, tmp_path):
+    """A folder model opened with vae= another VAE: the folder written holds that VAE, not the model's own."""
+    from sdkit import diffusers_writer
+    from sdkit.checkpoint import open_checkpoint
+    from fixtures import build_folder
+    other = build_folder(tmp_path / "other", "sd1", seed=1)
+    diffusers_writer.write(tmp_path / "out", open_checkpoint(sd1_folder, vae=other / "vae"), {})
+    theirs, given, own = (diffusers_pipeline(f).vae.state_dict() for f in (tmp_path / "out", other, sd1_folder))
+    assert theirs.keys() == given.keys() and all(torch.equal(theirs[k], given[k]) for k in theirs)
+    assert not all(torch.equal(theirs[k], own[k]) for k in theirs)

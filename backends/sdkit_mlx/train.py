@@ -1,6 +1,8 @@
-"""Training on the MLX backend: mlx.nn.value_and_grad over a module holding what trains (LoRA layers around
-the targeted ones, new embedding rows, or the whole UNet), AdamW from mlx.optimizers with torch's bias
-correction, so the same seed and data give torch's loss curve. Latents are NCHW at the boundary, NHWC inside."""
+"""Training on the MLX backend: mx.value_and_grad over a module's trainable parameters (LoRA layers around the
+targeted ones, new embedding rows, or the whole UNet), AdamW from mlx.optimizers with torch's bias correction, so
+the same seed and data give torch's loss curve. A bfloat16 / float16 fine-tune is mixed precision (Micikevicius et
+al. 2018): float32 master weights, a forward and backward in the run's dtype. Latents are NCHW at the boundary,
+NHWC inside."""
 
 from __future__ import annotations
 
@@ -112,8 +114,16 @@ class Trainer:
         self.scaler = LossScale() if plan.loss_scaling else None
         self.optimizer = optim.AdamW(plan.learning_rate, betas=list(plan.betas), eps=plan.eps,
                                      weight_decay=plan.weight_decay, bias_correction=True)
-        self.grad = nn.value_and_grad(self.model, self._loss)
+        # what trains whole is float32 (half-precision AdamW updates vanish); its forward runs in the run's dtype
+        self.mixed = plan.finetune and dtype != mx.float32
+        self.grad = mx.value_and_grad(self._loss_of)
         self.sum = None  # accumulated gradients
+
+    def _loss_of(self, params: dict, *args):
+        """The loss as a function of the trainable parameters: mixed precision casts them to the run's dtype once
+        per step (not per layer call); the cast's gradient brings theirs back to float32."""
+        self.model.update(tree_map(lambda p: p.astype(self.dtype), params) if self.mixed else params)
+        return self._loss(self.model, *args)
 
     def _loss(self, model: Trained, x, t, target, w, context, pooled, ids, time_ids, scale):
         if context is None:
@@ -133,9 +143,13 @@ class Trainer:
         with mx.stream(self.device):
             ids = None if batch.ids is None else {k: mx.array(v.astype(np.int32)) for k, v in batch.ids.items()}
             loss_scale = self.scaler.scale if self.scaler else 1.0
-            loss, grads = self.grad(self.model, nhwc(batch.noisy), mx.array(batch.t), nhwc(batch.target),
-                                    mx.array(batch.weights), arr(batch.context), arr(batch.pooled), ids,
-                                    arr(batch.time_ids), mx.array(loss_scale, mx.float32))
+            masters = self.model.trainable_parameters()
+            try:
+                loss, grads = self.grad(masters, nhwc(batch.noisy), mx.array(batch.t), nhwc(batch.target),
+                                        mx.array(batch.weights), arr(batch.context), arr(batch.pooled), ids,
+                                        arr(batch.time_ids), mx.array(loss_scale, mx.float32))
+            finally:
+                self.model.update(masters)  # the module held the traced (and cast) copies
             grads = tree_map(lambda g: g * scale, grads)
             self.sum = grads if self.sum is None else tree_map(mx.add, self.sum, grads)
             mx.eval(loss, self.sum)
@@ -174,11 +188,15 @@ class Trainer:
             self.model.update(trained)
 
     def attach(self, pipe) -> None:
-        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained: uncompiled, as
-        mx.compile would capture today's weights as constants."""
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained (uncompiled, as
+        mx.compile would capture today's weights as constants), and with the text encoders being trained
+        (fine-tuned, or with their LoRA layers) when the text side trains."""
         pipe.unet.model = self.model.unet
         pipe.unet.dtype = self.model.unet.conv_in.weight.dtype
         pipe.unet.forward = pipe.unet._forward
+        for name, encoder in zip(pipe.checkpoint.text_encoder_names, pipe.text_encoders):
+            if name in self.model.text:
+                encoder.model = self.model.text[name]
 
     def lora_weights(self) -> dict:
         out = {}

@@ -40,8 +40,9 @@ class Embeddings(nn.Module):
             x = self.token_embedding(ids)
         else:
             vocab = self.token_embedding.num_embeddings
+            # extra may be float32 master weights (training in half precision): in the table's dtype, as a row would be
             x = torch.where((ids < vocab)[..., None], self.token_embedding(ids.clamp(max=vocab - 1)),
-                            extra[(ids - vocab).clamp(min=0)])
+                            extra[(ids - vocab).clamp(min=0)].to(self.token_embedding.weight.dtype))
         return x + self.position_embedding.weight[: ids.shape[1]]
 
 

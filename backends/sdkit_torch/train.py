@@ -188,9 +188,14 @@ class Trainer:
             p.data, self.ema[i] = self.ema[i], p.data
 
     def attach(self, pipe) -> None:
-        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained."""
+        """Make `pipe` (an sdkit Pipeline on this backend) generate with the UNet being trained, and with the text
+        encoders being trained (fine-tuned, or with their LoRA layers) when the text side trains."""
+        from .residency import Lazy
         pipe.unet.forward = self.unet
         pipe.unet.dtype = self.unet.conv_in.weight.dtype
+        for name, encoder in zip(pipe.checkpoint.text_encoder_names, pipe.text_encoders):
+            if name in self.text:
+                encoder.lazy = Lazy(lambda model=self.text[name]: model, None)  # never evicted nor rebuilt
 
     def lora_weights(self) -> dict:
         return {t: (_np(m.down.weight, t.shape), _np(m.up.weight, t.shape, up=True)) for t, m in self.lora.items()}

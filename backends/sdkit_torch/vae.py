@@ -9,6 +9,7 @@ from torch import nn
 
 from sdkit.config import VAEConfig
 
+from . import cpu_bf16
 from .autograd import needs_grad
 from .onednn import Linear
 from .unet import Downsample2D, ResnetBlock2D
@@ -47,11 +48,16 @@ class Upsample2D(nn.Module):
         self.kernel = None  # (C_in, C_out, 4, 4), made from conv.weight at the first call
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # bfloat16 on a CPU without it: in float32, kernel included (torch's bfloat16 kernel takes 177x the time)
+        dtype = torch.float32 if cpu_bf16.emulated(x) else self.conv.weight.dtype
         if needs_grad(self.conv.weight):  # a kernel made now, so the gradient reaches conv.weight; never cached
-            return F.conv_transpose2d(x, upsampling_kernel(self.conv.weight), self.conv.bias, stride=2, padding=1)
-        if self.kernel is None:
-            self.kernel = upsampling_kernel(self.conv.weight)
-        return F.conv_transpose2d(x, self.kernel, self.conv.bias, stride=2, padding=1)
+            kernel = upsampling_kernel(self.conv.weight, dtype)
+        else:
+            if self.kernel is None:
+                self.kernel = upsampling_kernel(self.conv.weight, dtype)
+            kernel = self.kernel
+        y = F.conv_transpose2d(x.to(dtype), kernel, self.conv.bias.to(dtype), stride=2, padding=1)
+        return y.to(x.dtype)
 
 
 # Per axis, transposed-conv tap p of output pixel 2i + a, from the 3x3 taps (w0, w1, w2): a = 0 reads input
@@ -59,10 +65,10 @@ class Upsample2D(nn.Module):
 _TAPS = torch.tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)  # (4, 3)
 
 
-def upsampling_kernel(weight: torch.Tensor) -> torch.Tensor:
+def upsampling_kernel(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(C_out, C_in, 3, 3) conv weight -> the (C_in, C_out, 4, 4) kernel of upsample-then-conv, summed in float32."""
     taps = _TAPS.to(weight.device)
-    return torch.einsum("pk,ql,oikl->iopq", taps, taps, weight.float()).to(weight.dtype)
+    return torch.einsum("pk,ql,oikl->iopq", taps, taps, weight.float()).to(dtype)
 
 
 class MidBlock(nn.Module):

@@ -2,6 +2,7 @@
 
     sdkit-desktop
     sdkit-desktop --model PATH --prompt TEXT --steps 20 --seed 1 --generate --screenshot app.png --quit
+    sdkit-desktop --model SDXL --refiner REFINER --refiner-start 0.8 --prompt TEXT --generate
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--device")
     p.add_argument("--dtype", choices=DTYPES)
+    p.add_argument("--refiner", help="with an SDXL --model: an SDXL refiner's .safetensors file, folder or Hub id")
+    p.add_argument("--refiner-start", type=float, metavar="FRACTION", help="the Refiner switch at: the share of "
+                   "the schedule the model denoises before the refiner takes over, 0.01 to 0.99 (default 0.8)")
     p.add_argument("--generate", action="store_true", help="start generating at once")
     p.add_argument("--screenshot", metavar="FILE", help="with --generate: save a picture of the window once the "
                    "result is shown (or the error is)")
@@ -35,8 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if (args.screenshot or args.quit) and not args.generate:
         p.error("--screenshot and --quit act when a generation ends: add --generate")
-    if args.generate and not args.model:
-        p.error("--generate needs --model")
+    for flag, given in (("--generate", args.generate), ("--refiner", args.refiner)):
+        if given and not args.model:
+            p.error(f"{flag} needs --model")
+    if args.refiner_start is not None and not args.refiner:
+        p.error("--refiner-start is where the refiner takes over: add --refiner")
+    if args.refiner_start is not None and not 0.01 <= args.refiner_start <= 0.99:
+        p.error(f"--refiner-start must be in [0.01, 0.99] (the Refiner switch at), got {args.refiner_start}")
     return args
 
 
@@ -75,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 def apply_args(window: MainWindow, args: argparse.Namespace) -> None:
     """Put the command-line values into the form, as a person would type them."""
     if args.model:
-        window.picker.set_choice(ModelChoice(args.model, args.backend, args.device, args.dtype))
+        window.picker.set_choice(ModelChoice(args.model, args.backend, args.device, args.dtype,
+                                             refiner=args.refiner))
     if args.prompt is not None:
         window.prompt.set_text(args.prompt)
     if args.negative_prompt is not None:
@@ -84,6 +94,8 @@ def apply_args(window: MainWindow, args: argparse.Namespace) -> None:
     for value, box in ((args.steps, form.steps), (args.width, form.width_box), (args.height, form.height_box)):
         if value is not None:
             box.setValue(value)
+    if args.refiner_start is not None:
+        form.refiner_start.setValue(args.refiner_start)
     if args.seed is not None:
         form.seed.setText(str(args.seed))
         form.seed_lock.setChecked(True)

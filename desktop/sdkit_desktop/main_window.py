@@ -59,10 +59,10 @@ class MainWindow(QMainWindow):
         self._mask = None  # the running generation's inpainting mask
 
         clip_l = Tokenizer.bundled("clip-l")  # counts for SD1 and SDXL until a model is loaded
-        usage = lambda text: token_usage(text, clip_l)
+        self._plain_usage = lambda text: token_usage(text, clip_l)
         self.picker = ModelPicker()
-        self.prompt = PromptEdit("Prompt: what the picture shows", usage)
-        self.negative = PromptEdit("Negative prompt: what to avoid", usage)
+        self.prompt = PromptEdit("Prompt: what the picture shows", self._plain_usage)
+        self.negative = PromptEdit("Negative prompt: what to avoid", self._plain_usage)
         self.networks = NetworkBrowser()
         self.form = SettingsPanel(model_samplers(None))  # all of them until a model is loaded
         self.mask_editor = MaskEditor()
@@ -194,6 +194,9 @@ class MainWindow(QMainWindow):
             return
         self.train_panel.started(kwargs)
         self._set_busy(True)
+        # The worker drops its Pipeline to train; the counters' Pipeline.token_usage would keep it in memory
+        self.prompt.set_counter(self._plain_usage)
+        self.negative.set_counter(self._plain_usage)
         self.worker.train(dict(kwargs, model=choice.model, backend=choice.backend, device=choice.device,
                                dtype=choice.dtype, vae=choice.vae))
 
@@ -317,9 +320,9 @@ class MainWindow(QMainWindow):
     def _on_loaded(self, info: Loaded) -> None:
         self._loaded = info.choice
         if info.refiner:  # by the name image metadata writes, for dropped PNGs
-            self.session.remember(info.choice.refiner, info.refiner)
+            self.session.remember(info.choice.refiner, info.refiner, refiner=True)
         self.session.remember(info.choice.model, info.name)
-        self.picker.set_recent(self.session.recent)
+        self.picker.set_recent(self.session.recent, self.session.refiners)
         self.picker.set_family(info.family)
         vae = f" · VAE {Path(info.choice.vae).name}" if info.choice.vae else ""
         vae += f" · refiner {info.refiner}" if info.refiner else ""
@@ -442,14 +445,16 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         try:
             recent, names = json.loads(self.store.value("recent", "[]")), json.loads(self.store.value("names", "{}"))
+            refiners = json.loads(self.store.value("refiners", "[]"))
             model = json.loads(self.store.value("model", "null"))
             settings = Settings.from_dict(json.loads(self.store.value("settings", "{}")))
             choice = ModelChoice(**model) if model else None
         except (TypeError, ValueError) as e:  # written by hand or by another version: start afresh
             self.status.setText(f"Saved settings in {self.store.fileName()} ignored: {e}")
             return
-        self.session.recent, self.session.names, self.session.settings = recent, names, settings
-        self.picker.set_recent(recent)
+        self.session.recent, self.session.refiners, self.session.names = recent, refiners, names
+        self.session.settings = settings
+        self.picker.set_recent(recent, refiners)
         if choice:
             self.picker.set_choice(choice)
         self._show_settings(settings)
@@ -458,6 +463,7 @@ class MainWindow(QMainWindow):
         self._sync_session()
         self.store.setValue("geometry", self.saveGeometry())
         self.store.setValue("recent", json.dumps(self.session.recent))
+        self.store.setValue("refiners", json.dumps(self.session.refiners))
         self.store.setValue("names", json.dumps(self.session.names))
         self.store.setValue("settings", json.dumps(self.session.settings.to_dict()))
         if self.session.model is not None:

@@ -163,7 +163,8 @@ class Result:
 class Session:
     settings: Settings = field(default_factory=Settings)
     model: ModelChoice | None = None
-    recent: list[str] = field(default_factory=list)  # models, most recent first
+    recent: list[str] = field(default_factory=list)  # models, most recent first (the Model box's)
+    refiners: list[str] = field(default_factory=list)  # SDXL refiners, most recent first (the Refiner box's)
     names: dict[str, str] = field(default_factory=dict)  # display name (as in image metadata) -> model
     results: list[Result] = field(default_factory=list)
     mask: Mask | None = None  # drawn over the init image (Inpaint mode); not saved between sessions
@@ -183,10 +184,14 @@ class Session:
             kwargs |= self.mask.generate_kwargs(s.init_image, s.mask_blur, s.inpaint_area, s.inpaint_padding, s.seed)
         return self.model, kwargs
 
-    def remember(self, model: str, name: str) -> None:
-        """Put a successfully loaded model at the top of the recent list."""
-        self.recent = [model] + [m for m in self.recent if m != model][: MAX_RECENT - 1]
-        self.names = {n: m for n, m in self.names.items() if m in self.recent} | {name: model}
+    def remember(self, model: str, name: str, refiner: bool = False) -> None:
+        """Put a successfully loaded model at the top of its recent list: `refiners` for a refiner, else `recent`."""
+        first = lambda models: [model] + [m for m in models if m != model][: MAX_RECENT - 1]
+        if refiner:
+            self.refiners = first(self.refiners)
+        else:
+            self.recent = first(self.recent)
+        self.names = {n: m for n, m in self.names.items() if m in self.recent or m in self.refiners} | {name: model}
 
     def model_named(self, name: str | None) -> str | None:
         """The model an image's metadata names, if it is one used before or a path that exists."""

@@ -1,7 +1,8 @@
 """The worker: a QObject living in a QThread that loads models, generates and trains, reporting through signals.
 
 The GUI thread never waits on it. It holds the loaded Pipeline and SDXL refiner between generations and reloads
-each only when the requested ModelChoice changes it. Cancel is a threading.Event the sampler callback polls after
+each only when the requested ModelChoice changes it; a training run drops both first (sdkit.train loads its own
+copy) and the next generation loads them again. Cancel is a threading.Event the sampler callback polls after
 every UNet evaluation, so it takes effect within one step even though the worker's event loop is busy; sdkit.train's
 should_stop polls it between the images it first encodes (nothing is written then) and after every training step
 (a cancelled run saves its resumable state, as Ctrl-C does).
@@ -78,7 +79,7 @@ class Worker(QObject):
         self._generate_requested.emit(choice, kwargs)
 
     def train(self, kwargs: dict) -> None:
-        """sdkit.train(**kwargs) in the worker thread (the loaded Pipeline stays loaded)."""
+        """sdkit.train(**kwargs) in the worker thread, after dropping the loaded Pipeline and refiner."""
         self._cancel.clear()
         self._train_requested.emit(kwargs)
 
@@ -127,6 +128,8 @@ class Worker(QObject):
             for path in images:
                 self.train_sample.emit(step, path)
 
+        self.pipe = self.info = self.refiner = self._refiner_key = None
+        gc.collect()  # the generating model's memory is free before training loads its copy
         try:
             record = sdkit.train(**kwargs, progress=False, callback=callback, should_stop=self._cancel.is_set)
         except sdkit.Cancelled as e:

@@ -6,15 +6,13 @@
   `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (scalar); the delta is up @ down * alpha / r. Metadata: the
   `ss_*` keys sd-scripts writes. On request PEFT's / diffusers' format (save_peft).
 - Textual inversion, A1111's .safetensors: `emb_params` (n, C); SDXL `clip_l` and `clip_g`.
-- Full fine-tune: a single-file checkpoint (sdkit.ldm_writer) or a diffusers folder: the source's files with
-  the trained components' weights in place.
+- Full fine-tune: a single-file checkpoint (sdkit.ldm_writer) or a diffusers folder (sdkit.diffusers_writer).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from .. import ldm_writer
+from .. import diffusers_writer, ldm_writer
 from ..checkpoint import Checkpoint
 
 # Linear / 1x1-conv layers inside the UNet's transformers (kohya's default LoRA targets)
@@ -151,21 +149,7 @@ def save_embedding(path: Path, vectors: dict[str, np.ndarray], family: str) -> N
 
 def save_finetune(path: Path, ckpt: Checkpoint, trained: dict[str, dict[str, np.ndarray]]) -> None:
     """trained: component ("unet", "text_encoder", ...) -> canonical name -> array. `path` ending in .safetensors:
-    one LDM-layout file; otherwise a diffusers folder: the source folder's files with the trained components'
-    weights (as .safetensors files, under the source's tensor names) in place."""
+    one LDM-layout file (sdkit.ldm_writer); otherwise a diffusers folder (sdkit.diffusers_writer), from a folder
+    or a single-file model alike."""
     trained = {c: {k: v for k, v in w.items() if k in ckpt.weights[c]} for c, w in trained.items()}
-    if path.suffix == ".safetensors":
-        ldm_writer.write(path, ckpt, trained)
-        return
-    if not ckpt.path.is_dir():
-        raise ValueError(f"finetune: the model {ckpt.path} is a single file, so out must be one too (a .safetensors "
-                         f"name), or the model a diffusers folder")
-    if path.exists():
-        shutil.rmtree(path)
-    weight_file = {"unet": "diffusion_pytorch_model"}
-    shutil.copytree(ckpt.path, path, ignore=lambda folder, names: [
-        n for n in names if Path(folder).name in trained and n.startswith(weight_file.get(Path(folder).name, "model"))])
-    for component, weights in trained.items():
-        refs, file = ckpt.weights[component], f"{weight_file.get(component, 'model')}.safetensors"
-        save_file({refs[k].key: np.ascontiguousarray(v) for k, v in weights.items()}, str(path / component / file),
-                  metadata={"format": "pt"})
+    (ldm_writer if path.suffix == ".safetensors" else diffusers_writer).write(path, ckpt, trained)

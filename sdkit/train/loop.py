@@ -66,10 +66,10 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     "textual_inversion" (A1111 .safetensors; `token`, default the output's stem, is the word captions use,
     started from `init_word`'s embedding, `vectors` per token) or "finetune" (the UNet, and with text_encoder
     the text encoders too; out: a single-file checkpoint when it ends in .safetensors (LDM names: A1111,
-    ComfyUI, from_single_file), else a diffusers folder, which needs a diffusers folder as the model).
+    ComfyUI, from_single_file), else a diffusers folder (from a folder or a single-file model alike)).
     backend, device, dtype, vae as in sdkit.load (dtype default float32; vae: the VAE that encodes the images);
     in bfloat16 or float16 the frozen weights and activations are half precision and the trained weights and AdamW
-    float32 (a fine-tune's forward runs under torch's autocast; on MLX in float32); float16 adds dynamic loss
+    float32 (a fine-tune keeps float32 master weights, its forward and backward in dtype); float16 adds dynamic loss
     scaling (a step whose gradients overflow is skipped and logged with "skipped": true). seed fixes data order,
     noise and timesteps. gradient_checkpointing: recompute block activations in the backward pass (less memory).
     ema_decay (e.g. 0.9999): write an exponential moving average of the trained weights (diffusers' EMAModel
@@ -80,8 +80,9 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
     sample_seed + i) every N steps into `samples/` beside the output.
     callback(step, steps, loss, sample_paths) after each step (sample_paths: the images that step wrote);
     returning False stops the run as Ctrl-C does, after that step (a GUI's Cancel).
-    should_stop(): polled before each image and caption is encoded (caching) and after each step; True while
-    caching raises sdkit.Cancelled with nothing written, in the loop stops as callback returning False does.
+    should_stop(): polled before each image and caption is encoded (caching), after each step and at each sampler
+    step of a sample image; True while caching raises sdkit.Cancelled with nothing written, in the loop stops as
+    callback returning False does (a sample image being made is dropped, never half-written).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not known; use one of {', '.join(METHODS)}")
@@ -203,7 +204,11 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
             bar.update(1)
             if save_every and (step + 1) % save_every == 0:
                 checkpoints.save(state_file, trainer, step + 1, rng.bit_generator.state, queue)
-            images = sampler(step + 1, plan, token) if sampler is not None and (step + 1) % sample_every == 0 else []
+            try:
+                images = sampler(step + 1, plan, token, should_stop) \
+                    if sampler is not None and (step + 1) % sample_every == 0 else []
+            except Cancelled:  # should_stop during a sample image: the step is done, that image is not saved
+                images = []
             record.outputs += images
             stopped = callback is not None and callback(step + 1, steps, record.losses[-1], images) is False
             if (stopped or should_stop is not None and should_stop()) and step + 1 < steps:

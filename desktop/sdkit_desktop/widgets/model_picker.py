@@ -131,15 +131,13 @@ class ModelPicker(QWidget):
         self.vae.addItems([OWN_VAE, *files])
         self.vae.setCurrentText(current or OWN_VAE)
 
-    def set_recent(self, models: list[str]) -> None:
-        current = self.model.currentText()
-        self.model.clear()
-        self.model.addItems(models)
-        self.model.setCurrentText(current)
-        current = self.refiner.currentText()
-        self.refiner.clear()
-        self.refiner.addItems([NO_REFINER, *models])
-        self.refiner.setCurrentText(current)
+    def set_recent(self, models: list[str], refiners: list[str]) -> None:
+        """The recent models into the Model box, the recent refiners into the Refiner box."""
+        for box, items in ((self.model, models), (self.refiner, [NO_REFINER, *refiners])):
+            current = box.currentText()
+            box.clear()
+            box.addItems(items)
+            box.setCurrentText(current)
 
     def _fill_devices(self, backend: str) -> None:
         self.device.clear()
