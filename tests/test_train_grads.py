@@ -285,3 +285,17 @@ def test_group_norm_silu_matches_finite_differences():
     x = torch.randn(2, 6, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: group_norm_silu(norm, x), (x,))
     assert group_norm_silu(norm, x).grad_fn.name() == GroupNormSiLU.__name__ + "Backward"
+
+
+def test_frozen_geglu_matches_finite_differences():
+    """sdkit_torch.frozen.GEGLU (the projection recomputed in backward), float64, with and without a bias; and
+    the UNet's GEGLU takes it when its projection is frozen."""
+    from sdkit_torch import frozen
+    from sdkit_torch.unet import GEGLU
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w, b = torch.randn(10, 4, dtype=torch.float64, generator=g), torch.randn(10, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(frozen.GEGLU.apply, (x, w, b))
+    assert torch.autograd.gradcheck(frozen.GEGLU.apply, (x, w, None))
+    layer = GEGLU(4, 5).double().requires_grad_(False)
+    assert layer(x).grad_fn.name() == "GEGLUBackward"

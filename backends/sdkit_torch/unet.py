@@ -160,6 +160,8 @@ class GEGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two half-width products rather than one and chunk(): contiguous outputs, the GELU fused into the gate's
         # product, and the result in the value's buffer (the feed-forward runs 1.3x faster on the CPU)
+        if isinstance(self.proj, nn.Linear) and frozen.applies(x, self.proj):  # LoRA / TI training through it
+            return frozen.GEGLU.apply(x, self.proj.weight, self.proj.bias)
         if not isinstance(self.proj, nn.Linear) or needs_grad(x, self.proj.weight):  # training (proj may be a LoRA)
             return _GEGLUGate.apply(self.proj(x))
         inner = self.proj.out_features // 2
