@@ -240,7 +240,7 @@ def _write(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolu
         formats.save_peft(out, trainer.lora_weights(), plan.alpha)
     elif plan.lora is not None:
         meta = formats.lora_metadata(ckpt, rank, plan.alpha, conv, text_encoder, steps, lr, resolution,
-                                     len(examples), seed, out.stem)
+                                     examples, seed, out.stem)
         formats.save_lora(out, ckpt, trainer.lora_weights(), plan.alpha, meta)
     elif plan.embeddings is not None:
         formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family)
