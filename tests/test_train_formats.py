@@ -84,6 +84,7 @@ def test_lora_metadata_holds_kohyas_keys_and_values(sd2v_folder, sdxl_folder, tm
                                "x")
     assert (xl["ss_base_model_version"], xl["ss_v2"], xl["modelspec.architecture"]) == (
         "sdxl_base_v1-0", "False", "stable-diffusion-xl-v1-base/lora")
+    assert xl["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"  # LDM names
     assert json.loads(xl["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4.0"}
 
 

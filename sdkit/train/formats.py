@@ -1,11 +1,11 @@
 """What training writes, in the formats other tools read.
 
 - LoRA, by default kohya sd-scripts' format (networks/lora.py; what A1111, ComfyUI, Forge and Civitai load): per adapted
-  module `lora_unet_<diffusers path with _>` (text encoders: `lora_te_`, SDXL `lora_te1_` / `lora_te2_`, then
-  transformers' path `text_model_encoder_layers_...`) with `.lora_down.weight` (r, in[, kh, kw]),
-  `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (scalar); the delta is up @ down * alpha / r. Metadata: the
-  `ss_*` keys sd-scripts writes, its `sshs_*` hashes and `modelspec.*`. On request PEFT's / diffusers' format
-  (save_peft).
+  module `lora_unet_<diffusers path with _>` (SDXL: LDM's path, as kohya's SDXL UNet names it; text encoders:
+  `lora_te_`, SDXL `lora_te1_` / `lora_te2_`, then transformers' path `text_model_encoder_layers_...`) with
+  `.lora_down.weight` (r, in[, kh, kw]), `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (scalar); the delta
+  is up @ down * alpha / r. Metadata: the `ss_*` keys sd-scripts writes, its `sshs_*` hashes and `modelspec.*`.
+  On request PEFT's / diffusers' format (save_peft).
 - Textual inversion, A1111's .safetensors: `emb_params` (n, C); SDXL `clip_l` and `clip_g`.
 - Full fine-tune: a single-file checkpoint (sdkit.ldm_writer) or a diffusers folder (sdkit.diffusers_writer).
 """
@@ -24,6 +24,7 @@ from safetensors.numpy import save, save_file
 
 from .. import diffusers_writer, ldm_writer, modelspec
 from ..checkpoint import Checkpoint
+from ..families import UNET_PREFIX
 from .data import Example
 
 # Linear / 1x1-conv layers inside the UNet's transformers (kohya's default LoRA targets)
@@ -79,21 +80,31 @@ def lora_init(targets: list[Target], rank: int,
     return out
 
 
-def kohya_name(target: Target, text_encoders: tuple[str, ...]) -> str:
-    if target.component == "unet":
-        return "lora_unet_" + target.module.replace(".", "_")
-    prefix = TEXT_PREFIX.get(text_encoders, "lora_te")
-    if target.component == "text_encoder_2":
-        prefix = "lora_te2"
-    return f"{prefix}_text_model_" + target.module.replace(".", "_")
+def kohya_names(ckpt: Checkpoint, targets: list[Target]) -> dict[Target, str]:
+    """Each target's kohya module name: the module path with `.` -> `_` after `lora_unet_` / `lora_te*_text_model_`.
+    kohya's SD1 / SD2 UNet uses diffusers' paths, its SDXL UNet LDM's (library/sdxl_original_unet.py:
+    `input_blocks_4_1_transformer_blocks_0_attn1_to_q`, resnets' `in_layers_2`, ...), read off sdkit.ldm_writer."""
+    ldm = {}
+    if ckpt.family == "sdxl":
+        stored = ldm_writer.unet({f"{t.module}.weight": t.module for t in targets if t.component == "unet"}, ckpt.unet)
+        ldm = {module: name.removeprefix(UNET_PREFIX).removesuffix(".weight") for name, module in stored.items()}
+    prefix = TEXT_PREFIX.get(tuple(ckpt.text_encoder_names), "lora_te")
+    out = {}
+    for t in targets:
+        if t.component == "unet":
+            out[t] = "lora_unet_" + ldm.get(t.module, t.module).replace(".", "_")
+        else:
+            out[t] = ("lora_te2" if t.component == "text_encoder_2" else prefix) + "_text_model_" + \
+                t.module.replace(".", "_")
+    return out
 
 
 def save_lora(path: Path, ckpt: Checkpoint, lora: dict[Target, tuple[np.ndarray, np.ndarray]],
               alpha: float, metadata: dict[str, str]) -> None:
     tensors = {}
-    names = tuple(ckpt.text_encoder_names)
+    names = kohya_names(ckpt, list(lora))
     for t, (down, up) in lora.items():
-        key = kohya_name(t, names)
+        key = names[t]
         tensors[f"{key}.lora_down.weight"] = np.ascontiguousarray(down, np.float32)
         tensors[f"{key}.lora_up.weight"] = np.ascontiguousarray(up, np.float32)
         tensors[f"{key}.alpha"] = np.array(alpha, np.float32)
@@ -157,8 +168,9 @@ def lora_metadata(ckpt: Checkpoint, rank: int, alpha: float, conv: bool, text_en
     }
     if conv:  # kohya writes ss_network_args only when given; its values are the command line's strings
         meta["ss_network_args"] = json.dumps({"conv_dim": str(rank), "conv_alpha": str(alpha)})
-    # kohya's implementation: LDM / SGM names for its SDXL LoRAs, diffusers' for SD1 / SD2
-    return meta | modelspec.metadata(ckpt, name, (resolution, resolution), "lora", modelspec.DIFFUSERS)
+    # kohya's implementation: LDM / SGM names for its SDXL LoRAs, diffusers' for SD1 / SD2 (kohya_names)
+    implementation = modelspec.SGM if ckpt.family == "sdxl" else modelspec.DIFFUSERS
+    return meta | modelspec.metadata(ckpt, name, (resolution, resolution), "lora", implementation)
 
 
 def tag_frequency(examples: list[Example]) -> dict[str, dict[str, int]]:
