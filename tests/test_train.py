@@ -181,6 +181,10 @@ def test_textual_inversion_reads_in_diffusers_and_sdkit_alike(sd1_folder, photos
                 learning_rate=1e-1, backend="torch", progress=False)
     emb = load_file(str(out))
     assert list(emb) == ["emb_params"] and emb["emb_params"].shape == (1, 64)
+    with safe_open(str(out), "np") as f:  # kohya's model spec for an embedding (sai_model_spec.build_metadata)
+        meta = f.metadata()
+    assert (meta["modelspec.architecture"], meta["modelspec.title"], meta["modelspec.resolution"]) == (
+        "stable-diffusion-v1/textual-inversion", "shinything", "64x64")  # trained at the tiny model's size
 
     pipe = diffusers_pipeline(sd1_folder)
     pipe.load_textual_inversion(str(out), token="shinything")

@@ -199,13 +199,16 @@ def lora_delta(down: np.ndarray, up: np.ndarray, alpha: float) -> np.ndarray:
     return (d * (alpha / rank)).reshape(up.shape[0], *down.shape[1:]).astype(np.float32)
 
 
-def save_embedding(path: Path, vectors: dict[str, np.ndarray], family: str) -> None:
-    """vectors: per text encoder (n, C). A1111's layout: `emb_params`, or SDXL's `clip_l` / `clip_g`."""
+def save_embedding(path: Path, vectors: dict[str, np.ndarray], family: str,
+                   metadata: dict[str, str] | None = None) -> None:
+    """vectors: per text encoder (n, C). A1111's layout: `emb_params`, or SDXL's `clip_l` / `clip_g`, and nothing
+    else (A1111's create_embedding_from_data takes a file of one tensor, or clip_g and clip_l, as an embedding);
+    metadata: the model spec kohya gives its embeddings (train_textual_inversion.py)."""
     if family == "sdxl":
         tensors = {"clip_l": vectors["text_encoder"], "clip_g": vectors["text_encoder_2"]}
     else:
         tensors = {"emb_params": vectors["text_encoder"]}
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path))
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
 def save_finetune(path: Path, ckpt: Checkpoint, trained: dict[str, dict[str, np.ndarray]]) -> None:
