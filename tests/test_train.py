@@ -356,6 +356,7 @@ def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
     # kohya's SDXL UNet is named as LDM's (sd-scripts library/sdxl_original_unet.py), not diffusers'
     unet_keys = {k.split("_")[2] for k in keys if k.startswith("lora_unet_")}
     assert unet_keys == {"input", "middle", "output"}, unet_keys
+    assert any(k.endswith("_emb_layers_1.alpha") for k in keys)  # LoCon's timestep projections, as kohya's
     from sdkit.adapters.lora import Targets, read_lora
     ckpt = open_checkpoint(sdxl_folder)  # sdkit's loader finds every trained layer under its name
     layers = read_lora(out, Targets.of(ckpt.family, ckpt.weights, ckpt.unet)).layers

@@ -30,8 +30,10 @@ from .data import Example
 # Linear / 1x1-conv layers inside the UNet's transformers (kohya's default LoRA targets)
 UNET_ATTENTION = re.compile(r"\.attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\."
                             r"(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.0\.proj|ff\.net\.2))$")
-# LoCon adds the resnets' and resamplers' convolutions (kohya's conv_dim)
-UNET_CONV = re.compile(r"\.(resnets\.\d+\.(conv1|conv2|conv_shortcut)|downsamplers\.0\.conv|upsamplers\.0\.conv)$")
+# LoCon (kohya's conv_dim) adds every Linear / Conv2d of the resnets and resamplers: their convolutions and the
+# resnets' timestep projection (sd-scripts' ResnetBlock2D time_emb_proj; SDXL's emb_layers.1)
+UNET_CONV = re.compile(r"\.(resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)|downsamplers\.0\.conv"
+                       r"|upsamplers\.0\.conv)$")
 TEXT = re.compile(r"^encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$")
 TEXT_PREFIX = {("text_encoder",): "lora_te", ("text_encoder", "text_encoder_2"): "lora_te1"}
 BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
