@@ -127,3 +127,23 @@ def test_trained_lora_carries_the_hash_a1111_computes(sd1_folder, tmp_path):
     assert meta["sshs_model_hash"] == hashlib.sha256(raw[8 + int.from_bytes(raw[:8], "little"):]).hexdigest()
     assert json.loads(meta["ss_tag_frequency"]) == {"2_sks cube": {"sks cube": 1}}
     assert meta["ss_num_train_images"] == "2"
+
+
+def test_sdxl_embedding_is_clip_l_and_clip_g_as_a1111_reads_it(sdxl_folder, tmp_path):
+    """An SDXL embedding holds exactly clip_l (the first encoder's width) and clip_g (the second's), one row per
+    vector (A1111 textual_inversion.py create_embedding_from_data; ComfyUI sd1_clip.py load_embed by key)."""
+    import sdkit
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(data / "0.png")
+    (data / "0.txt").write_text("a photo of shinything")
+    out = tmp_path / "shinything.safetensors"
+    sdkit.train(sdxl_folder, data, method="textual_inversion", out=out, steps=1, vectors=2, init_word="cube",
+                backend="torch", progress=False, resolution=64)
+    ckpt = open_checkpoint(sdxl_folder)
+    meta, _ = header(out)
+    with safe_open(str(out), "np") as f:
+        shapes = {k: f.get_tensor(k).shape for k in f.keys()}
+    assert shapes == {"clip_l": (2, ckpt.text_encoders[0].hidden_size),
+                      "clip_g": (2, ckpt.text_encoders[1].hidden_size)}
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
