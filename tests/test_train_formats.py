@@ -53,7 +53,7 @@ def test_single_file_says_its_prediction_as_kohya_and_comfyui_write_it(
         prediction, zsnr, source.default_size)
 
 
-def test_lora_metadata_holds_kohyas_keys_and_values(sd2v_folder, sdxl_folder, tmp_path):
+def test_lora_metadata_holds_kohyas_keys_and_values(sd2v_folder, sdxl_folder, sd1_single_file, tmp_path):
     """The ss_* values as kohya's train_network.py computes them: images x repeats, folders with their repeats,
     tag counts per folder (train_util.py set_tag_frequency: comma-separated, stripped, lowercased, once per
     caption), sd_v2_v for a v-prediction SD2 (model_util.get_model_version_str_for_sd1_sd2), no
@@ -86,6 +86,9 @@ def test_lora_metadata_holds_kohyas_keys_and_values(sd2v_folder, sdxl_folder, tm
         "sdxl_base_v1-0", "False", "stable-diffusion-xl-v1-base/lora")
     assert xl["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"  # LDM names
     assert json.loads(xl["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4.0"}
+    assert (meta["ss_sd_model_name"], xl["ss_sd_model_name"]) == (sd2v_folder.name, sdxl_folder.name)
+    one = formats.lora_metadata(open_checkpoint(sd1_single_file), 4, 4.0, False, False, 1, 1e-4, 64, examples, 0, "o")
+    assert (one["ss_sd_model_name"], one["ss_base_model_version"]) == (sd1_single_file.name, "sd_v1")  # with suffix
 
 
 def test_addnet_hashes_are_sd_scripts_own():

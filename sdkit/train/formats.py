@@ -152,7 +152,7 @@ def lora_metadata(ckpt: Checkpoint, rank: int, alpha: float, conv: bool, text_en
         # model_util.get_model_version_str_for_sd1_sd2 (sd_v1 / sd_v2, "_v" for v-prediction); SDXL's constant
         "ss_base_model_version": BASE_VERSION[ckpt.family] + ("_v" if v and ckpt.family != "sdxl" else ""),
         "ss_v2": str(ckpt.family == "sd2"),
-        "ss_sd_model_name": ckpt.name,
+        "ss_sd_model_name": ckpt.path.name if ckpt.path.is_file() else ckpt.name,  # kohya: a file's basename
         "ss_training_started_at": now,
         "ss_training_finished_at": now,
         "ss_max_train_steps": str(steps),
