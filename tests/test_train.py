@@ -13,6 +13,7 @@ from safetensors.numpy import load_file
 from safetensors import safe_open
 
 import sdkit
+from sdkit.checkpoint import open_checkpoint
 from sdkit.config import SchedulerConfig
 from sdkit.samplers.schedules import alphas_cumprod
 from sdkit.train import data, formats, loss, schedule
@@ -117,14 +118,15 @@ def unet_probe(unet, seed=0):
 def merged_state(folder, component, lora_file):
     """component's diffusers weights with the LoRA's deltas (formats.lora_delta) added by hand."""
     lora = load_file(str(lora_file))
-    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component]
     state = {}
     path = next((folder / component).glob("*.safetensors"))
     base = load_file(str(path))
+    names = {t.module: k for t, k in formats.kohya_names(open_checkpoint(folder), [  # SDXL: LDM's paths
+        formats.Target(component, key.removeprefix("text_model.").removesuffix(".weight"), w.shape)
+        for key, w in base.items() if key.endswith(".weight")]).items()}
     changed = 0
     for key, w in base.items():
-        name = key.removeprefix("text_model.").removesuffix(".weight")
-        k = prefix + ("text_model_" if component != "unet" else "") + name.replace(".", "_")
+        k = names.get(key.removeprefix("text_model.").removesuffix(".weight"))
         if key.endswith(".weight") and f"{k}.lora_down.weight" in lora:
             w = w + formats.lora_delta(lora[f"{k}.lora_down.weight"], lora[f"{k}.lora_up.weight"],
                                        float(lora[f"{k}.alpha"])).reshape(w.shape)
@@ -179,6 +181,10 @@ def test_textual_inversion_reads_in_diffusers_and_sdkit_alike(sd1_folder, photos
                 learning_rate=1e-1, backend="torch", progress=False)
     emb = load_file(str(out))
     assert list(emb) == ["emb_params"] and emb["emb_params"].shape == (1, 64)
+    with safe_open(str(out), "np") as f:  # kohya's model spec for an embedding (sai_model_spec.build_metadata)
+        meta = f.metadata()
+    assert (meta["modelspec.architecture"], meta["modelspec.title"], meta["modelspec.resolution"]) == (
+        "stable-diffusion-v1/textual-inversion", "shinything", "64x64")  # trained at the tiny model's size
 
     pipe = diffusers_pipeline(sd1_folder)
     pipe.load_textual_inversion(str(out), token="shinything")
@@ -339,13 +345,23 @@ def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
 
 
 def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
-    """SDXL: kohya's lora_unet_ / lora_te1_ / lora_te2_ names reach diffusers' UNet and both text encoders; the
-    UNet's output is the hand-merged one."""
+    """SDXL: kohya's lora_unet_ (LDM's paths, LoCon included) / lora_te1_ / lora_te2_ names reach diffusers' UNet
+    and both text encoders, and sdkit's loader; the UNet's output is the hand-merged one."""
     out = tmp_path / "xl.safetensors"
-    sdkit.train(sdxl_folder, photos, method="lora", out=out, steps=3, rank=4, text_encoder=True, learning_rate=1e-2,
-                backend="torch", progress=False, resolution=64)
-    assert load_file(str(out)).keys() >= {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
-                                          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"}
+    sdkit.train(sdxl_folder, photos, method="lora", out=out, steps=3, rank=4, text_encoder=True, conv=True,
+                learning_rate=1e-2, backend="torch", progress=False, resolution=64)
+    keys = load_file(str(out)).keys()
+    assert keys >= {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
+                    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"}
+    # kohya's SDXL UNet is named as LDM's (sd-scripts library/sdxl_original_unet.py), not diffusers'
+    unet_keys = {k.split("_")[2] for k in keys if k.startswith("lora_unet_")}
+    assert unet_keys == {"input", "middle", "output"}, unet_keys
+    assert any(k.endswith("_emb_layers_1.alpha") for k in keys)  # LoCon's timestep projections, as kohya's
+    from sdkit.adapters.lora import Targets, read_lora
+    ckpt = open_checkpoint(sdxl_folder)  # sdkit's loader finds every trained layer under its name
+    layers = read_lora(out, Targets.of(ckpt.family, ckpt.weights, ckpt.unet)).layers
+    assert {(x.component, x.name.removesuffix(".weight")) for x in layers} == {
+        (t.component, t.module) for t in formats.lora_targets(ckpt, conv=True, text_encoder=True)}
     pipe = diffusers_pipeline(sdxl_folder)
     ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
     probe = lambda: [pipe.text_encoder(ids).last_hidden_state, pipe.text_encoder_2(ids).last_hidden_state]
@@ -354,13 +370,15 @@ def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
     added = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
     unet = lambda u: u(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
     with torch.no_grad():
-        before = probe()
+        before, base = probe(), unet(pipe.unet)
         pipe.load_lora_weights(str(out))
         pipe.fuse_lora()
         after, theirs = probe(), unet(pipe.unet)
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(after, before))
+    assert (theirs - base).abs().max() > 1e-3
     fresh = diffusers_pipeline(sdxl_folder)
-    state, _ = merged_state(sdxl_folder, "unet", out)
+    state, changed = merged_state(sdxl_folder, "unet", out)
+    assert changed == sum(1 for k in keys if k.startswith("lora_unet_") and k.endswith(".alpha"))
     fresh.unet.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     with torch.no_grad():
         torch.testing.assert_close(unet(fresh.unet), theirs, atol=1e-4, rtol=1e-4)
