@@ -224,7 +224,8 @@ OVERFIT = [
     ("finetune", "torch", 60, dict(learning_rate=2e-3)),
     ("finetune", "mlx", 20, dict(learning_rate=3e-3, text_encoder=True)),  # a single file, read back
     ("lora", "torch", 60, dict(rank=8, conv=True, learning_rate=2e-2)),
-    # a DreamBooth LoRA is MLX's LoRA with an instance prompt; plain LoRA on MLX follows torch's loss curve above
+    ("lora", "mlx", 60, dict(rank=8, conv=True, learning_rate=2e-2)),
+    ("dreambooth", "torch", 60, dict(rank=8, conv=True, learning_rate=2e-2, instance_prompt="a photo of sks cube")),
     ("dreambooth", "mlx", 60, dict(rank=8, conv=True, learning_rate=2e-2, instance_prompt="a photo of sks cube")),
 ]
 # Textual inversion is not here: the tiny model's x0 estimates barely depend on the prompt (any prompt, or none,
