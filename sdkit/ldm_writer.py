@@ -6,6 +6,8 @@ ComfyUI, Forge and diffusers' from_single_file load.
                                             mid.attn_1 as 1x1 convolutions
     text encoders  where families.LAYOUTS puts the family's towers: CLIP under `transformer.text_model.`,
                    OpenCLIP with q/k/v fused into in_proj and text_projection stored as OpenCLIP's (width, P)
+    about itself   modelspec.* metadata and ComfyUI's v_pred / ztsnr markers (sdkit.modelspec): without them a
+                   reader guesses the prediction type (A1111 and ComfyUI from the weights, sdkit from the name)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import ldm
+from . import ldm, modelspec
 from .checkpoint import Checkpoint
 from .families import LAYOUTS, UNET_PREFIX, VAE_PREFIX
 from .weights import read_tensors
@@ -36,8 +38,9 @@ def write(path: Path, ckpt: Checkpoint, replaced: dict[str, dict[str, np.ndarray
     for tower in layout.towers:
         convert = clip if tower.kind == "clip" else openclip
         tensors |= {tower.prefix + k: v for k, v in convert(weights[tower.component]).items()}
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path),
-              metadata={"format": "pt", **(metadata or {})})
+    spec, markers = modelspec.checkpoint(ckpt, path.stem)
+    save_file({k: np.ascontiguousarray(v) for k, v in (tensors | markers).items()}, str(path),
+              metadata={"format": "pt", **spec, **(metadata or {})})
 
 
 def unet(weights: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:

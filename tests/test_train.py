@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 from safetensors import safe_open
 
 import sdkit
+from sdkit.checkpoint import open_checkpoint
 from sdkit.config import SchedulerConfig
 from sdkit.samplers.schedules import alphas_cumprod
 from sdkit.train import data, formats, loss, schedule
@@ -117,14 +118,15 @@ def unet_probe(unet, seed=0):
 def merged_state(folder, component, lora_file):
     """component's diffusers weights with the LoRA's deltas (formats.lora_delta) added by hand."""
     lora = load_file(str(lora_file))
-    prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component]
     state = {}
     path = next((folder / component).glob("*.safetensors"))
     base = load_file(str(path))
+    names = {t.module: k for t, k in formats.kohya_names(open_checkpoint(folder), [  # SDXL: LDM's paths
+        formats.Target(component, key.removeprefix("text_model.").removesuffix(".weight"), w.shape)
+        for key, w in base.items() if key.endswith(".weight")]).items()}
     changed = 0
     for key, w in base.items():
-        name = key.removeprefix("text_model.").removesuffix(".weight")
-        k = prefix + ("text_model_" if component != "unet" else "") + name.replace(".", "_")
+        k = names.get(key.removeprefix("text_model.").removesuffix(".weight"))
         if key.endswith(".weight") and f"{k}.lora_down.weight" in lora:
             w = w + formats.lora_delta(lora[f"{k}.lora_down.weight"], lora[f"{k}.lora_up.weight"],
                                        float(lora[f"{k}.alpha"])).reshape(w.shape)
@@ -179,6 +181,10 @@ def test_textual_inversion_reads_in_diffusers_and_sdkit_alike(sd1_folder, photos
                 learning_rate=1e-1, backend="torch", progress=False)
     emb = load_file(str(out))
     assert list(emb) == ["emb_params"] and emb["emb_params"].shape == (1, 64)
+    with safe_open(str(out), "np") as f:  # kohya's model spec for an embedding (sai_model_spec.build_metadata)
+        meta = f.metadata()
+    assert (meta["modelspec.architecture"], meta["modelspec.title"], meta["modelspec.resolution"]) == (
+        "stable-diffusion-v1/textual-inversion", "shinything", "64x64")  # trained at the tiny model's size
 
     pipe = diffusers_pipeline(sd1_folder)
     pipe.load_textual_inversion(str(out), token="shinything")
@@ -219,17 +225,26 @@ def x0_error(unet, latents, context, prediction="epsilon", seed=0):
     return float(torch.stack(errs).mean())
 
 
+def image_error(pipe, image, prompt):
+    """x0_error of a diffusers pipeline on one 64x64 image's latents, conditioned on prompt."""
+    with torch.no_grad():
+        latents = pipe.vae.encode(torch.from_numpy(data.load_image(image, (64, 64)))[None]).latent_dist.mean
+        context = pipe.encode_prompt(prompt, "cpu", 1, False)[0]
+    return x0_error(pipe.unet, latents * pipe.vae.config.scaling_factor, context)
+
+
 # Each method on a backend, tiny and short: (method, backend, steps, options)
 OVERFIT = [
     ("finetune", "torch", 60, dict(learning_rate=2e-3)),
     ("finetune", "mlx", 20, dict(learning_rate=3e-3, text_encoder=True)),  # a single file, read back
     ("lora", "torch", 60, dict(rank=8, conv=True, learning_rate=2e-2)),
-    # a DreamBooth LoRA is MLX's LoRA with an instance prompt; plain LoRA on MLX follows torch's loss curve above
+    ("lora", "mlx", 60, dict(rank=8, conv=True, learning_rate=2e-2)),
+    ("dreambooth", "torch", 60, dict(rank=8, conv=True, learning_rate=2e-2, instance_prompt="a photo of sks cube")),
     ("dreambooth", "mlx", 60, dict(rank=8, conv=True, learning_rate=2e-2, instance_prompt="a photo of sks cube")),
 ]
 # Textual inversion is not here: the tiny model's x0 estimates barely depend on the prompt (any prompt, or none,
-# moves them by under 1%), so no embedding can overfit them. Its torch run is checked against diffusers and its
-# MLX run against torch (test_textual_inversion_on_mlx_trains_as_on_torch).
+# moves them by under 1%), so no embedding can overfit them; test_textual_inversion_overfits_a_prompt_led_model
+# gives it a model that listens to the prompt.
 
 
 @pytest.mark.parametrize("method, backend, steps, options", OVERFIT, ids=[f"{m}-{b}" for m, b, *_ in OVERFIT])
@@ -245,14 +260,7 @@ def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend, ste
                 **options)
     prompt = "a photo of sks cube" if method == "dreambooth" else "a photo of a red cube"
     pipe = diffusers_pipeline(sd1_folder)
-
-    def error(p):
-        with torch.no_grad():
-            image = torch.from_numpy(data.load_image(photo / "0.png", (64, 64)))[None]
-            latents = p.vae.encode(image).latent_dist.mean * p.vae.config.scaling_factor
-            context = p.encode_prompt(prompt, "cpu", 1, False)[0]
-        return x0_error(p.unet, latents, context)
-    before = error(pipe)
+    before = image_error(pipe, photo / "0.png", prompt)
     if single:
         from diffusers import StableDiffusionPipeline
         tuned = StableDiffusionPipeline.from_single_file(str(out), config=str(sd1_folder), safety_checker=None,
@@ -262,8 +270,57 @@ def test_short_run_overfits_one_image(sd1_folder, tmp_path, method, backend, ste
     else:
         tuned = pipe
         tuned.load_lora_weights(str(out))
-    after = error(tuned)
+    after = image_error(tuned, photo / "0.png", prompt)
     assert after < 0.3 * before, (before, after)
+
+
+@pytest.fixture(scope="module")
+def prompt_led(sd1_folder, tmp_path_factory):
+    """(model, image): the tiny model fine-tuned on one image (so it denoises it), then with every cross-attention
+    sharpened (query and key x QK) and made loud (value and output x VO). Its noise prediction now follows the
+    prompt, which the random model's barely does: its keys hardly tell the 77 positions apart, so attention
+    averages contexts whose padding positions nearly agree for every prompt, and the next GroupNorm removes the
+    spatially flat result. Here the prompt decides how much the cross-attention disturbs the denoiser."""
+    root = tmp_path_factory.mktemp("prompt_led")
+    photo = write_images(root / "one", ["a photo of a red cube"])
+    model = root / "model"
+    sdkit.train(sd1_folder, photo, method="finetune", out=model, steps=60, learning_rate=3e-3, backend="torch",
+                progress=False)
+    QK, VO = 4.0, 5.0  # sharper still (8) makes runs chaotic: torch and MLX drift apart within 5 steps
+    unet = next((model / "unet").glob("*.safetensors"))
+    weights = load_file(str(unet))
+    for key, w in weights.items():
+        if ".attn2." in key and key.endswith(".weight"):
+            weights[key] = w * (QK if key.split(".")[-2] in ("to_q", "to_k") else VO)  # else to_v, to_out.0
+    save_file(weights, str(unet))
+    return model, photo / "0.png"
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_textual_inversion_overfits_a_prompt_led_model(prompt_led, tmp_path, backend):
+    """Textual inversion on a model that listens to the prompt: the trained token's x0 estimates come much closer
+    to its image than its init word's (the untrained embedding: with learning rate 0 the two errors are equal)
+    or any other prompt's, read back by diffusers' load_textual_inversion (0.30x here). The token learns a context
+    under which the loud cross-attention stops disturbing the denoiser. 70 vectors fill the context ("a photo of"
+    + 70 + BOS/EOS = 75 of 77 positions), as padding positions carry little of a short prompt in the tiny text
+    encoder."""
+    if backend == "mlx":
+        pytest.importorskip("mlx.core")
+    model, image = prompt_led
+    data_dir = tmp_path / "shiny"
+    data_dir.mkdir()
+    (data_dir / "0.png").write_bytes(image.read_bytes())
+    (data_dir / "0.txt").write_text("a photo of shiny")
+    vectors = 70
+    out = tmp_path / "shiny.safetensors"
+    sdkit.train(model, data_dir, method="textual_inversion", out=out, steps=60, vectors=vectors, init_word="ball",
+                learning_rate=5e-2, backend=backend, device="cpu", progress=False)
+    pipe = diffusers_pipeline(model)
+    before = image_error(pipe, image, "a photo of" + " ball" * vectors)  # the embedding as it started
+    others = [image_error(pipe, image, p) for p in ("a photo of a red cube", "a photo of a blue ball", "")]
+    pipe.load_textual_inversion(str(out), token="shiny")
+    after = image_error(pipe, image, "a photo of shiny")
+    assert after < 0.4 * min(before, *others), (before, others, after)
 
 
 def test_textual_inversion_on_mlx_trains_as_on_torch(sd1_folder, photos, tmp_path):
@@ -339,13 +396,23 @@ def test_cli_dreambooth_with_prior_preservation(sd1_folder, tmp_path, capsys):
 
 
 def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
-    """SDXL: kohya's lora_unet_ / lora_te1_ / lora_te2_ names reach diffusers' UNet and both text encoders; the
-    UNet's output is the hand-merged one."""
+    """SDXL: kohya's lora_unet_ (LDM's paths, LoCon included) / lora_te1_ / lora_te2_ names reach diffusers' UNet
+    and both text encoders, and sdkit's loader; the UNet's output is the hand-merged one."""
     out = tmp_path / "xl.safetensors"
-    sdkit.train(sdxl_folder, photos, method="lora", out=out, steps=3, rank=4, text_encoder=True, learning_rate=1e-2,
-                backend="torch", progress=False, resolution=64)
-    assert load_file(str(out)).keys() >= {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
-                                          "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"}
+    sdkit.train(sdxl_folder, photos, method="lora", out=out, steps=3, rank=4, text_encoder=True, conv=True,
+                learning_rate=1e-2, backend="torch", progress=False, resolution=64)
+    keys = load_file(str(out)).keys()
+    assert keys >= {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha",
+                    "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha"}
+    # kohya's SDXL UNet is named as LDM's (sd-scripts library/sdxl_original_unet.py), not diffusers'
+    unet_keys = {k.split("_")[2] for k in keys if k.startswith("lora_unet_")}
+    assert unet_keys == {"input", "middle", "output"}, unet_keys
+    assert any(k.endswith("_emb_layers_1.alpha") for k in keys)  # LoCon's timestep projections, as kohya's
+    from sdkit.adapters.lora import Targets, read_lora
+    ckpt = open_checkpoint(sdxl_folder)  # sdkit's loader finds every trained layer under its name
+    layers = read_lora(out, Targets.of(ckpt.family, ckpt.weights, ckpt.unet)).layers
+    assert {(x.component, x.name.removesuffix(".weight")) for x in layers} == {
+        (t.component, t.module) for t in formats.lora_targets(ckpt, conv=True, text_encoder=True)}
     pipe = diffusers_pipeline(sdxl_folder)
     ids = pipe.tokenizer(["a photo of a red cube"], padding="max_length", return_tensors="pt").input_ids
     probe = lambda: [pipe.text_encoder(ids).last_hidden_state, pipe.text_encoder_2(ids).last_hidden_state]
@@ -354,13 +421,15 @@ def test_sdxl_lora_reads_in_diffusers(sdxl_folder, photos, tmp_path):
     added = {"text_embeds": torch.randn(1, 64, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
     unet = lambda u: u(x, 500, encoder_hidden_states=context, added_cond_kwargs=added).sample
     with torch.no_grad():
-        before = probe()
+        before, base = probe(), unet(pipe.unet)
         pipe.load_lora_weights(str(out))
         pipe.fuse_lora()
         after, theirs = probe(), unet(pipe.unet)
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(after, before))
+    assert (theirs - base).abs().max() > 1e-3
     fresh = diffusers_pipeline(sdxl_folder)
-    state, _ = merged_state(sdxl_folder, "unet", out)
+    state, changed = merged_state(sdxl_folder, "unet", out)
+    assert changed == sum(1 for k in keys if k.startswith("lora_unet_") and k.endswith(".alpha"))
     fresh.unet.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     with torch.no_grad():
         torch.testing.assert_close(unet(fresh.unet), theirs, atol=1e-4, rtol=1e-4)

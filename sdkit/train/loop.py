@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backends, conditioning, hub, micro_conditioning
+from .. import backends, conditioning, hub, micro_conditioning, modelspec
 from ..checkpoint import Checkpoint
 from ..families import FAMILIES
 from ..pipeline import _load_tokenizer, _text_layer
@@ -240,10 +240,11 @@ def _write(out, ckpt, plan, trainer, rank, conv, text_encoder, steps, lr, resolu
         formats.save_peft(out, trainer.lora_weights(), plan.alpha)
     elif plan.lora is not None:
         meta = formats.lora_metadata(ckpt, rank, plan.alpha, conv, text_encoder, steps, lr, resolution,
-                                     len(examples), seed, out.stem)
+                                     examples, seed, out.stem)
         formats.save_lora(out, ckpt, trainer.lora_weights(), plan.alpha, meta)
     elif plan.embeddings is not None:
-        formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family)
+        formats.save_embedding(out, trainer.embedding_vectors(), ckpt.family,
+                               modelspec.metadata(ckpt, out.stem, (resolution, resolution), "textual-inversion"))
     else:
         formats.save_finetune(out, ckpt, {"unet": trainer.unet_weights(), **trainer.text_weights()})
 
