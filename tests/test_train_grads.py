@@ -299,3 +299,30 @@ def test_frozen_geglu_matches_finite_differences():
     assert torch.autograd.gradcheck(frozen.GEGLU.apply, (x, w, None))
     layer = GEGLU(4, 5).double().requires_grad_(False)
     assert layer(x).grad_fn.name() == "GEGLUBackward"
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_lora_in_a_bfloat16_model_computes_in_bfloat16_from_float32_masters(kind):
+    """As diffusers under autocast: the low-rank product in the model's dtype (the fused Function for a Linear),
+    float32 gradients for the float32 down/up weights, within bfloat16 rounding of the float32 computation."""
+    from sdkit_torch.train import LoRA
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)
+    if kind == "linear":
+        base, down, up, x = torch.nn.Linear(16, 12), r(4, 16), r(12, 4), r(2, 5, 16)
+    else:
+        base, down, up, x = torch.nn.Conv2d(6, 8, 3, padding=1), r(4, 6, 3, 3), r(8, 4, 1, 1), r(2, 6, 5, 5)
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        lora = LoRA(base.to(dtype).requires_grad_(False), down.numpy(), up.numpy(), alpha=2.0)
+        lora.down.weight.requires_grad_(True)
+        lora.up.weight.requires_grad_(True)
+        y = lora(x.to(dtype))
+        assert y.dtype == dtype
+        if kind == "linear" and dtype == torch.bfloat16:
+            assert y.grad_fn.name() == "_LoRALinearBackward"
+        y.float().square().sum().backward()
+        assert lora.down.weight.grad.dtype == lora.up.weight.grad.dtype == torch.float32
+        runs[dtype] = y.float(), lora.down.weight.grad, lora.up.weight.grad
+    for ours, want in zip(runs[torch.bfloat16], runs[torch.float32]):
+        assert ((ours - want).norm() / want.norm()) < 2e-2  # a few bfloat16 roundings (2^-8 each) along the way

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -45,10 +46,15 @@ class LoRA(nn.Module):
             self.up.weight.copy_(torch.from_numpy(up).reshape(self.up.weight.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.base.weight
-        if isinstance(self.base, nn.Linear) and x.dtype == w.dtype == self.down.weight.dtype and not w.requires_grad:
-            return _LoRALinear.apply(x, w, self.base.bias, self.down.weight, self.up.weight, self.scale)
-        return self.base(x) + (self.up(self.down(x.float())) * self.scale).to(x.dtype)
+        # in a half-precision model the low-rank product runs in x's dtype (as under autocast), from float32
+        # masters: the casts are no-ops in float32 and send float32 gradients back
+        down, up, w = self.down.weight.to(x.dtype), self.up.weight.to(x.dtype), self.base.weight
+        if isinstance(self.base, nn.Linear) and x.dtype == w.dtype and not w.requires_grad:
+            return _LoRALinear.apply(x, w, self.base.bias, down, up, self.scale)
+        if isinstance(self.base, nn.Conv2d):
+            h = F.conv2d(x, down, None, self.down.stride, self.down.padding)
+            return self.base(x) + F.conv2d(h, up) * self.scale
+        return self.base(x) + F.linear(F.linear(x, down), up) * self.scale
 
 
 class _LoRALinear(torch.autograd.Function):
@@ -154,12 +160,13 @@ class Trainer:
 
     def step(self, lr: float) -> bool:
         grads = [p.grad for p in self.params if p.grad is not None]
-        if self.scaler is not None:
-            scale, finite = self.scaler.scale, all(bool(g.isfinite().all()) for g in grads)
-            if not self.scaler.update(finite):
+        if self.scaler is not None:  # unscaled and checked in one pass, read back once (GradScaler's kernel)
+            found_inf = torch.zeros(1, device=self.device)
+            inv_scale = torch.full((1,), 1 / self.scaler.scale, device=self.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+            if not self.scaler.update(not found_inf.item()):
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
-            torch._foreach_div_(grads, scale)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -275,4 +282,5 @@ def _checkpoint_blocks(unet: nn.Module) -> None:
     for module in unet.modules():
         if isinstance(module, (ResnetBlock2D, BasicTransformerBlock)):
             forward = module.forward
-            module.forward = lambda *a, _f=forward: checkpoint(_f, *a, use_reentrant=False)
+            # no RNG to replay (the UNet has no dropout)
+            module.forward = lambda *a, _f=forward: checkpoint(_f, *a, use_reentrant=False, preserve_rng_state=False)
