@@ -19,7 +19,7 @@ from test_train import write_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU_BF16 = cpu_bf16.supported()  # this machine's answer, before any test patches the query
-BF16_ULP = 2 ** -8  # the spacing of bfloat16 numbers in [1, 2): a value rounded once is within half of it, relatively
+BF16_ULP = 2 ** -8  # bfloat16's unit roundoff (half its spacing 2^-7 in [1, 2)): one rounding's relative error
 
 
 @pytest.fixture
@@ -139,3 +139,17 @@ def test_bfloat16_training_runs_end_to_end(sd1_folder, tmp_path, method, options
         assert up and all(t.abs().max() > 0 for t in up)
     else:
         torch.testing.assert_close(out["bfloat16"]["emb_params"], out["float32"]["emb_params"], atol=2 * 2 * lr, rtol=0)
+
+
+@pytest.mark.parametrize("size", [4, 20])  # the small-map GEMM path and the direct convolution
+def test_conv_computes_bfloat16_in_float32_where_the_cpu_lacks_it(bf16_support, monkeypatch, size):
+    from sdkit_torch.unet import Conv2d
+    bf16_support(False)
+    calls = spy(monkeypatch, F, "conv2d")
+    torch.manual_seed(0)
+    conv = Conv2d(8, 6, 3, padding=1).bfloat16()
+    x = torch.randn(1, 8, size, size).bfloat16()
+    y = conv(x)
+    want = F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), padding=1)  # of bfloat16 values, in float32
+    assert y.dtype == torch.bfloat16 and calls[0] == torch.float32
+    torch.testing.assert_close(y.float(), want, atol=1e-6, rtol=BF16_ULP)  # rounded once

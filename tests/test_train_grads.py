@@ -239,3 +239,90 @@ def test_geglu_gate_matches_autograd():
     from sdkit_torch.unet import _GEGLUGate
     h = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_GEGLUGate.apply, (h,))
+
+
+def test_unet_input_gradients_through_frozen_weights(unet_pair):
+    """LoRA and textual inversion backpropagate through frozen weights: sdkit's frozen-layer Functions
+    (sdkit_torch.frozen: convolutions, GroupNorm -> SiLU) must give the inputs' gradients of plain autograd."""
+    ckpt, ours, theirs = unet_pair
+    x, t, context, added, w = unet_inputs(ckpt.unet, seed=1)
+    x1, x2 = (x.clone().requires_grad_(True) for _ in range(2))
+    c1, c2 = (context.clone().requires_grad_(True) for _ in range(2))
+    ours.requires_grad_(False)
+    try:
+        (ours(x1, t, c1, added) * w).sum().backward()
+    finally:
+        ours.requires_grad_(True)
+    theirs.requires_grad_(False)
+    try:
+        (theirs(x2, t, encoder_hidden_states=c2, added_cond_kwargs=added).sample * w).sum().backward()
+    finally:
+        theirs.requires_grad_(True)
+    assert_grads_close({"x": x1.grad, "context": c1.grad}, {"x": x2.grad, "context": c2.grad})
+
+
+@pytest.mark.parametrize("batch, kernel, stride, padding, size", [
+    (2, 3, 1, 1, 9), (2, 3, 1, 1, 3), (1, 3, 1, 1, 3), (2, 3, 2, 1, 9), (2, 3, 2, 0, 8), (2, 1, 1, 0, 5)])
+def test_frozen_conv_matches_finite_differences(batch, kernel, stride, padding, size):
+    """sdkit_torch.frozen.FrozenConv2d through sdkit's Conv2d (direct and small-map GEMM forward), float64, its
+    output then changed in place as the resnets' residual add does."""
+    from sdkit_torch import frozen
+    from sdkit_torch.unet import Conv2d
+    conv = Conv2d(3, 5, kernel, stride=stride, padding=padding, dtype=torch.float64).requires_grad_(False)
+    x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    assert frozen.applies(x, conv)
+    assert torch.autograd.gradcheck(lambda x: conv(x).mul_(2.0), (x,))
+
+
+def test_group_norm_silu_matches_finite_differences():
+    from sdkit_torch.frozen import GroupNormSiLU, group_norm_silu
+    g = torch.Generator().manual_seed(0)
+    norm = torch.nn.GroupNorm(2, 6, eps=1e-5, dtype=torch.float64).requires_grad_(False)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+        norm.bias.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+    x = torch.randn(2, 6, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: group_norm_silu(norm, x), (x,))
+    assert group_norm_silu(norm, x).grad_fn.name() == GroupNormSiLU.__name__ + "Backward"
+
+
+def test_frozen_geglu_matches_finite_differences():
+    """sdkit_torch.frozen.GEGLU (the projection recomputed in backward), float64, with and without a bias; and
+    the UNet's GEGLU takes it when its projection is frozen."""
+    from sdkit_torch import frozen
+    from sdkit_torch.unet import GEGLU
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w, b = torch.randn(10, 4, dtype=torch.float64, generator=g), torch.randn(10, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(frozen.GEGLU.apply, (x, w, b))
+    assert torch.autograd.gradcheck(frozen.GEGLU.apply, (x, w, None))
+    layer = GEGLU(4, 5).double().requires_grad_(False)
+    assert layer(x).grad_fn.name() == "GEGLUBackward"
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_lora_in_a_bfloat16_model_computes_in_bfloat16_from_float32_masters(kind):
+    """As diffusers under autocast: the low-rank product in the model's dtype (the fused Function for a Linear),
+    float32 gradients for the float32 down/up weights, within bfloat16 rounding of the float32 computation."""
+    from sdkit_torch.train import LoRA
+    g = torch.Generator().manual_seed(0)
+    r = lambda *shape: torch.randn(*shape, generator=g)
+    if kind == "linear":
+        base, down, up, x = torch.nn.Linear(16, 12), r(4, 16), r(12, 4), r(2, 5, 16)
+    else:
+        base, down, up, x = torch.nn.Conv2d(6, 8, 3, padding=1), r(4, 6, 3, 3), r(8, 4, 1, 1), r(2, 6, 5, 5)
+    runs = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        lora = LoRA(base.to(dtype).requires_grad_(False), down.numpy(), up.numpy(), alpha=2.0)
+        lora.down.weight.requires_grad_(True)
+        lora.up.weight.requires_grad_(True)
+        y = lora(x.to(dtype))
+        assert y.dtype == dtype
+        if kind == "linear" and dtype == torch.bfloat16:
+            assert y.grad_fn.name() == "_LoRALinearBackward"
+        y.float().square().sum().backward()
+        assert lora.down.weight.grad.dtype == lora.up.weight.grad.dtype == torch.float32
+        runs[dtype] = y.float(), lora.down.weight.grad, lora.up.weight.grad
+    for ours, want in zip(runs[torch.bfloat16], runs[torch.float32]):
+        assert ((ours - want).norm() / want.norm()) < 2e-2  # a few bfloat16 roundings (2^-8 each) along the way

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -45,10 +46,15 @@ class LoRA(nn.Module):
             self.up.weight.copy_(torch.from_numpy(up).reshape(self.up.weight.shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.base.weight
-        if isinstance(self.base, nn.Linear) and x.dtype == w.dtype == self.down.weight.dtype and not w.requires_grad:
-            return _LoRALinear.apply(x, w, self.base.bias, self.down.weight, self.up.weight, self.scale)
-        return self.base(x) + (self.up(self.down(x.float())) * self.scale).to(x.dtype)
+        # in a half-precision model the low-rank product runs in x's dtype (as under autocast), from float32
+        # masters: the casts are no-ops in float32 and send float32 gradients back
+        down, up, w = self.down.weight.to(x.dtype), self.up.weight.to(x.dtype), self.base.weight
+        if isinstance(self.base, nn.Linear) and x.dtype == w.dtype and not w.requires_grad:
+            return _LoRALinear.apply(x, w, self.base.bias, down, up, self.scale)
+        if isinstance(self.base, nn.Conv2d):
+            h = F.conv2d(x, down, None, self.down.stride, self.down.padding)
+            return self.base(x) + F.conv2d(h, up) * self.scale
+        return self.base(x) + F.linear(F.linear(x, down), up) * self.scale
 
 
 class _LoRALinear(torch.autograd.Function):
@@ -80,8 +86,8 @@ class _LoRALinear(torch.autograd.Function):
 class Trainer:
     def __init__(self, ckpt: Checkpoint, plan: Plan, device: torch.device, dtype: torch.dtype):
         self.plan, self.device, self.dtype = plan, device, dtype
-        if device.type == "cpu":
-            _unmap_large_frees()
+        self.malloc = _MallocPhases(device)
+        self.malloc.forward()  # the trainer's own long-lived buffers too
         # what trains whole is loaded (and kept) in float32: half-precision Adam updates vanish
         self.unet = load(lambda: UNet2DConditionModel(ckpt.unet), ckpt.weights["unet"], "unet", device,
                          torch.float32 if plan.finetune else dtype)
@@ -131,6 +137,7 @@ class Trainer:
     def accumulate(self, batch: Batch, scale: float) -> float:
         """Forward and backward one micro-batch; gradients add up until step(). -> its (weighted) loss."""
         t = lambda a: torch.as_tensor(a, device=self.device)
+        self.malloc.forward()
         dtype = self.unet.conv_in.weight.dtype  # float32 when fine-tuning: then autocast runs it in self.dtype
         with torch.autocast(self.device.type, self.dtype, enabled=dtype != self.dtype):
             context, pooled = (t(batch.context), None if batch.pooled is None else t(batch.pooled)) \
@@ -141,6 +148,7 @@ class Trainer:
             pred = self.unet(t(batch.noisy).to(dtype), t(batch.t).float(), context.to(dtype), added).float()
         per_sample = (pred - t(batch.target)).square().mean(dim=(1, 2, 3))  # (B,)
         loss = (per_sample * t(batch.weights)).mean()
+        self.malloc.backward()
         (loss * (scale * (self.scaler.scale if self.scaler else 1.0))).backward()
         return float(loss.detach())
 
@@ -154,12 +162,13 @@ class Trainer:
 
     def step(self, lr: float) -> bool:
         grads = [p.grad for p in self.params if p.grad is not None]
-        if self.scaler is not None:
-            scale, finite = self.scaler.scale, all(bool(g.isfinite().all()) for g in grads)
-            if not self.scaler.update(finite):
+        if self.scaler is not None:  # unscaled and checked in one pass, read back once (GradScaler's kernel)
+            found_inf = torch.zeros(1, device=self.device)
+            inv_scale = torch.full((1,), 1 / self.scaler.scale, device=self.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+            if not self.scaler.update(not found_inf.item()):
                 self.optimizer.zero_grad(set_to_none=True)
                 return False
-            torch._foreach_div_(grads, scale)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -250,23 +259,30 @@ def _np(w: torch.Tensor, shape: tuple[int, ...], up: bool = False) -> np.ndarray
     return a
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 256 * 1024  # bytes: allocations from this size get their own mapping, returned on free
+class _MallocPhases:
+    """Where glibc puts a CPU training step's large buffers. By default its mmap threshold climbs to the largest
+    block freed so far (up to 32 MB), so a step's activations come from the heap; the ones saved for backward
+    live from the forward to the backward pass, and the holes they leave between the forward's temporaries are a
+    poor fit for the backward's gradient buffers, so the heap keeps growing: ~140 MB of an SD1.5 LoRA step's peak
+    RSS at 256x256. During the forward pass buffers from 256 KB get their own mappings, returned to the system as
+    backward frees them; the backward pass's short-lived buffers reuse the heap (a fixed threshold everywhere
+    would cost page faults on every fresh buffer: 0.6 s of a 4.4 s step; this split 0.3 s). BENCHMARKS.md has the
+    figures. Process-wide; left at 32 MB afterwards (glibc cannot go back to its moving threshold)."""
 
+    M_MMAP_THRESHOLD = -3  # mallopt's parameter number
+    FORWARD, BACKWARD = 256 * 1024, 32 * 1024 * 1024  # bytes
 
-def _unmap_large_frees() -> None:
-    """Make glibc serve large allocations (a step's activations and gradients, torch's CPU tensors) from their own
-    mappings, returned to the system when freed. By default glibc raises this threshold to the largest block
-    freed so far (up to 32 MB), after which such buffers come from the heap and freed ones stay resident:
-    ~150 MB of an SD1.5 LoRA step's peak RSS at 256x256 (BENCHMARKS.md). Costs page faults per fresh buffer.
-    Process-wide and kept after training (glibc cannot go back to its moving threshold). No-op off glibc."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # absent on musl
-    except AttributeError:
-        return
-    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    def __init__(self, device: torch.device):
+        libc = ctypes.CDLL(None) if device.type == "cpu" and sys.platform.startswith("linux") else None
+        self.mallopt = getattr(libc, "mallopt", None)  # None off Linux and on musl
+
+    def forward(self) -> None:
+        if self.mallopt is not None:
+            self.mallopt(self.M_MMAP_THRESHOLD, self.FORWARD)
+
+    def backward(self) -> None:
+        if self.mallopt is not None:
+            self.mallopt(self.M_MMAP_THRESHOLD, self.BACKWARD)
 
 
 def _checkpoint_blocks(unet: nn.Module) -> None:
@@ -275,4 +291,5 @@ def _checkpoint_blocks(unet: nn.Module) -> None:
     for module in unet.modules():
         if isinstance(module, (ResnetBlock2D, BasicTransformerBlock)):
             forward = module.forward
-            module.forward = lambda *a, _f=forward: checkpoint(_f, *a, use_reentrant=False)
+            # no RNG to replay (the UNet has no dropout)
+            module.forward = lambda *a, _f=forward: checkpoint(_f, *a, use_reentrant=False, preserve_rng_state=False)

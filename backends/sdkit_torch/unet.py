@@ -12,8 +12,9 @@ from torch import nn
 from sdkit.config import UNetConfig
 from sdkit.errors import CheckpointError
 
-from . import cpu_attention
+from . import cpu_attention, cpu_bf16, frozen
 from .autograd import needs_grad
+from .frozen import group_norm_silu
 from .onednn import Linear, linear
 
 
@@ -38,10 +39,23 @@ class Conv2d(nn.Conv2d):
     GFLOP/s, at 4x4 37 -> 111 GFLOP/s; at 16x16 and above the direct kernel wins."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        if (x.device.type != "cpu" or B * H * W > GEMM_CONV_MAX_PIXELS or self.kernel_size != (3, 3)
-                or self.stride != (1, 1) or self.padding != (1, 1)):
+        if frozen.applies(x, self):
+            return frozen.FrozenConv2d.apply(x, self)
+        return self._forward(x)
+
+    def gemm(self, x: torch.Tensor) -> bool:
+        B, _, H, W = x.shape
+        return (x.device.type == "cpu" and B * H * W <= GEMM_CONV_MAX_PIXELS and self.kernel_size == (3, 3)
+                and self.stride == (1, 1) and self.padding == (1, 1))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_bf16.emulated(x):  # torch's portable bfloat16 convolution is 38x slower (cpu_bf16)
+            bias = None if self.bias is None else self.bias.float()
+            y = F.conv2d(x.float(), self.weight.float(), bias, self.stride, self.padding, self.dilation, self.groups)
+            return y.to(x.dtype)
+        if not self.gemm(x):
             return super().forward(x)
+        B, C, H, W = x.shape
         cols = F.unfold(x, 3, padding=1).transpose(0, 1).reshape(C * 9, B * H * W)  # (9C, B*HW)
         y = torch.addmm(self.bias[:, None], self.weight.reshape(self.out_channels, -1), cols)  # (C_out, B*HW)
         return y.view(-1, B, H, W).transpose(0, 1)  # (B, C_out, H, W)
@@ -70,11 +84,10 @@ class ResnetBlock2D(nn.Module):
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        # In place on the fresh norm and conv outputs: the VAE's 512x512 maps are 64-128 MB each (decode 5% faster)
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
+        h = self.conv1(group_norm_silu(self.norm1, x))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h), inplace=True))
+        h = self.conv2(group_norm_silu(self.norm2, h))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
         return h.add_(x)
@@ -151,6 +164,8 @@ class GEGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Two half-width products rather than one and chunk(): contiguous outputs, the GELU fused into the gate's
         # product, and the result in the value's buffer (the feed-forward runs 1.3x faster on the CPU)
+        if isinstance(self.proj, nn.Linear) and frozen.applies(x, self.proj):  # LoRA / TI training through it
+            return frozen.GEGLU.apply(x, self.proj.weight, self.proj.bias)
         if not isinstance(self.proj, nn.Linear) or needs_grad(x, self.proj.weight):  # training (proj may be a LoRA)
             return _GEGLUGate.apply(self.proj(x))
         inner = self.proj.out_features // 2
@@ -372,7 +387,7 @@ class UNet2DConditionModel(nn.Module):
             n = len(block.resnets)
             own, skips = skips[-n:], skips[:-n]
             x = block(x, own, emb, context, skips[-1].shape[-2:] if skips else None)
-        return self.conv_out(F.silu(self.conv_norm_out(x), inplace=True))
+        return self.conv_out(group_norm_silu(self.conv_norm_out, x))
 
 
 def _check(config: UNetConfig) -> None:
