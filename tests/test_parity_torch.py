@@ -144,7 +144,8 @@ def test_zero_terminal_snr_and_guidance_rescale(pipes, monkeypatch):
     kw = dict(width=64, height=48, guidance_scale=7.5, guidance_rescale=0.7)
     expected = theirs(PROMPT, num_inference_steps=STEPS, latents=latents, output_type="latent", **kw).images
     got = ours.generate(PROMPT, steps=STEPS, sampler="ddim", schedule="trailing", seed=SEED, output="latent", **kw)
-    assert np.abs(got - expected.cpu().numpy()).max() < 1e-4
+    expected = expected.cpu().numpy()
+    assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
     plain = ours.generate(PROMPT, steps=STEPS, sampler="ddim", schedule="trailing", seed=SEED, output="latent",
                           **{**kw, "guidance_rescale": 0.0})
     assert np.abs(plain - got).max() > 1e-2  # the rescale is not lost in the tolerance
@@ -154,7 +155,9 @@ def test_zero_terminal_snr_and_guidance_rescale(pipes, monkeypatch):
 
 def test_deis_latents_on_a_sigma_schedule(pipes):
     """deis with karras levels (its last step repeats the last level) against diffusers' DEISMultistepScheduler:
-    latents within 1e-4 (the parametrized tests above compare its pictures on the default schedule)."""
+    latents within 1e-5 of their largest value (the parametrized tests above compare its pictures on the default
+    schedule). That is float32 rounding of two UNet implementations, amplified by the guidance: with the same
+    levels euler is as far off (2.6e-6 of ~44 at guidance 7.5 on an AVX2 CPU, 7e-7 at 1.5)."""
     ours, theirs = pipes
     cls, extra = SCHEDULERS["deis"]
     theirs.scheduler = cls.from_config(theirs.original_scheduler_config, **extra, use_karras_sigmas=True)
@@ -165,4 +168,5 @@ def test_deis_latents_on_a_sigma_schedule(pipes):
                       output_type="latent", **kw).images
     got = ours.generate(PROMPT, NEGATIVE, steps=STEPS, sampler="deis", schedule="karras", seed=SEED, output="latent",
                         **kw)
-    assert np.abs(got - expected.cpu().numpy()).max() < 1e-4
+    expected = expected.cpu().numpy()
+    assert np.abs(got - expected).max() < 1e-5 * np.abs(expected).max()
