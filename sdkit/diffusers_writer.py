@@ -33,9 +33,24 @@ VERSION = "0.30.0"  # the diffusers release whose config keys these are (written
 WEIGHT_FILE = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model"}  # else transformers' "model"
 
 
+def check_target(path: Path, ckpt: Checkpoint) -> None:
+    """Refuse an output folder whose replacement would destroy something else: the model's own folder (or one
+    holding it), or a folder with anything but a diffusers model in it (a typo'd `out` must not wipe a directory)."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"out: {path} exists and is not a folder; give a new folder name, or a .safetensors file")
+    if ckpt.path.resolve().is_relative_to(path.resolve()):
+        raise ValueError(f"out: {path} holds the model being trained ({ckpt.path}); write the result elsewhere")
+    if any(path.iterdir()) and not (path / "model_index.json").is_file():
+        raise ValueError(f"out: {path} is a folder with other files in it (no model_index.json), which writing a "
+                         "diffusers model would delete; give a new or empty folder")
+
+
 def write(path: Path, ckpt: Checkpoint, replaced: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write `ckpt` as a diffusers folder at `path` (replacing what is there), with `replaced` (component ->
-    canonical name -> array, torch layout) instead of the stored weights."""
+    """Write `ckpt` as a diffusers folder at `path` (replacing a diffusers model there, see check_target), with
+    `replaced` (component -> canonical name -> array, torch layout) instead of the stored weights."""
+    check_target(path, ckpt)
     if path.exists():
         shutil.rmtree(path)
     if ckpt.path.is_dir():

@@ -809,3 +809,22 @@ def test_diffusers_writer_from_a_folder_writes_the_vae_given(sd1_folder, tmp_pat
     theirs, given, own = (diffusers_pipeline(f).vae.state_dict() for f in (tmp_path / "out", other, sd1_folder))
     assert theirs.keys() == given.keys() and all(torch.equal(theirs[k], given[k]) for k in theirs)
     assert not all(torch.equal(theirs[k], own[k]) for k in theirs)
+
+
+def test_finetune_refuses_an_out_folder_it_would_destroy(sd1_folder, photos, tmp_path):
+    """A diffusers-folder output replaces what is at `out`: refused up front (before any training) when that is
+    the model's own folder or a folder holding other files; a previous run's diffusers output is replaced."""
+    other = tmp_path / "holiday"
+    other.mkdir()
+    (other / "beach.jpg").write_bytes(b"not a model")
+    run = lambda out: sdkit.train(sd1_folder, photos, out=out, method="finetune", steps=1, resolution=64,
+                                  backend="torch", progress=False)
+    for out, message in ((other, "other files in it"), (sd1_folder, "holds the model being trained"),
+                         (sd1_folder.parent, "holds the model being trained")):
+        with pytest.raises(ValueError, match=message):
+            run(out)
+    assert (other / "beach.jpg").read_bytes() == b"not a model" and (sd1_folder / "model_index.json").is_file()
+    assert not (tmp_path / "log.jsonl").exists()  # refused before training
+    run(tmp_path / "tuned")
+    run(tmp_path / "tuned")  # its own earlier output: replaced
+    assert (tmp_path / "tuned" / "model_index.json").is_file()

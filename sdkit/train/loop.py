@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backends, conditioning, hub, micro_conditioning, modelspec
+from .. import backends, conditioning, diffusers_writer, hub, micro_conditioning, modelspec
 from ..checkpoint import Checkpoint
 from ..families import FAMILIES
 from ..pipeline import _load_tokenizer, _text_layer
@@ -116,6 +116,8 @@ def train(model: str | Path, data: str | Path | None = None, *, method: str = "l
                 gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
                 loss_scaling=dtype == "float16", finetune=method == "finetune" or (
                     method == "dreambooth" and full))
+    if plan.finetune and out.suffix != ".safetensors":
+        diffusers_writer.check_target(out, ckpt)  # before hours of training, not after
     tokenizers = {name: _load_tokenizer(t) for name, t in zip(ckpt.text_encoder_names, ckpt.tokenizers)}
     if lora_like:
         targets = formats.lora_targets(ckpt, conv, text_encoder, target)
