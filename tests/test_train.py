@@ -548,6 +548,26 @@ def test_ema_follows_diffusers_ema_model_and_survives_resume(sd1_folder, backend
     assert all(np.allclose(got[k], want[k], rtol=1e-6, atol=1e-8) for k in want)
 
 
+def run_past_an_overflow(scaled, plain, lr: float) -> tuple[dict, dict]:
+    """`scaled` steps over batches 0, 1 (whose scaled float16 gradients overflow) and 2, `plain` over 0 and 2: the
+    overflowing step is skipped (weights untouched) and halves the scale, the others are taken.
+    -> the trained tensors of plain and of scaled."""
+    taken = []
+    for batch in (random_batch(0), random_batch(1, target_scale=1e5), random_batch(2)):
+        before = trained(scaled)
+        scaled.accumulate(batch, 1.0)
+        taken.append(scaled.step(lr))
+        if not taken[-1]:
+            assert scaled.scaler.scale == 2.0**15
+            after = trained(scaled)
+            assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert taken == [True, False, True]
+    for batch in (random_batch(0), random_batch(2)):
+        plain.accumulate(batch, 1.0)
+        assert plain.step(lr)
+    return trained(plain), trained(scaled)
+
+
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_float16_loss_scaling_skips_overflowing_steps(sd1_folder, backend):
     """float16 with loss scaling: a step whose scaled gradients overflow is skipped (weights and AdamW untouched)
@@ -556,20 +576,7 @@ def test_float16_loss_scaling_skips_overflowing_steps(sd1_folder, backend):
     scaled = lora_trainer(sd1_folder, backend, "float16", loss_scaling=True)
     plain = lora_trainer(sd1_folder, backend, "float16", loss_scaling=True)
     assert scaled.scaler.scale == 2.0**16
-    taken = []
-    for batch in (random_batch(0), random_batch(1, target_scale=1e5), random_batch(2)):
-        before = trained(scaled)
-        scaled.accumulate(batch, 1.0)
-        taken.append(scaled.step(1e-2))
-        if not taken[-1]:
-            assert scaled.scaler.scale == 2.0**15
-            after = trained(scaled)
-            assert all(np.array_equal(before[k], after[k]) for k in before)
-    assert taken == [True, False, True]
-    for batch in (random_batch(0), random_batch(2)):
-        plain.accumulate(batch, 1.0)
-        assert plain.step(1e-2)
-    want, got = trained(plain), trained(scaled)
+    want, got = run_past_an_overflow(scaled, plain, 1e-2)
     assert all(np.abs(got[k]).max() > 0 for k in got)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], atol=1e-6, err_msg=k)
