@@ -9,16 +9,8 @@
 # Progress and errors go to OUT_DIR/log.txt; a step that fails is reported and the next one still runs.
 out=${1:-bench-cuda}
 py=${PYTHON:-python}
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+. "$(dirname "$0")/cuda_steps.sh"
 $py -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)" | tee -a "$out/gpu.txt"
-step() {  # name, then the command
-    local name=$1; shift
-    echo "== $name: $*"
-    local t0=$SECONDS
-    "$@" > "$out/$name.md" 2>> "$out/log.txt" || echo "!! $name failed (exit $?), see $out/log.txt"
-    cat "$out/$name.md"; echo "($((SECONDS - t0)) s)"
-}
 step unet_sd15 $py bench/bench_unet.py --device cuda --dtype float16 --size 512 \
     --variants diffusers sdkit sdkit-eager sdkit-nchw compiled
 step sd15 $py bench/bench_torch.py --device cuda --dtype float16 --size 512 --steps 30 --runs 3

@@ -18,17 +18,9 @@ out=${1:-bench-cuda-train}
 py=${PYTHON:-python3}
 $py -c "import torch, diffusers, transformers, peft; assert torch.cuda.is_available(), 'torch sees no CUDA device'" \
     || { echo "run_cuda_train.sh: $py lacks torch with CUDA, diffusers, transformers or peft (see above)"; exit 1; }
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+. "$(dirname "$0")/cuda_steps.sh"
 $py -c "import torch, diffusers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
 'peft', peft.__version__)" | tee -a "$out/gpu.txt"
-step() {  # name, then the command
-    local name=$1; shift
-    echo "== $name: $*"
-    local t0=$SECONDS
-    "$@" > "$out/$name.md" 2>> "$out/log.txt" || echo "!! $name failed (exit $?), see $out/log.txt"
-    cat "$out/$name.md"; echo "($((SECONDS - t0)) s)"
-}
 step sd15_512_checkpointing $py bench/bench_train.py --device cuda --dtype float16 --size 512 --steps 10 \
     --gradient-checkpointing
 step sd15_512 $py bench/bench_train.py --device cuda --dtype float16 --size 512 --steps 10
